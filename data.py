@@ -1,0 +1,784 @@
+"""
+Data for codelm: corpus collection, the SentencePiece tokenizer and its `Tokenizer` wrapper,
+token shards for pretraining, and random training windows read back from them.
+
+    python data.py corpus --src stdlib --out data/stdlib            # the embedded default corpus
+    python data.py corpus --src ~/code --out data/mycode --ext .py,.pyi
+    python data.py corpus --src the_stack_python.jsonl.gz --out data/stack --text_field content
+    python data.py corpus --src more.jsonl --out data/more --tokenizer data/stack   # reuse a tokenizer
+
+A corpus folder holds train_000000.bin ... (raw token ids, uint16 or uint32 above 65,535 ids, one
+end-of-text id after every document), val_000000.bin, tokenizer.model and meta.json. Re-running
+with identical inputs and options reuses the folder instead of rebuilding it.
+"""
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import sys
+import sysconfig
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- defaults
+VOCAB_SIZE = 32768
+VAL_FRACTION = 0.005          # share of documents held out for validation (at least one document)
+SHARD_TOKENS = 100_000_000    # tokens per shard file (200 MB as uint16)
+ENCODE_BATCH_CHARS = 4_000_000  # characters per job handed to an encoding worker
+TOKENIZER_MAX_CHARS = 400_000_000  # the tokenizer trains on at most this many characters of the corpus
+TOKENIZER_MAX_CHUNKS = 150_000     # ...reservoir-sampled down to this many chunks (bounds its memory)
+CHUNK_CHARS = 4000            # tokenizer training sees multi-line chunks of at most this many characters
+SPECIAL_PIECES = {"unk": "<unk>", "bos": "<s>", "eos": "<|endoftext|>", "pad": "<|pad|>"}
+SP_SPACE = "\u2581"           # SentencePiece's visible space; a literal one in text is byte-encoded
+CORPUS_FORMAT = "codelm-corpus-v1"
+
+
+class DataError(Exception):
+    """Bad input: the message names the file, key or line."""
+
+
+# ----------------------------------------------------------------------------- progress
+def format_eta(seconds):
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress(iterable, total=None, label="", unit="items", every=2.0, weight=None, stream=sys.stderr):
+    """Yield from iterable, printing `[label] n/total (pct) rate unit/s ETA` every `every` seconds.
+    weight(item) -> how much the item counts (default 1), e.g. characters of a document."""
+    t0 = last = time.time()
+    done = 0
+    for item in iterable:
+        yield item
+        done += weight(item) if weight else 1
+        now = time.time()
+        if now - last >= every:
+            last = now
+            rate = done / max(now - t0, 1e-9)
+            if total:
+                line = f"[{label}] {done:,}/{total:,} ({100 * done / total:.1f}%) {rate:,.1f} {unit}/s ETA {format_eta((total - done) / max(rate, 1e-9))}"
+            else:
+                line = f"[{label}] {done:,} {unit} {rate:,.1f} {unit}/s elapsed {format_eta(now - t0)}"
+            print(line, file=stream, flush=True)
+    elapsed = time.time() - t0
+    print(f"[{label}] done: {done:,} {unit} in {format_eta(elapsed)} ({done / max(elapsed, 1e-9):,.1f} {unit}/s)", file=stream, flush=True)
+
+
+# ----------------------------------------------------------------------------- sources
+def stdlib_files():
+    """The running interpreter's standard-library .py sources (no site-packages), sorted."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts)
+
+
+def describe_source(src, ext=(".py",)):
+    """A fingerprint of the source that changes whenever its content could have changed (paths,
+    sizes, mtimes), computed without reading the files: lets a re-run reuse its outputs."""
+    h = hashlib.sha256()
+    if src == "stdlib":
+        files = stdlib_files()
+        h.update(sys.version.encode())
+    elif os.path.isdir(src):
+        files = sorted(p for p in Path(src).rglob("*") if p.is_file() and _wanted(p, ext))
+    elif os.path.isfile(src):
+        files = [Path(src)]
+    else:
+        raise DataError(f"{src}: no such file or folder (give a folder of source files, a .jsonl/.jsonl.gz/.parquet file, or 'stdlib')")
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"src": str(src), "files": len(files), "fingerprint": h.hexdigest()}
+
+
+def _wanted(path, ext):
+    return "all" in ext or path.suffix in ext
+
+
+def iter_source_texts(src, ext=(".py",), text_field="text", stats=None):
+    """Yield (name, text) for every document of src: a folder (files with a suffix in `ext`, or
+    ext=('all',)), a .jsonl / .jsonl.gz file (records with `text_field`), a .parquet file (needs
+    pyarrow), or 'stdlib'. Unreadable, non-UTF-8 and malformed documents are skipped and counted in
+    `stats` (a dict), never fatal here: the caller decides what an empty result means."""
+    stats = stats if stats is not None else {}
+    stats.setdefault("documents", 0)
+    stats.setdefault("skipped", {})
+
+    def skip(reason, where):
+        stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
+        examples = stats.setdefault("skipped_examples", {}).setdefault(reason, [])
+        if len(examples) < 3:
+            examples.append(str(where))
+
+    src = str(src)
+    if src == "stdlib" or os.path.isdir(src):
+        files = stdlib_files() if src == "stdlib" else sorted(p for p in Path(src).rglob("*") if p.is_file() and _wanted(p, ext))
+        for p in files:
+            try:
+                raw = p.read_bytes()
+            except OSError:
+                skip("unreadable", p)
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                skip("not UTF-8", p)
+                continue
+            if not text.strip():
+                skip("empty", p)
+                continue
+            stats["documents"] += 1
+            yield str(p), text
+    elif src.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        opener = gzip.open if src.endswith(".gz") else open
+        try:
+            with opener(src, "rb") as f:  # decode line by line: one bad line does not end the file
+                for lineno, raw in enumerate(f, 1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        rec = json.loads(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        skip("not UTF-8", f"{src}:{lineno}")
+                        continue
+                    except json.JSONDecodeError:
+                        skip("not JSON", f"{src}:{lineno}")
+                        continue
+                    text = rec.get(text_field) if isinstance(rec, dict) else None
+                    if not isinstance(text, str):
+                        skip(f"no '{text_field}' field", f"{src}:{lineno}")
+                        continue
+                    if not text.strip():
+                        skip("empty", f"{src}:{lineno}")
+                        continue
+                    stats["documents"] += 1
+                    yield f"{src}:{lineno}", text
+        except (OSError, EOFError) as e:
+            raise DataError(f"{src}: cannot read ({e})")
+    elif src.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{src}: reading parquet needs pyarrow (pip install pyarrow), or convert it to .jsonl")
+        try:
+            pf = pq.ParquetFile(src)
+        except Exception as e:
+            raise DataError(f"{src}: not a readable parquet file ({e})")
+        if text_field not in pf.schema_arrow.names:
+            raise DataError(f"{src}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); pass --text_field")
+        row = 0
+        for batch in pf.iter_batches(columns=[text_field], batch_size=1024):  # one batch in memory at a time
+            for text in batch.column(0).to_pylist():
+                row += 1
+                if not isinstance(text, str) or not text.strip():
+                    skip("empty", f"{src}:row {row}")
+                    continue
+                stats["documents"] += 1
+                yield f"{src}:row {row}", text
+    elif os.path.isfile(src):
+        raise DataError(f"{src}: unsupported file type (expected a folder, .jsonl, .jsonl.gz, .parquet or 'stdlib')")
+    else:
+        raise DataError(f"{src}: no such file or folder (give a folder of source files, a .jsonl/.jsonl.gz/.parquet file, or 'stdlib')")
+
+
+# ----------------------------------------------------------------------------- tokenizer training
+def training_chunks(texts, max_chars=CHUNK_CHARS):
+    """Cut documents into multi-line chunks: SentencePiece then learns pieces that span newlines and
+    indentation ('):\\n    return'), which a line-by-line trainer never sees."""
+    for text in texts:
+        cur = []
+        size = 0
+        for line in text.splitlines(keepends=True):
+            while len(line) > max_chars:  # a pathological long line is cut where it must be
+                if cur:
+                    yield "".join(cur)
+                    cur, size = [], 0
+                yield line[:max_chars]
+                line = line[max_chars:]
+            if size + len(line) > max_chars and cur:
+                yield "".join(cur)
+                cur, size = [], 0
+            cur.append(line)
+            size += len(line)
+        if cur:
+            yield "".join(cur)
+
+
+def train_tokenizer(texts, out_path, vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_MAX_CHARS, threads=None):
+    """Train a byte-fallback BPE SentencePiece model on an iterable of documents; write it to out_path.
+    Options chosen for code: identity normalization, no dummy prefix, whitespace kept as is and allowed
+    inside pieces (indentation runs, newline+indent, 'return▁self'), digits split."""
+    import sentencepiece as spm
+
+    seen = 0
+
+    def capped():
+        nonlocal seen
+        for t in texts:
+            if seen >= max_chars:
+                return
+            seen += len(t)
+            yield t
+
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=training_chunks(capped()), model_writer=model,
+            model_type="bpe", vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9999,
+            normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+            split_by_whitespace=False, allow_whitespace_only_pieces=True, split_digits=True,
+            max_sentence_length=4 * CHUNK_CHARS + 16, input_sentence_size=TOKENIZER_MAX_CHUNKS,
+            shuffle_input_sentence=True, hard_vocab_limit=False,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=3, unk_piece=SPECIAL_PIECES["unk"], bos_piece=SPECIAL_PIECES["bos"],
+            eos_piece=SPECIAL_PIECES["eos"], pad_piece=SPECIAL_PIECES["pad"],
+            num_threads=threads or os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as e:
+        raise DataError(f"tokenizer training failed: {e}")
+    if seen == 0:
+        raise DataError("tokenizer training: the corpus has no text")
+    _atomic_write_bytes(out_path, model.getvalue())
+    return out_path
+
+
+# ----------------------------------------------------------------------------- the Tokenizer
+def file_sha256(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Tokenizer:
+    """SentencePiece plus added tokens. Added strings (special tokens such as '<|diff|>', sugar tokens)
+    are split out of the text before SentencePiece sees it, so they are atomic and ordinary text never
+    produces them. Lossless: decode(encode(s)) == s for any str."""
+
+    def __init__(self, model_path, added_tokens=None):
+        import sentencepiece as spm
+
+        self.model_path = str(model_path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.model_path)
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"{model_path}: not a SentencePiece model ({e})")
+        self.base_vocab_size = self.sp.get_piece_size()
+        self.eos_id = self._special("eos", 2)
+        self.pad_id = self._special("pad", None)
+        self.bos_id = self._special("bos", None)
+        self.unk_id = self.sp.unk_id()
+        self._byte_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+        self._has_bytes = all(self.sp.is_byte(i) for i in self._byte_ids)
+        self.added_tokens = {}
+        self._reused = {}  # base id taken over by an added token (start_id) -> that token
+        self._pattern = None
+        for tok, i in sorted((added_tokens or {}).items(), key=lambda kv: kv[1]):
+            self._add(tok, int(i))
+
+    def _special(self, kind, default):
+        i = self.sp.piece_to_id(SPECIAL_PIECES[kind])
+        if i != self.sp.unk_id() or SPECIAL_PIECES[kind] == SPECIAL_PIECES["unk"]:
+            return i
+        sp_id = {"eos": self.sp.eos_id(), "pad": self.sp.pad_id(), "bos": self.sp.bos_id()}[kind]
+        return sp_id if sp_id >= 0 else default
+
+    # -- loading and saving
+    @classmethod
+    def load(cls, path):
+        """path: a tokenizer.model file, a checkpoint folder (config.json) or a corpus folder (meta.json)."""
+        path = Path(path)
+        if path.is_file():
+            return cls(path)
+        if not path.is_dir():
+            raise DataError(f"{path}: no tokenizer here (expected tokenizer.model or a folder holding one)")
+        info = None
+        for name in ("config.json", "meta.json"):
+            if (path / name).is_file():
+                try:
+                    cfg = json.loads((path / name).read_text())
+                except (OSError, json.JSONDecodeError) as e:
+                    raise DataError(f"{path / name}: not readable JSON ({e})")
+                if isinstance(cfg, dict) and isinstance(cfg.get("tokenizer"), dict):
+                    info = cfg["tokenizer"]
+                    break
+        model_file = path / (info or {}).get("file", "tokenizer.model")
+        if not model_file.is_file():
+            raise DataError(f"{path}: missing {model_file.name}")
+        if info and info.get("sha256") and file_sha256(model_file) != info["sha256"]:
+            raise DataError(f"{model_file}: sha256 differs from the one recorded in {path}'s config (tokenizer replaced?)")
+        added = (info or {}).get("added_tokens") or {}
+        if not info and (path / "tokenizer_config.json").is_file():  # a Hugging Face folder
+            added = _hf_added_tokens(path / "tokenizer_config.json")
+        return cls(model_file, added)
+
+    def save(self, folder):
+        """Copy the SentencePiece model into folder/tokenizer.model (added tokens go in the config)."""
+        dst = Path(folder) / "tokenizer.model"
+        if Path(self.model_path).resolve() != dst.resolve():
+            _atomic_write_bytes(dst, Path(self.model_path).read_bytes())
+        return dst
+
+    def to_config(self):
+        return {"file": "tokenizer.model", "sha256": file_sha256(self.model_path), "vocab_size": self.vocab_size,
+                "base_vocab_size": self.base_vocab_size, "eos_id": self.eos_id, "pad_id": self.pad_id,
+                "bos_id": self.bos_id, "added_tokens": dict(self.added_tokens)}
+
+    # -- vocabulary
+    @property
+    def vocab_size(self):
+        return max([self.base_vocab_size] + [i + 1 for i in self.added_tokens.values()])
+
+    def id_to_piece(self, i):
+        for tok, j in self.added_tokens.items():
+            if j == i:
+                return tok
+        return self.sp.id_to_piece(i) if 0 <= i < self.base_vocab_size else None
+
+    def piece_to_id(self, piece):
+        if piece in self.added_tokens:
+            return self.added_tokens[piece]
+        i = self.sp.piece_to_id(piece)
+        return None if (i == self.unk_id and piece != self.sp.id_to_piece(self.unk_id)) else i
+
+    def add_tokens(self, tokens, start_id=None):
+        """Add atomic tokens. Ids follow the current vocabulary, or run from start_id on, taking over
+        those base ids (the Token Sugar convention: it reuses embedding rows; ordinary text then
+        byte-encodes the pieces it displaced). Returns the new ids."""
+        tokens = list(tokens)
+        if len(set(tokens)) != len(tokens):
+            raise DataError("add_tokens: the list repeats a token")
+        for tok in tokens:
+            if not isinstance(tok, str) or not tok:
+                raise DataError(f"add_tokens: {tok!r} is not a non-empty string")
+            if tok in self.added_tokens:
+                raise DataError(f"add_tokens: {tok!r} already exists (id {self.added_tokens[tok]})")
+            base = self.sp.piece_to_id(tok)
+            if base != self.unk_id or tok == self.sp.id_to_piece(self.unk_id):
+                raise DataError(f"add_tokens: {tok!r} already exists in the base vocabulary (id {base})")
+        if start_id is None:
+            first = self.vocab_size
+            ids = list(range(first, first + len(tokens)))
+        else:
+            ids = list(range(int(start_id), int(start_id) + len(tokens)))
+            taken = {i: t for t, i in self.added_tokens.items()}
+            for i in ids:
+                if i in taken:
+                    raise DataError(f"add_tokens: start_id range {ids[0]}..{ids[-1]} overlaps id {i} of added token {taken[i]!r}")
+                if i < self.base_vocab_size and (self.sp.is_control(i) or self.sp.is_byte(i) or self.sp.is_unknown(i)):
+                    raise DataError(f"add_tokens: start_id range {ids[0]}..{ids[-1]} would take over special or byte piece {i} ({self.sp.id_to_piece(i)!r})")
+            if any(i < self.base_vocab_size for i in ids) and not self._has_bytes:
+                raise DataError("add_tokens: start_id reuse needs a byte-fallback tokenizer")
+        for tok, i in zip(tokens, ids):
+            self._add(tok, i)
+        return ids
+
+    def _add(self, tok, i):
+        self.added_tokens[tok] = i
+        if i < self.base_vocab_size:
+            self._reused[i] = tok
+        # longest first, so '<|diff|>' never wins over a longer token that starts with it
+        alts = sorted(self.added_tokens, key=len, reverse=True)
+        self._pattern = re.compile("(" + "|".join(re.escape(t) for t in alts) + ")")
+
+    # -- encoding
+    def _encode_plain(self, text):
+        """SentencePiece on text that holds no added token; literal '▁' characters are byte-encoded
+        (SentencePiece would turn them into spaces), as are pieces whose ids added tokens took over."""
+        if SP_SPACE in text:
+            out = []
+            parts = text.split(SP_SPACE)
+            for j, part in enumerate(parts):
+                if part:
+                    out += self.sp.encode(part)
+                if j < len(parts) - 1:
+                    out += [self._byte_ids[b] for b in SP_SPACE.encode()]
+        else:
+            out = self.sp.encode(text)
+        if self._reused:
+            fixed = []
+            for i in out:
+                if i in self._reused:
+                    fixed += [self._byte_ids[b] for b in self.sp.id_to_piece(i).replace(SP_SPACE, " ").encode()]
+                else:
+                    fixed.append(i)
+            out = fixed
+        return out
+
+    def encode(self, text, bos=False, eos=False):
+        if not isinstance(text, str):
+            raise TypeError(f"Tokenizer.encode takes a str, not {type(text).__name__}")
+        if self._pattern is None:
+            ids = self._encode_plain(text) if text else []
+        else:
+            ids = []
+            for j, part in enumerate(self._pattern.split(text)):
+                if j % 2:
+                    ids.append(self.added_tokens[part])
+                elif part:
+                    ids += self._encode_plain(part)
+        if bos and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        if eos:
+            ids = ids + [self.eos_id]
+        return ids
+
+    def encode_batch(self, texts, eos=False):
+        if self._pattern is None and not self._reused and not any(SP_SPACE in t for t in texts):
+            out = self.sp.encode(list(texts))  # fast path: one C++ call
+            return [ids + [self.eos_id] for ids in out] if eos else out
+        return [self.encode(t, eos=eos) for t in texts]
+
+    def decode(self, ids):
+        ids = [int(i) for i in ids]
+        if not self.added_tokens:
+            return self.sp.decode([i for i in ids if 0 <= i < self.base_vocab_size])
+        by_id = {i: t for t, i in self.added_tokens.items()}
+        out, run = [], []
+        for i in ids:
+            if i in by_id:
+                if run:
+                    out.append(self.sp.decode(run))
+                    run = []
+                out.append(by_id[i])
+            elif 0 <= i < self.base_vocab_size:
+                run.append(i)
+        if run:
+            out.append(self.sp.decode(run))
+        return "".join(out)
+
+
+def _hf_added_tokens(path):
+    """Added tokens of a Hugging Face tokenizer_config.json (added_tokens_decoder: {id: {content}})."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON ({e})")
+    added = {}
+    for i, entry in (cfg.get("added_tokens_decoder") or {}).items():
+        if isinstance(entry, dict) and "content" in entry:
+            added[entry["content"]] = int(i)
+    return added
+
+
+# ----------------------------------------------------------------------------- writing corpora
+def _atomic_write_bytes(path, data):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path, obj):
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+_worker_tok = None
+
+
+def _init_worker(model_path, added):
+    global _worker_tok
+    _worker_tok = Tokenizer(model_path, added)
+
+
+def _encode_job(job):
+    """In a worker: encode a list of (is_val, text); return per split the token array (eos after each
+    document), document count and character count."""
+    tok = _worker_tok
+    dtype = token_dtype(tok.vocab_size)
+    out = {}
+    for split in ("train", "val"):
+        texts = [t for v, t in job if v == (split == "val")]
+        if not texts:
+            continue
+        ids = tok.encode_batch(texts, eos=True)
+        arr = np.fromiter((i for seq in ids for i in seq), dtype=dtype, count=sum(len(s) for s in ids))
+        out[split] = (arr, len(texts), sum(len(t) for t in texts))
+    return out
+
+
+class ShardWriter:
+    """Appends token arrays to split_000000.bin, split_000001.bin, ... each at most shard_tokens long;
+    a shard is written under a temporary name and renamed when full or at close."""
+
+    def __init__(self, folder, split, dtype, shard_tokens=SHARD_TOKENS):
+        self.folder, self.split, self.dtype, self.shard_tokens = Path(folder), split, dtype, shard_tokens
+        self.shards, self.f, self.n, self.docs, self.chars = [], None, 0, 0, 0
+
+    def write(self, arr, docs=0, chars=0):
+        self.docs += docs
+        self.chars += chars
+        while len(arr):
+            if self.f is None:
+                name = f"{self.split}_{len(self.shards):06d}.bin"
+                self.f = open(self.folder / f".{name}.tmp", "wb")
+                self.shards.append({"file": name, "tokens": 0})
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            part, arr = arr[:room], arr[room:]
+            self.f.write(part.tobytes())
+            self.shards[-1]["tokens"] += len(part)
+            self.n += len(part)
+            if self.shards[-1]["tokens"] >= self.shard_tokens:
+                self._finish()
+
+    def _finish(self):
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        self.f = None
+        name = self.shards[-1]["file"]
+        os.replace(self.folder / f".{name}.tmp", self.folder / name)
+        self.shards[-1]["head_sha256"] = _head_sha256(self.folder / name)
+
+    def close(self):
+        if self.f is not None:
+            self._finish()
+        return {"shards": self.shards, "tokens": self.n, "documents": self.docs, "characters": self.chars}
+
+
+def _head_sha256(path, nbytes=1 << 20):
+    """sha256 of a shard's first and last MiB and its size: a cheap check that catches a replaced or
+    truncated shard without hashing gigabytes at every start."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(nbytes))
+        if size > nbytes:
+            f.seek(max(nbytes, size - nbytes))
+            h.update(f.read(nbytes))
+    return h.hexdigest()
+
+
+def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, meta_extra=None, workers=None,
+                 total_chars=None, shard_tokens=SHARD_TOKENS):
+    """Tokenize an iterable of documents (str) into out_dir: train/val shards, tokenizer.model and
+    meta.json. Encoding runs in `workers` processes with a bounded number of jobs in flight, so memory
+    stays flat for any corpus size. The folder is built under a temporary name and renamed at the end."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir.parent, os.W_OK):
+        raise DataError(f"{out_dir.parent}: not writable")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        tokenizer.save(tmp)
+        dtype = token_dtype(tokenizer.vocab_size)
+        writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in ("train", "val")}
+        rng = random.Random(seed)
+        workers = max(1, workers or os.cpu_count() or 1)
+
+        def jobs():
+            job, size = [], 0
+            for i, text in enumerate(progress(texts, total=total_chars, label="encode", unit="chars", weight=len)):
+                # the second document always goes to val, so a small corpus still has a held-out split
+                is_val = i == 1 or (val_fraction > 0 and rng.random() < val_fraction)
+                job.append((is_val, text))
+                size += len(text)
+                if size >= ENCODE_BATCH_CHARS:
+                    yield job
+                    job, size = [], 0
+            if job:
+                yield job
+
+        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer.model_path, tokenizer.added_tokens)) as pool:
+            pending = deque()
+            for job in jobs():
+                pending.append(pool.apply_async(_encode_job, (job,)))
+                while len(pending) > 2 * workers:  # backpressure: bounded memory
+                    _write_result(pending.popleft().get(), writers)
+            while pending:
+                _write_result(pending.popleft().get(), writers)
+        splits = {s: w.close() for s, w in writers.items()}
+        if splits["train"]["tokens"] == 0:
+            raise DataError("the corpus has no documents left to train on")
+        if splits["val"]["tokens"] == 0:  # a one-document corpus: validate on the training data
+            shutil.copyfile(tmp / splits["train"]["shards"][0]["file"], tmp / "val_000000.bin")
+            splits["val"] = dict(splits["train"], shards=[dict(splits["train"]["shards"][0], file="val_000000.bin")])
+        val = splits["val"]
+        meta = {"format": CORPUS_FORMAT, "dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
+                "eos_id": tokenizer.eos_id, "tokenizer": tokenizer.to_config(), "train": splits["train"],
+                "val": val, "chars_per_token_val": round(val["characters"] / max(1, val["tokens"] - val["documents"]), 4),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta.update(meta_extra or {})
+        _atomic_write_json(tmp / "meta.json", meta)
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return meta
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_result(result, writers):
+    for split, (arr, docs, chars) in result.items():
+        writers[split].write(arr, docs, chars)
+
+
+# ----------------------------------------------------------------------------- reading corpora
+def load_corpus_meta(data_dir):
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise DataError(f"{data_dir}: no meta.json (prepare it with: python data.py corpus --src SRC --out {data_dir})")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})")
+    if not isinstance(meta, dict) or meta.get("format") != CORPUS_FORMAT:
+        raise DataError(f"{path}: not a codelm corpus (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    return meta
+
+
+def open_shards(data_dir, split, meta=None):
+    """Memory-map a split's shards after checking each one's size and head/tail hash against meta.json:
+    a truncated, missing or replaced shard is an error that names the file."""
+    meta = meta or load_corpus_meta(data_dir)
+    dtype = np.dtype(meta["dtype"])
+    arrays = []
+    for s in meta[split]["shards"]:
+        path = Path(data_dir) / s["file"]
+        if not path.is_file():
+            raise DataError(f"{path}: shard missing")
+        size = path.stat().st_size
+        if size != s["tokens"] * dtype.itemsize:
+            raise DataError(f"{path}: truncated or corrupt shard ({size} bytes, expected {s['tokens'] * dtype.itemsize})")
+        if s.get("head_sha256") and _head_sha256(path) != s["head_sha256"]:
+            raise DataError(f"{path}: corrupt shard (content hash differs from meta.json)")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+    return arrays
+
+
+def sample_windows(shards, batch_size, block_size, generator):
+    """batch_size random windows of block_size+1 tokens from the shards (chosen in proportion to their
+    length) as (x, y) int64 tensors. `generator` (a numpy Generator) makes it deterministic."""
+    import torch
+
+    lengths = np.array([len(s) for s in shards], dtype=np.int64)
+    usable = np.maximum(lengths - block_size - 1, 0)
+    if usable.sum() <= 0:
+        raise DataError(f"block_size {block_size} is larger than any shard of the data ({int(lengths.max())} tokens); lower block_size")
+    which = generator.choice(len(shards), size=batch_size, p=usable / usable.sum())
+    starts = [int(generator.integers(0, usable[w] + 1)) for w in which]
+    buf = np.stack([np.asarray(shards[w][s:s + block_size + 1], dtype=np.int64) for w, s in zip(which, starts)])
+    t = torch.from_numpy(buf)
+    return t[:, :-1], t[:, 1:]
+
+
+# ----------------------------------------------------------------------------- the corpus command
+def prepare_corpus(src, out, vocab_size=VOCAB_SIZE, tokenizer=None, ext=(".py",), text_field="text",
+                   val_fraction=VAL_FRACTION, seed=0, workers=None, force=False):
+    """Everything `python data.py corpus` does; train.py calls it to prepare the quickstart data."""
+    out = Path(out)
+    source = describe_source(src, ext)
+    options = {"vocab_size": vocab_size, "tokenizer": file_sha256(_tokenizer_file(tokenizer)) if tokenizer else None,
+               "ext": list(ext), "text_field": text_field, "val_fraction": val_fraction, "seed": seed}
+    request = {"source": source, "options": options}
+    if not force and (out / "meta.json").is_file():
+        try:
+            old = load_corpus_meta(out)
+            if old.get("request") == request:
+                open_shards(out, "train", old)
+                open_shards(out, "val", old)
+                print(f"{out}: up to date with its inputs, reusing it ({old['train']['tokens']:,} train tokens)", file=sys.stderr)
+                return old
+        except DataError as e:
+            print(f"{out}: rebuilding ({e})", file=sys.stderr)
+    if out.exists() and not (out / "meta.json").is_file() and any(out.iterdir()):
+        raise DataError(f"{out}: exists and is not a codelm corpus folder; refusing to overwrite it")
+
+    stats = {}
+    first = iter_source_texts(src, ext, text_field, stats)
+    try:
+        probe = next(first)
+    except StopIteration:
+        raise DataError(f"{src}: no usable documents ({_skip_summary(stats) or 'empty'})")
+
+    def docs(it=first, head=probe):
+        yield head[1]
+        for _, t in it:
+            yield t
+
+    if tokenizer:
+        tok = Tokenizer.load(tokenizer)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model_path = out.with_name(f".{out.name}.tokenizer-{os.getpid()}.model")
+        print(f"training a {vocab_size:,}-piece BPE tokenizer on {src} ...", file=sys.stderr)
+        t0 = time.time()
+        train_stats = {}
+        train_tokenizer((t for _, t in iter_source_texts(src, ext, text_field, train_stats)), model_path, vocab_size)
+        print(f"tokenizer trained in {time.time() - t0:.1f}s", file=sys.stderr)
+        tok = Tokenizer(model_path)
+    try:
+        total = sum(p.stat().st_size for p in stdlib_files()) if src == "stdlib" else None
+        meta = write_corpus(docs(), tok, out, val_fraction, seed, workers=workers, total_chars=total,
+                            meta_extra={"request": request, "sources": {"src": str(src), "documents": stats["documents"],
+                                                                        "skipped": stats["skipped"]}})
+    finally:
+        if not tokenizer:
+            Path(tok.model_path).unlink(missing_ok=True)
+    if stats["skipped"]:
+        print(f"skipped {_skip_summary(stats)}", file=sys.stderr)
+    print(f"{out}: {meta['train']['tokens']:,} train tokens, {meta['val']['tokens']:,} val tokens, "
+          f"{stats['documents']:,} documents, {meta['chars_per_token_val']:.3f} chars/token on val", file=sys.stderr)
+    return meta
+
+
+def _tokenizer_file(path):
+    p = Path(path)
+    return p if p.is_file() else p / "tokenizer.model"
+
+
+def _skip_summary(stats):
+    parts = []
+    for reason, n in stats.get("skipped", {}).items():
+        ex = stats.get("skipped_examples", {}).get(reason, [])
+        parts.append(f"{n} {reason}" + (f" (e.g. {ex[0]})" if ex else ""))
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("corpus", help="tokenize a corpus into train/val token shards (+ train a tokenizer)")
+    p.add_argument("--src", required=True, help="folder of source files | .jsonl / .jsonl.gz | .parquet | stdlib")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/NAME")
+    p.add_argument("--vocab_size", type=int, default=VOCAB_SIZE, help="pieces of the BPE tokenizer to train")
+    p.add_argument("--tokenizer", help="use this tokenizer (a .model file, checkpoint or corpus folder) instead of training one")
+    p.add_argument("--ext", default=".py", help="comma-separated file suffixes to take from a folder, or 'all'")
+    p.add_argument("--text_field", default="text", help="field (JSONL) or column (parquet) holding the text")
+    p.add_argument("--val_fraction", type=float, default=VAL_FRACTION)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the output matches its inputs")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "corpus":
+            ext = tuple(e if e.startswith(".") or e == "all" else "." + e for e in args.ext.split(","))
+            prepare_corpus(args.src, args.out, args.vocab_size, args.tokenizer, ext, args.text_field,
+                           args.val_fraction, args.seed, args.workers, args.force)
+    except DataError as e:
+        sys.exit(f"data.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
