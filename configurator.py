@@ -1,0 +1,125 @@
+"""
+nanoGPT-style configuration: a script keeps its defaults as module globals, and
+
+    python train.py config/quickstart.py --max_iters=200 --learning_rate=3e-4 --compile=true
+
+applies the config file (plain Python assignments), then each --key=value, in order. Unlike a bare
+exec, every assignment is checked: the key must exist (an unknown key names its closest match) and the
+value must have the default's type (an int is fine where a float is expected; a default of None takes
+any value; bools are true/false).
+"""
+import ast
+import difflib
+import types
+
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+class ConfigError(Exception):
+    """A bad config file or override; the message names the key or file."""
+
+
+def _suggest(key, known):
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def coerce(key, value, default, source):
+    """Check value against the type of default; return the value to assign."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in TRUE + FALSE:
+            return value.lower() in TRUE
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 1e6 written for an int
+            return int(value)
+        raise ConfigError(f"{source}: {key} must be an int, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    if isinstance(default, (tuple, list)):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (tuple, list)):
+            return type(default)(value)
+        raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+    if not isinstance(value, type(default)):
+        raise ConfigError(f"{source}: {key} must be {type(default).__name__}, got {value!r}")
+    return value
+
+
+def parse_value(text, default):
+    """The text of --key=value as a Python value. Strings stay raw where a string is expected."""
+    if isinstance(default, str):
+        return text
+    if text == "None":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def configurable(namespace):
+    """The keys a config may set: public, non-module, non-callable globals."""
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)
+            and not callable(v)}
+
+
+def apply_config_file(path, namespace, known):
+    try:
+        source = open(path).read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})")
+    scope = {"__file__": path}
+    try:
+        exec(compile(source, path, "exec"), scope)
+    except Exception as e:
+        line = getattr(e, "lineno", None)
+        raise ConfigError(f"{path}{':' + str(line) if line else ''}: error in config file: {e}")
+    applied = {}
+    for key, value in scope.items():
+        if key.startswith("_") or isinstance(value, types.ModuleType) or callable(value):
+            continue
+        if key not in known:
+            raise ConfigError(f"{path}: unknown config key {key!r}{_suggest(key, known)}")
+        namespace[key] = applied[key] = coerce(key, value, known[key], path)
+    return applied
+
+
+def configure(namespace, argv):
+    """Apply config files and --key=value overrides from argv to namespace (a module's globals()).
+    Returns the dict of keys that were set, in order."""
+    known = configurable(namespace)
+    applied = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            applied.update(apply_config_file(arg, namespace, known))
+            continue
+        key, eq, text = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, known)}")
+        if not eq:
+            if not isinstance(known[key], bool):
+                raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
+            text = "true"
+        value = coerce(key, parse_value(text, known[key]), namespace[key] if namespace[key] is not None else known[key], f"--{key}")
+        namespace[key] = applied[key] = value
+    return applied
+
+
+def describe(namespace):
+    """Lines 'key = default' of every configurable key, for --help."""
+    return [f"  {k} = {v!r}" for k, v in configurable(namespace).items()]
