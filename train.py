@@ -340,6 +340,10 @@ def run():
     while True:
         if step % eval_interval == 0 and (step > start_step or resume_state is None) or step == max_iters:
             vl = val_loss()
+            if not math.isfinite(vl):  # never save a checkpoint that evaluates to nan/inf
+                log(f"step {step} | val loss is {vl}: stopping; the last good checkpoint is in {out_dir}",
+                    event="nonfinite", step=step, val_loss=vl)
+                raise SystemExit(_EXIT_NONFINITE)
             improved = vl < best_val
             best_val = min(best_val, vl)
             saving = step > 0 and (always_save_checkpoint or improved)
@@ -360,13 +364,15 @@ def run():
             (loss / accum).backward()
             loss_sum += loss.detach().float() / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+        loss_value = all_reduce_mean(loss_sum, world).item()  # also the per-step sync point
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # before the update touches the weights
+            what = f"loss is {loss_value}" if not math.isfinite(loss_value) else f"gradient norm is {grad_norm}"
+            log(f"step {step} | {what}: stopping; the last good checkpoint is in {out_dir}",
+                event="nonfinite", step=step, loss=loss_value, grad_norm=grad_norm)
+            raise SystemExit(_EXIT_NONFINITE)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss_value = all_reduce_mean(loss_sum, world).item()  # also the per-step sync point
-        if not math.isfinite(loss_value):
-            log(f"step {step} | loss is {loss_value}: stopping; the last good checkpoint is in {out_dir}",
-                event="nonfinite", step=step, loss=loss_value)
-            raise SystemExit(_EXIT_NONFINITE)
         step += 1
         now = time.time()
         dt, t_last = now - t_last, now
@@ -377,10 +383,10 @@ def run():
             tps = tokens_per_step / st
             mfu = estimate_mfu(flops_per_token, tps, peak, world)
             eta = (max_iters - step) * st
-            log(f"step {step}/{max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | grad norm {float(grad_norm):.3f} | "
+            log(f"step {step}/{max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
                 f"{tps:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "") +
                 f" | {1000 * st:.0f} ms/step | eta {_hms(eta)}",
-                event="train", step=step, loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_sec=tps,
+                event="train", step=step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_sec=tps,
                 mfu=mfu, step_ms=1000 * st, eta_s=eta)
     if world > 1:
         dist.destroy_process_group()

@@ -8,6 +8,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run two at a time on two cores
+# Triton kernels run on numpy in tests (no GPU); must be set before anything imports triton
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def stdlib_sample(max_chars=300_000):
