@@ -93,10 +93,12 @@ def describe_source(src, ext=(".py",)):
         files = [Path(src)]
     else:
         raise DataError(f"{src}: no such file or folder (give a folder of source files, a .jsonl/.jsonl.gz/.parquet file, or 'stdlib')")
+    size = 0
     for p in files:
         st = p.stat()
+        size += st.st_size
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return {"src": str(src), "files": len(files), "fingerprint": h.hexdigest()}
+    return {"src": str(src), "files": len(files), "bytes": size, "fingerprint": h.hexdigest()}
 
 
 def _wanted(path, ext):
@@ -316,7 +318,7 @@ class Tokenizer:
             raise DataError(f"{model_file}: sha256 differs from the one recorded in {path}'s config (tokenizer replaced?)")
         added = (info or {}).get("added_tokens") or {}
         if not info and (path / "tokenizer_config.json").is_file():  # a Hugging Face folder
-            added = _hf_added_tokens(path / "tokenizer_config.json")
+            added = _hf_added_tokens(path / "tokenizer_config.json", model_file)
         return cls(model_file, added)
 
     def save(self, folder):
@@ -455,15 +457,24 @@ class Tokenizer:
         return "".join(out)
 
 
-def _hf_added_tokens(path):
-    """Added tokens of a Hugging Face tokenizer_config.json (added_tokens_decoder: {id: {content}})."""
+def _hf_added_tokens(path, model_file=None):
+    """Added tokens of a Hugging Face tokenizer_config.json (added_tokens_decoder: {id: {content}}).
+    Entries that merely restate a piece of the SentencePiece model at its own id ('<s>' at 1, as
+    Llama folders list their special tokens) are not added tokens and are left out."""
     try:
         cfg = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not readable JSON ({e})")
+    sp = None
+    if model_file is not None:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(model_file))
     added = {}
     for i, entry in (cfg.get("added_tokens_decoder") or {}).items():
         if isinstance(entry, dict) and "content" in entry:
+            if sp is not None and int(i) < sp.get_piece_size() and sp.id_to_piece(int(i)) == entry["content"]:
+                continue
             added[entry["content"]] = int(i)
     return added
 
@@ -728,7 +739,8 @@ def prepare_corpus(src, out, vocab_size=VOCAB_SIZE, tokenizer=None, ext=(".py",)
         print(f"tokenizer trained in {time.time() - t0:.1f}s", file=sys.stderr)
         tok = Tokenizer(model_path)
     try:
-        total = sum(p.stat().st_size for p in stdlib_files()) if src == "stdlib" else None
+        folder = src == "stdlib" or os.path.isdir(src)
+        total = source["bytes"] if folder else None  # for ETA: bytes ~ characters of code
         meta = write_corpus(docs(), tok, out, val_fraction, seed, workers=workers, total_chars=total,
                             meta_extra={"request": request, "sources": {"src": str(src), "documents": stats["documents"],
                                                                         "skipped": stats["skipped"]}})
@@ -755,6 +767,547 @@ def _skip_summary(stats):
     return ", ".join(parts)
 
 
+# ---- SFT data ----
+# Supervised fine-tuning examples: tokens = [bos] + prompt + completion + eos, loss on completion + eos
+# only. A data folder holds, per split, {split}_tokens.bin (all examples back to back, uint16/uint32),
+# {split}_mask.bin (uint8, 1 where the token is a loss target), {split}_offsets.npy (int64, n+1
+# boundaries) + meta.json (tokenizer with its added tokens, counts, skipped lines) + tokenizer.model.
+# Everything is memory-mapped by train.py; batches hold whole examples, right-padded, one per row, so
+# no example attends to another.
+SFT_FORMAT = "codelm-sft-v1"
+SFT_VAL_FRACTION = 0.02
+SKIP_LINES_KEPT = 20          # line numbers listed per skip reason (the count is always complete)
+INTENT_TAGS = ("<reasoning>", "</reasoning>", "<intention>", "</intention>", "<code>", "</code>")
+# record fields of `python data.py intent` (override with --fields left_context=ctx,code=body)
+INTENT_FIELDS = {"left_context": "left_context", "signature": "signature", "reasoning": "reasoning",
+                 "intention": "intention", "code": "code"}
+LINTSEQ_DIFF_TOKEN = "<|diff|>"
+
+
+class SkipLog:
+    """Counts skipped records per reason and keeps the first line numbers of each, for the summary."""
+
+    def __init__(self):
+        self.counts, self.lines = {}, {}
+
+    def __call__(self, reason, where):
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        kept = self.lines.setdefault(reason, [])
+        if len(kept) < SKIP_LINES_KEPT:
+            kept.append(where)
+
+    def summary(self, src):
+        parts = []
+        for reason, n in self.counts.items():
+            lines = ", ".join(str(x) for x in self.lines[reason]) + (", ..." if n > len(self.lines[reason]) else "")
+            parts.append(f"{n} {reason} ({'line' if n == 1 else 'lines'} {lines})")
+        return f"{src}: skipped " + "; ".join(parts) if parts else ""
+
+
+def iter_records(src, skips):
+    """(line number, dict) for each JSON object of src: JSONL (.jsonl, .jsonl.gz: one per line; bad lines
+    are counted in skips) or a .json file holding one array of objects (numbered from 1)."""
+    src = str(src)
+    if not os.path.isfile(src):
+        raise DataError(f"{src}: no such file")
+    if src.endswith(".json"):
+        try:
+            data = json.loads(Path(src).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{src}: not a JSON file ({e}); give JSONL (one object per line) or one JSON array")
+        if isinstance(data, dict):
+            data = [data]
+        if not isinstance(data, list):
+            raise DataError(f"{src}: expected a JSON array of objects")
+        for i, rec in enumerate(data, 1):
+            if isinstance(rec, dict):
+                yield i, rec
+            else:
+                skips("not an object", i)
+        return
+    opener = gzip.open if src.endswith(".gz") else open
+    try:
+        with opener(src, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    skips("not UTF-8", lineno)
+                    continue
+                except json.JSONDecodeError:
+                    skips("not JSON", lineno)
+                    continue
+                if not isinstance(rec, dict):
+                    skips("not an object", lineno)
+                    continue
+                yield lineno, rec
+    except (OSError, EOFError) as e:
+        raise DataError(f"{src}: cannot read ({e})")
+
+
+def sft_example(prompt_ids, completion_ids, eos_id, max_len, truncate="drop"):
+    """(ids, mask) of one example, or (None, reason). Over max_len: 'drop' it, or 'left': cut the prompt
+    from the left (dropped anyway when completion + eos alone do not fit). mask is 1 on completion + eos."""
+    n = len(prompt_ids) + len(completion_ids) + 1
+    truncated = False
+    if n > max_len:
+        room = max_len - len(completion_ids) - 1
+        if truncate != "left" or room < 0:
+            return None, "longer than max_len"
+        prompt_ids = prompt_ids[len(prompt_ids) - room:] if room else []
+        truncated = True
+    ids = list(prompt_ids) + list(completion_ids) + [eos_id]
+    mask = [0] * len(prompt_ids) + [1] * (len(completion_ids) + 1)
+    return (ids, mask), ("truncated" if truncated else None)
+
+
+def write_sft(examples, tokenizer, out_dir, val_fraction=SFT_VAL_FRACTION, seed=0, meta_extra=None):
+    """Write (ids, mask) examples into an SFT data folder (see above), atomically: built under a
+    temporary name and renamed when complete. The second example always goes to val when val_fraction
+    > 0; with no val example the val split is a copy of train (noted in meta.json)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        tokenizer.save(tmp)
+        dtype = token_dtype(tokenizer.vocab_size)
+        files = {s: (open(tmp / f"{s}_tokens.bin", "wb"), open(tmp / f"{s}_mask.bin", "wb")) for s in ("train", "val")}
+        offsets = {"train": [0], "val": [0]}
+        stats = {s: {"examples": 0, "tokens": 0, "loss_tokens": 0, "longest": 0} for s in ("train", "val")}
+        rng = random.Random(seed)
+        for i, (ids, mask) in enumerate(examples):
+            split = "val" if val_fraction > 0 and (i == 1 or rng.random() < val_fraction) else "train"
+            tf, mf = files[split]
+            tf.write(np.asarray(ids, dtype=dtype).tobytes())
+            mf.write(np.asarray(mask, dtype=np.uint8).tobytes())
+            offsets[split].append(offsets[split][-1] + len(ids))
+            st = stats[split]
+            st["examples"] += 1
+            st["tokens"] += len(ids)
+            st["loss_tokens"] += int(sum(mask))
+            st["longest"] = max(st["longest"], len(ids))
+        for tf, mf in files.values():
+            for f in (tf, mf):
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        if stats["train"]["examples"] == 0 and stats["val"]["examples"] > 0:  # one example: it trains
+            for kind in ("tokens", "mask"):
+                os.replace(tmp / f"val_{kind}.bin", tmp / f"train_{kind}.bin")
+            offsets["train"], stats["train"] = offsets["val"], stats["val"]
+            stats["val"] = dict(stats["val"], examples=0)
+        if stats["train"]["examples"] == 0:
+            raise DataError("no usable examples")
+        same = stats["val"]["examples"] == 0
+        if same:  # validate on the training data rather than not at all
+            for kind in ("tokens", "mask"):
+                shutil.copyfile(tmp / f"train_{kind}.bin", tmp / f"val_{kind}.bin")
+            offsets["val"], stats["val"] = offsets["train"], dict(stats["train"])
+        for s in ("train", "val"):
+            np.save(tmp / f"{s}_offsets.npy", np.asarray(offsets[s], dtype=np.int64))
+            stats[s]["files"] = {k: f"{s}_{k}" + (".npy" if k == "offsets" else ".bin") for k in ("tokens", "mask", "offsets")}
+        meta = {"format": SFT_FORMAT, "dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
+                "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "tokenizer": tokenizer.to_config(),
+                "train": stats["train"], "val": dict(stats["val"], same_as_train=same),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta.update(meta_extra or {})
+        _atomic_write_json(tmp / "meta.json", meta)
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return meta
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _source_postprocess(tokenizer_path):
+    """The postprocess flags of the checkpoint or data folder the tokenizer comes from (sugar table,
+    edit format), so SFT data made with a sugarized tokenizer keeps saying so."""
+    p = Path(tokenizer_path)
+    for name in ("config.json", "meta.json"):
+        if p.is_dir() and (p / name).is_file():
+            try:
+                pp = json.loads((p / name).read_text()).get("postprocess")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                pp = None
+            if isinstance(pp, dict):
+                return dict(pp)
+    return {"edit_format": None, "sugar": None}
+
+
+def _check_out(out):
+    out = Path(out)
+    if out.exists() and not (out / "meta.json").is_file() and any(out.iterdir()):
+        raise DataError(f"{out}: exists and is not a codelm data folder; refusing to overwrite it")
+    if not os.access(out.parent if out.parent.exists() else Path("."), os.W_OK):
+        raise DataError(f"{out.parent}: not writable")
+
+
+def _report(out, meta, skips, src):
+    c = meta["counts"]
+    print(f"{out}: kept {c['kept']:,} of {c['records']:,} records ({c['truncated']:,} truncated, "
+          f"{c['dropped']:,} dropped as longer than max_len {meta['max_len']}); "
+          f"{meta['train']['examples']:,} train / {meta['val']['examples']:,} val examples, "
+          f"{meta['train']['tokens']:,} train tokens ({meta['train']['loss_tokens']:,} with loss)", file=sys.stderr)
+    if skips.counts:
+        print(skips.summary(src), file=sys.stderr)
+
+
+def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None, prompt_field="prompt",
+                completion_field="completion", val_fraction=SFT_VAL_FRACTION, seed=0, bos=False):
+    """Everything `python data.py sft` does. Returns meta.json's dict."""
+    if max_len < 2:
+        raise DataError(f"--max_len must be at least 2, got {max_len}")
+    if truncate not in ("drop", "left"):
+        raise DataError(f"--truncate must be 'drop' or 'left', got {truncate!r}")
+    if edit_format not in (None, "lintseq"):
+        raise DataError(f"--edit_format must be 'lintseq', got {edit_format!r}")
+    _check_out(out)
+    tok = Tokenizer.load(tokenizer)
+    postprocess = _source_postprocess(tokenizer)
+    if edit_format == "lintseq":
+        if LINTSEQ_DIFF_TOKEN not in tok.added_tokens:
+            tok.add_tokens([LINTSEQ_DIFF_TOKEN])
+        postprocess["edit_format"] = "lintseq"
+    skips = SkipLog()
+    counts = {"records": 0, "kept": 0, "dropped": 0, "truncated": 0}
+    head = [tok.bos_id] if bos and tok.bos_id is not None else []
+
+    def examples():
+        for lineno, rec in progress(iter_records(src, skips), label="sft", unit="records"):
+            counts["records"] += 1
+            prompt, completion = rec.get(prompt_field), rec.get(completion_field)
+            if not isinstance(prompt, str):
+                skips(f"no '{prompt_field}' string field", lineno)
+                continue
+            if not isinstance(completion, str):
+                skips(f"no '{completion_field}' string field", lineno)
+                continue
+            if not completion.strip():
+                skips("empty completion", lineno)
+                continue
+            ex, note = sft_example(head + tok.encode(prompt), tok.encode(completion), tok.eos_id, max_len, truncate)
+            if ex is None:
+                counts["dropped"] += 1
+                continue
+            counts["truncated"] += note == "truncated"
+            counts["kept"] += 1
+            yield ex
+
+    extra = {"recipe": "sft", "max_len": max_len, "truncate": truncate, "bos": bool(head),
+             "fields": {"prompt": prompt_field, "completion": completion_field}, "counts": counts,
+             "skipped": skips.counts, "skipped_lines": skips.lines, "postprocess": postprocess,
+             "source": {"src": str(src), "sha256": file_sha256(src) if os.path.isfile(src) else None}}
+    try:
+        meta = write_sft(examples(), tok, out, val_fraction, seed, extra)
+    except DataError as e:
+        if counts["kept"] == 0:
+            why = skips.summary(src) or f"{src}: {counts['dropped']} of {counts['records']} records longer than --max_len {max_len}"
+            raise DataError(f"{src}: no usable examples ({why})" if counts["records"] else f"{src}: no records") from e
+        raise
+    _report(out, meta, skips, src)
+    return meta
+
+
+# -- the reasoning-augmented completion recipe (Li et al. 2025; seed 003)
+_IMPORT_RE = re.compile(r"(import\s|from\s+\S+\s+import\s)")
+
+
+def split_imports(context):
+    """(import block, rest) of a left context: every top-level `import ...` / `from ... import ...`
+    statement with its continuation lines (parentheses, backslashes), and the other lines in order."""
+    imports, rest = [], []
+    lines = context.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if _IMPORT_RE.match(line):
+            stmt = [line]
+            depth = line.count("(") - line.count(")")
+            while (depth > 0 or stmt[-1].rstrip("\r\n").endswith("\\")) and i + 1 < len(lines):
+                i += 1
+                stmt.append(lines[i])
+                depth += lines[i].count("(") - lines[i].count(")")
+            imports += stmt
+        else:
+            rest.append(line)
+        i += 1
+    block = "".join(imports)
+    if block and not block.endswith("\n"):
+        block += "\n"
+    return block, rest
+
+
+def cut_context(tok, context, budget):
+    """The longest left-cut of context whose tokens fit in budget, keeping its import block: whole lines
+    are dropped from the start of the non-import part. Falls back to cutting imports too. Returns
+    (token ids, cut?) or (None, True) when nothing fits (budget < 0)."""
+    if budget < 0:
+        return None, True
+    ids = tok.encode(context)
+    if len(ids) <= budget:
+        return ids, False
+    imports, rest = split_imports(context)
+    for head, lines in ((imports, rest), ("", context.splitlines(keepends=True))):
+        if len(tok.encode(head)) > budget:
+            continue
+        lo, hi = 0, len(lines)      # smallest k with encode(head + lines[k:]) <= budget; k = len fits
+        while lo < hi:
+            k = (lo + hi) // 2
+            if len(tok.encode(head + "".join(lines[k:]))) <= budget:
+                hi = k
+            else:
+                lo = k + 1
+        return tok.encode(head + "".join(lines[lo:])), True
+    return [], True
+
+
+def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_VAL_FRACTION, seed=0, bos=True):
+    """Everything `python data.py intent` does: records with left context, signature, reasoning,
+    intention and code become prompt = [bos] + left_context + signature and completion =
+    <reasoning>R</reasoning><intention>I</intention><code>C</code> (+ eos), the six tags added to the
+    tokenizer; over-long contexts are cut from the left keeping their import block."""
+    if max_len < 2:
+        raise DataError(f"--max_len must be at least 2, got {max_len}")
+    _check_out(out)
+    names = dict(INTENT_FIELDS, **(fields or {}))
+    unknown = sorted(set(names) - set(INTENT_FIELDS))
+    if unknown:
+        raise DataError(f"--fields: unknown field {unknown[0]!r} (known: {', '.join(INTENT_FIELDS)})")
+    tok = Tokenizer.load(tokenizer)
+    missing = [t for t in INTENT_TAGS if t not in tok.added_tokens]
+    if missing:
+        tok.add_tokens(missing)
+    skips = SkipLog()
+    counts = {"records": 0, "kept": 0, "dropped": 0, "truncated": 0}
+    head = [tok.bos_id] if bos and tok.bos_id is not None else []
+
+    def examples():
+        for lineno, rec in progress(iter_records(src, skips), label="intent", unit="records"):
+            counts["records"] += 1
+            vals = {}
+            for key, field in names.items():
+                v = rec.get(field, "" if key == "left_context" else None)
+                if not isinstance(v, str):
+                    skips(f"no '{field}' string field", lineno)
+                    break
+                vals[key] = v
+            else:
+                if not vals["code"].strip():
+                    skips(f"empty '{names['code']}'", lineno)
+                    continue
+                completion = tok.encode(f"<reasoning>{vals['reasoning']}</reasoning><intention>{vals['intention']}"
+                                        f"</intention><code>{vals['code']}</code>")
+                signature = tok.encode(vals["signature"])
+                budget = max_len - len(head) - len(signature) - len(completion) - 1
+                context, cut = cut_context(tok, vals["left_context"], budget)
+                if context is None:
+                    counts["dropped"] += 1
+                    continue
+                ex, _ = sft_example(head + context + signature, completion, tok.eos_id, max_len, "drop")
+                counts["truncated"] += cut
+                counts["kept"] += 1
+                yield ex
+
+    extra = {"recipe": "intent", "max_len": max_len, "truncate": "left (keeping imports)", "bos": bool(head),
+             "fields": names, "tags": list(INTENT_TAGS), "counts": counts, "skipped": skips.counts,
+             "skipped_lines": skips.lines, "postprocess": _source_postprocess(tokenizer),
+             "source": {"src": str(src), "sha256": file_sha256(src) if os.path.isfile(src) else None}}
+    try:
+        meta = write_sft(examples(), tok, out, val_fraction, seed, extra)
+    except DataError as e:
+        if counts["kept"] == 0:
+            why = skips.summary(src) or f"{src}: {counts['dropped']} of {counts['records']} records do not fit --max_len {max_len}"
+            raise DataError(f"{src}: no usable examples ({why})" if counts["records"] else f"{src}: no records") from e
+        raise
+    _report(out, meta, skips, src)
+    return meta
+
+
+# -- reading SFT data and batching it
+def load_sft_meta(data_dir):
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise DataError(f"{data_dir}: no meta.json (prepare it with: python data.py sft --src FILE.jsonl --tokenizer CKPT --out {data_dir} --max_len N)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})")
+    if not isinstance(meta, dict) or meta.get("format") != SFT_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        hint = " (a pretraining corpus: use task='pretrain')" if fmt == CORPUS_FORMAT else ""
+        raise DataError(f"{path}: not SFT data (format {fmt!r}){hint}")
+    return meta
+
+
+class SFTData:
+    """One split of an SFT data folder, memory-mapped: tokens, loss mask and example boundaries."""
+
+    def __init__(self, data_dir, split, meta=None):
+        meta = meta or load_sft_meta(data_dir)
+        folder, files = Path(data_dir), meta[split]["files"]
+        dtype = np.dtype(meta["dtype"])
+        for kind in ("tokens", "mask", "offsets"):
+            if not (folder / files[kind]).is_file():
+                raise DataError(f"{folder / files[kind]}: missing")
+        self.offsets = np.load(folder / files["offsets"])
+        n = int(self.offsets[-1])
+        for kind, itemsize in (("tokens", dtype.itemsize), ("mask", 1)):
+            size = (folder / files[kind]).stat().st_size
+            if size != n * itemsize:
+                raise DataError(f"{folder / files[kind]}: truncated or corrupt ({size} bytes, expected {n * itemsize})")
+        if len(self.offsets) - 1 != meta[split]["examples"]:
+            raise DataError(f"{folder / files['offsets']}: {len(self.offsets) - 1} examples, meta.json says {meta[split]['examples']}")
+        self.tokens = np.memmap(folder / files["tokens"], dtype=dtype, mode="r") if n else np.zeros(0, dtype)
+        self.mask = np.memmap(folder / files["mask"], dtype=np.uint8, mode="r") if n else np.zeros(0, np.uint8)
+        self.lengths = np.diff(self.offsets)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def example(self, i):
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.tokens[a:b], self.mask[a:b]
+
+
+def sft_batches(lengths, seed, epoch, batch_size=0, batch_tokens=0, pool_batches=64):
+    """One epoch of micro-batches (arrays of example indices), a pure function of (seed, epoch).
+    batch_tokens > 0: shuffle, cut into pools of about pool_batches budgets, sort each pool by length
+    and fill a batch while its padded size (rows x longest, counted in training positions = length - 1)
+    stays within batch_tokens; an example longer than the budget goes alone; the batches are shuffled.
+    Else shuffled batches of batch_size examples (the last one may be smaller)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if batch_tokens <= 0:
+        if batch_size <= 0:
+            raise DataError("SFT batching needs batch_size > 0 or batch_tokens > 0")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    positions = np.maximum(np.asarray(lengths, dtype=np.int64) - 1, 1)
+    cum = np.cumsum(positions[order])
+    batches, start = [], 0
+    while start < len(order):
+        before = int(cum[start - 1]) if start else 0
+        end = max(start + 1, int(np.searchsorted(cum, before + pool_batches * batch_tokens, side="right")))
+        pool = order[start:end]
+        pool = pool[np.argsort(positions[pool], kind="stable")]
+        cur, longest = [], 0
+        for i in pool:
+            m = max(longest, positions[i])
+            if cur and m * (len(cur) + 1) > batch_tokens:
+                batches.append(np.asarray(cur))
+                cur, m = [], positions[i]
+            cur.append(i)
+            longest = m
+        if cur:
+            batches.append(np.asarray(cur))
+        start = end
+    return [batches[j] for j in rng.permutation(len(batches))]
+
+
+def _add_sft_commands(sub):
+    p = sub.add_parser("sft", help="tokenize prompt/completion JSONL into SFT examples with loss masks")
+    p.add_argument("--src", required=True, help="JSONL (.jsonl, .jsonl.gz) with one object per line, or a .json array")
+    p.add_argument("--tokenizer", required=True, help="checkpoint folder (ours or Hugging Face), data folder or tokenizer.model")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/NAME")
+    p.add_argument("--max_len", type=int, required=True, help="longest example in tokens (prompt + completion + eos)")
+    p.add_argument("--truncate", choices=("drop", "left"), default="drop",
+                   help="over-long examples: drop them, or cut the prompt from the left (default: drop)")
+    p.add_argument("--edit_format", choices=("lintseq",), help="LintSeq edit sequences: adds <|diff|>, marks the checkpoint")
+    p.add_argument("--prompt_field", default="prompt")
+    p.add_argument("--completion_field", default="completion")
+    p.add_argument("--bos", action="store_true", help="start every example with the bos token (Llama-family models expect it)")
+    p.add_argument("--val_fraction", type=float, default=SFT_VAL_FRACTION)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("intent", help="reasoning-augmented completion data (left context, signature, reasoning, intention, code)")
+    p.add_argument("--src", required=True, help="JSONL or .json array of records with fields " + ", ".join(INTENT_FIELDS))
+    p.add_argument("--tokenizer", required=True, help="checkpoint folder (ours or Hugging Face), data folder or tokenizer.model")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/intent")
+    p.add_argument("--max_len", type=int, required=True, help="longest example in tokens; longer left contexts are cut")
+    p.add_argument("--fields", default="", help="field names if yours differ: left_context=ctx,code=body,...")
+    p.add_argument("--no_bos", action="store_true", help="do not start examples with the bos token")
+    p.add_argument("--val_fraction", type=float, default=SFT_VAL_FRACTION)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_sft_command(args):
+    if args.cmd == "sft":
+        prepare_sft(args.src, args.tokenizer, args.out, args.max_len, args.truncate, args.edit_format, args.prompt_field,
+                    args.completion_field, args.val_fraction, args.seed, args.bos)
+        return
+    fields = {}
+    for item in filter(None, args.fields.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not value:
+            raise DataError(f"--fields: expected key=value, got {item!r}")
+        fields[key.strip()] = value.strip()
+    prepare_intent(args.src, args.tokenizer, args.out, args.max_len, fields, args.val_fraction, args.seed, not args.no_bos)
+
+
+class SFTSchedule:
+    """Which examples each micro-batch of each optimizer step trains on. A step takes `group` (=
+    gradient_accumulation_steps, counted over all processes) consecutive micro-batches of its epoch's
+    plan; the remainder of an epoch that does not fill a step is skipped. Deterministic in (seed, step),
+    so a resumed run replays the same batches and any world size sees the same global batch: rank r of
+    W takes micro-batches r*group/W ... (r+1)*group/W - 1 of the step (the same count on every rank)."""
+
+    def __init__(self, lengths, group, seed, batch_size=0, batch_tokens=0):
+        self.lengths, self.group, self.seed = lengths, group, seed
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.cum = [0]          # cum[e] = steps before epoch e
+        self._plan = (None, None)
+
+    def plan(self, epoch):
+        if self._plan[0] != epoch:
+            self._plan = (epoch, sft_batches(self.lengths, self.seed, epoch, self.batch_size, self.batch_tokens))
+        return self._plan[1]
+
+    def steps_in_epoch(self, epoch):
+        n = len(self.plan(epoch)) // self.group
+        if n == 0:
+            raise DataError(f"an epoch has {len(self.plan(epoch))} micro-batches, fewer than gradient_accumulation_steps="
+                            f"{self.group}: lower it, or batch_size / batch_tokens")
+        return n
+
+    def steps(self, epochs):
+        while len(self.cum) <= epochs:
+            self.cum.append(self.cum[-1] + self.steps_in_epoch(len(self.cum) - 1))
+        return self.cum[epochs]
+
+    def locate(self, step):
+        """(epoch, step within the epoch) of a global step."""
+        e = 0
+        while self.steps(e + 1) <= step:
+            e += 1
+        return e, step - self.cum[e]
+
+    def micro_batch(self, step, j):
+        """Example indices of micro-batch j (0 <= j < group) of optimizer step `step`."""
+        e, s = self.locate(step)
+        return self.plan(e)[s * self.group + j]
+
+
+def collate_sft(data, indices, pad_id=0):
+    """(x, y) int64 arrays of shape (B, T), T = longest example - 1: x the inputs, right-padded with
+    pad_id; y the next tokens where the loss mask is 1, else -1 (padding too)."""
+    seqs = [data.example(int(i)) for i in indices]
+    T = max(len(t) for t, _ in seqs) - 1
+    x = np.full((len(seqs), max(T, 1)), pad_id, dtype=np.int64)
+    y = np.full((len(seqs), max(T, 1)), -1, dtype=np.int64)
+    for r, (t, m) in enumerate(seqs):
+        n = len(t) - 1
+        x[r, :n] = t[:-1]
+        y[r, :n] = np.where(m[1:] > 0, t[1:], -1)
+    return x, y
+# ---- end SFT data ----
+
+
 # ----------------------------------------------------------------------------- CLI
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -770,12 +1323,15 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output matches its inputs")
+    _add_sft_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.cmd == "corpus":
             ext = tuple(e if e.startswith(".") or e == "all" else "." + e for e in args.ext.split(","))
             prepare_corpus(args.src, args.out, args.vocab_size, args.tokenizer, ext, args.text_field,
                            args.val_fraction, args.seed, args.workers, args.force)
+        elif args.cmd in ("sft", "intent"):
+            _run_sft_command(args)
     except DataError as e:
         sys.exit(f"data.py: error: {e}")
 
