@@ -33,7 +33,7 @@ init_from = "scratch"       # 'scratch' | 'resume' (continue out_dir) | a checkp
 data_dir = "data/stdlib"
 data_src = ""               # if data_dir holds no corpus yet, prepare it from this ('stdlib', folder, .jsonl)
 data_vocab_size = 32768     # tokenizer size when data_src prepares the corpus
-task = "pretrain"           # 'pretrain': random windows of the token shards
+task = "pretrain"           # 'pretrain': random windows of the token shards | 'sft': masked examples (data.py sft/intent)
 # model (taken from the checkpoint when init_from is one; block_size may still be changed)
 n_layer = 12
 n_head = 12
@@ -58,12 +58,23 @@ weight_decay = 0.1          # applied to weights with >= 2 dimensions only
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0             # 0 = off
-optimizer = "adamw"
+optimizer = "adamw"         # 'adamw' (torch) | 'adamw8bit' (ours: 8-bit block-wise moments, ~2 bytes/param of state)
+# fine-tuning: task='sft' with init_from a checkpoint folder (ours, or a Hugging Face Llama/Mistral one)
+epochs = 0                  # sft: passes over the training examples; sets max_iters (0 = run max_iters steps)
+batch_tokens = 0            # sft: micro-batches by padded tokens (length-bucketed) instead of batch_size examples
+lora_r = 0                  # LoRA rank; 0 = full fine-tuning
+lora_alpha = 16.0           # LoRA scale = lora_alpha / lora_r
+lora_dropout = 0.0
+lora_targets = ("q", "v")   # among q, k, v, o, gate, up, down (--lora_targets=q,k,v,o)
+lora_save = "merged"        # 'merged': a plain checkpoint (eval.py, export) | 'adapters': adapters + the base's path
+lora_new_tokens = True      # LoRA: also train the embedding/head rows of tokens the data added to the vocab
 # evaluation, logging, checkpoints
 eval_interval = 200         # val loss (and a checkpoint) every this many steps
 eval_iters = 20             # val batches per evaluation
 log_interval = 10
 always_save_checkpoint = True   # False: save only when val loss improves
+eval_humaneval_interval = 0     # HumanEval pass@1 (greedy, sandboxed, on rank 0) every this many steps; 0 = off
+eval_humaneval_limit = 0        # only the first N problems (0 = all 164)
 # system
 device = "auto"             # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
 dtype = "auto"              # 'auto' (bfloat16 on CUDA, float32 elsewhere) | 'bfloat16' | 'float32'
@@ -142,13 +153,16 @@ def model_config_from_globals(vocab):
     return GPTConfig(vocab_size=vocab, **{k: g[k] for k in _MODEL_KEYS})
 
 
-def make_optimizer(model, fused):
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+def make_optimizer(model, fused, no_decay_names=()):
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.requires_grad and p.dim() >= 2 and n not in no_decay_names]
+    no_decay = [p for n, p in named if p.requires_grad and (p.dim() < 2 or n in no_decay_names)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused or None)
-    raise TrainError(f"optimizer must be 'adamw', got {optimizer!r}")
+    if optimizer == "adamw8bit":
+        return AdamW8bit(groups, lr=learning_rate, betas=(beta1, beta2))
+    raise TrainError(f"optimizer must be 'adamw' or 'adamw8bit', got {optimizer!r}")
 
 
 def full_state(raw_model, opt=None):
@@ -161,6 +175,398 @@ def full_state(raw_model, opt=None):
     if raw_model.cfg.tie_embeddings:
         state.pop("head.weight", None)
     return state, (get_optimizer_state_dict(raw_model, opt, options=options) if opt is not None else None)
+
+
+# ---- 8-bit AdamW ----
+# AdamW with both moments stored in 8 bits (Dettmers et al. 2021, "8-bit Optimizers via Block-wise
+# Quantization"). Each moment of a weight matrix is kept as uint8 indices into a fixed 256-entry dynamic
+# code plus one fp32 absmax per block of 256 consecutive elements of a row: x ~ code[q] * absmax. The
+# code is non-linear ("dynamic"): its entries are spread over decades 1 .. 1e-6 (1e-7 for the second
+# moment), with the finest steps in the top decade, so small values keep their relative precision.
+# The first moment uses a signed code with an exact 0; the second an unsigned code without 0 (a
+# second moment rounded to 0 would turn m / (sqrt(v) + eps) into m / eps). Each step dequantizes a
+# chunk of rows to fp32, does the AdamW update there, and quantizes back: state is ~2.03 bytes per
+# parameter instead of 8. 1-D tensors and tensors under 4,096 elements keep fp32 state (a negligible
+# share). Blocks never cross a row, so under FSDP2 (rows sharded on dim 0) the quantized state of a
+# shard is exactly the rows of the full state: it is kept as DTensors like the parameters, and the
+# full-state checkpoint helpers gather and re-shard it as they do torch.optim.AdamW's (resume on any
+# world size).
+_QUANT_BLOCK = 256
+_QUANT_MIN_NUMEL = 4096
+_QUANT_CHUNK = 1 << 22           # elements dequantized at once (bounds the fp32 temporaries)
+
+
+def dynamic_code(signed):
+    """The sorted 256-entry code. Decade k (values in (10^-k-1, 10^-k]) holds 2^(6-k) right-edge values
+    per sign for the signed code (k = 0..6, plus exact 0; 255 distinct values, the 256th repeats 1.0
+    and is never chosen) and 2^(7-k) for the unsigned one (k = 0..7, the last decade 2 values; all
+    positive, so nothing rounds to 0)."""
+    mags = []
+    for k in range(7 if signed else 8):
+        n = (64 if signed else 128) >> k or 1
+        if not signed and k == 7:
+            n = 2
+        j = torch.arange(1, n + 1, dtype=torch.float64)
+        mags.append((0.1 + 0.9 * j / n) * 10.0 ** -k)
+    mags = torch.cat(mags)
+    code = torch.cat([-mags, torch.zeros(1, dtype=torch.float64), mags, torch.ones(1, dtype=torch.float64)]) if signed else mags
+    return torch.sort(code.float()).values
+
+
+class AdamW8bit(torch.optim.Optimizer):
+    """torch.optim.AdamW's update (decoupled weight decay, bias correction) with 8-bit block-wise
+    quantized moments; state_dict()/load_state_dict() keep the quantized tensors as they are."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self._codes = {}
+
+    def _code(self, signed, device):
+        key = (signed, str(device))
+        if key not in self._codes:
+            code = torch.unique(dynamic_code(signed)).to(device)  # sorted, the repeated 1.0 dropped
+            self._codes[key] = (code, (code[1:] + code[:-1]) / 2)
+        return self._codes[key]
+
+    @staticmethod
+    def _local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    def _init_state(self, p):
+        state = self.state[p]
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        if p.dim() < 2 or p.numel() < _QUANT_MIN_NUMEL:
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+            return state
+        cols = p.numel() // p.shape[0]
+        nb = math.ceil(cols / _QUANT_BLOCK)
+        local = self._local(p)
+        absmax_shape = (p.shape[0], nb)
+        for name in ("m", "v"):
+            state[f"{name}_q"] = torch.zeros_like(p, dtype=torch.uint8, memory_format=torch.contiguous_format)
+            a = torch.zeros(local.shape[0], nb, dtype=torch.float32, device=local.device)
+            if hasattr(p, "to_local"):  # a DTensor (FSDP2): shard the absmax rows like the parameter's
+                from torch.distributed.tensor import DTensor, Shard
+
+                if any(not (pl.is_replicate() or pl == Shard(0)) for pl in p.placements):
+                    raise TypeError(f"AdamW8bit: parameters sharded as {p.placements} are not supported (only on dim 0)")
+                a = DTensor.from_local(a, p.device_mesh, p.placements, run_check=False, shape=absmax_shape, stride=(nb, 1))
+            state[f"{name}_absmax"] = a
+        return state
+
+    @staticmethod
+    def _blocks(x, nb):
+        """(R, C) -> (R, nb, block) with zero padding at the end of each row."""
+        R, C = x.shape
+        block = _QUANT_BLOCK if C > _QUANT_BLOCK else C
+        if nb * block != C:
+            x = torch.nn.functional.pad(x, (0, nb * block - C))
+        return x.view(R, nb, block)
+
+    def _dequant(self, q, absmax, code):
+        R, C = q.shape
+        x = self._blocks(code[q.int()], absmax.shape[1]) * absmax[..., None]
+        return x.view(R, -1)[:, :C]
+
+    def _quant(self, x, q_out, absmax_out, mids):
+        R, C = x.shape
+        xb = self._blocks(x, absmax_out.shape[1])
+        absmax = xb.abs().amax(dim=-1)
+        idx = torch.bucketize(xb / absmax.clamp_min(1e-30)[..., None], mids, out_int32=True)
+        q_out.copy_(idx.view(R, -1)[:, :C])
+        absmax_out.copy_(absmax)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p] if self.state[p] else self._init_state(p)
+                state["step"] += 1
+                t = float(state["step"])
+                bc1, bc2_sqrt = 1 - b1 ** t, math.sqrt(1 - b2 ** t)
+                w, g = self._local(p), self._local(p.grad)
+                if w.numel() == 0:
+                    continue
+                if wd:
+                    w.mul_(1 - lr * wd)
+                if "exp_avg" in state:  # small tensor: plain fp32 AdamW
+                    m, v = self._local(state["exp_avg"]), self._local(state["exp_avg_sq"])
+                    m.lerp_(g.float(), 1 - b1)
+                    v.mul_(b2).addcmul_(g.float(), g.float(), value=1 - b2)
+                    w.addcdiv_(m.to(w.dtype), (v.sqrt() / bc2_sqrt).add_(eps).to(w.dtype), value=-lr / bc1)
+                    continue
+                code_m, mids_m = self._code(True, w.device)
+                code_v, mids_v = self._code(False, w.device)
+                w2, g2 = w.view(w.shape[0], -1), g.view(g.shape[0], -1)
+                qm, qv = self._local(state["m_q"]).view(w2.shape), self._local(state["v_q"]).view(w2.shape)
+                am, av = self._local(state["m_absmax"]), self._local(state["v_absmax"])
+                rows = max(1, _QUANT_CHUNK // max(1, w2.shape[1]))
+                for r0 in range(0, w2.shape[0], rows):
+                    sl = slice(r0, r0 + rows)
+                    gf = g2[sl].float()
+                    m = self._dequant(qm[sl], am[sl], code_m)
+                    v = self._dequant(qv[sl], av[sl], code_v)
+                    m.lerp_(gf, 1 - b1)
+                    v.mul_(b2).addcmul_(gf, gf, value=1 - b2)
+                    upd = m / (v.sqrt() / bc2_sqrt).add_(eps)
+                    w2[sl].add_(upd.to(w2.dtype), alpha=-lr / bc1)
+                    self._quant(m, qm[sl], am[sl], mids_m)
+                    self._quant(v, qv[sl], av[sl], mids_v)
+        return loss
+
+    def load_state_dict(self, state_dict):
+        """As torch's, except that the uint8 codes and fp32 absmax keep their dtypes (torch would cast
+        every state tensor of a floating-point parameter to the parameter's dtype)."""
+        keep = ("m_q", "v_q", "m_absmax", "v_absmax")
+        saved = {k: {n: v for n, v in s.items() if n in keep} for k, s in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            for n, v in saved.get(i, {}).items():
+                self.state[p][n] = v.to(self._local(p).device) if not hasattr(v, "to_local") else v
+
+    def state_bytes(self):
+        """Bytes of optimizer state held by this process (local shards under FSDP)."""
+        return sum(self._local(v).numel() * self._local(v).element_size() for s in self.state.values()
+                   for v in s.values() if torch.is_tensor(v))
+# ---- end 8-bit AdamW ----
+
+
+# ---- fine-tuning (task='sft', init_from a checkpoint or Hugging Face folder, vocab growth, LoRA) ----
+def check_vocab_extension(src, src_tok, meta):
+    """The data's tokenizer may extend the checkpoint's (same SentencePiece model, more added tokens),
+    never change it; returns how many token ids the model must have."""
+    data_added = meta["tokenizer"].get("added_tokens") or {}
+    for t, i in (src_tok.get("added_tokens") or {}).items():
+        if data_added.get(t) != i:
+            where = f"at id {data_added[t]}" if t in data_added else "not at all"
+            raise TrainError(f"tokenizer/model vocab mismatch: {src} has added token {t!r} at id {i}, {data_dir} has it {where} "
+                             f"(make the data with --tokenizer {src})")
+    return meta["vocab_size"]
+
+
+def finetune_model(src, ckpt, meta, resume_state):
+    """The model to train from a checkpoint folder (ours, a LoRA adapters one, or Hugging Face), on CPU
+    in fp32: grown to the data's vocabulary (rows of new tokens = mean of the known ones) and wrapped
+    with LoRA if lora_r > 0. Returns (model, finetune info), the info going into config.json["finetune"]:
+    the base folder, the new token ids and how they were initialised, the LoRA settings. Resuming a
+    LoRA run rebuilds the base the same way and takes the trained tensors from train_state.pt (a
+    merged checkpoint cannot be split into base and adapters again)."""
+    from data import Tokenizer
+    from model import add_lora, grow_vocab, load_model
+
+    info = ckpt.get("finetune") if resume_state is not None else None
+    if info and info.get("lora"):
+        lo = info["lora"]
+        now = {"r": lora_r, "alpha": float(lora_alpha), "targets": list(parse_targets())}
+        if {k: lo[k] for k in now} != now:
+            raise TrainError(f"init_from='resume': the run in {src} trained LoRA {({k: lo[k] for k in now})}, this one asks for {now}")
+        model, _ = load_model(info["base"], device="cpu", dtype=torch.float32)
+        grow_vocab(model, info["vocab_size"], info["init_ids"], info["mean_of"])
+        add_lora(model, lo["r"], lo["alpha"], lora_dropout, lo["targets"])
+        if lo.get("token_ids"):
+            for p in {id(p): p for p in (model.embed.weight, model.head.weight)}.values():
+                p.requires_grad_(True)
+        load_trainable(model, resume_state["lora_state"], lo.get("token_ids"))
+    else:
+        model, _ = load_model(src, device="cpu", dtype=torch.float32)
+    model.cfg.block_size = block_size
+    model.reset_rope()
+    if resume_state is not None:
+        if lora_r > 0 and not (info and info.get("lora")):
+            raise TrainError(f"init_from='resume': the run in {src} did not train LoRA adapters; set lora_r=0")
+        return model, info
+    if lora_r > 0 and task != "sft":
+        raise TrainError("LoRA (lora_r > 0) is for task='sft'")
+    src_tok = Tokenizer.load(src).to_config()
+    check_vocab_extension(src, src_tok, meta)
+    src_added = src_tok.get("added_tokens") or {}
+    new_ids = sorted(i for t, i in (meta["tokenizer"].get("added_tokens") or {}).items() if t not in src_added)
+    known = src_tok.get("vocab_size") or model.cfg.vocab_size
+    init_ids = [i for i in new_ids if i >= known]  # rows no token of the base used (start_id reuse keeps its rows)
+    base_vocab = model.cfg.vocab_size
+    grow_vocab(model, max(base_vocab, meta["vocab_size"]), init_ids, known)
+    info = {"base": str(Path(src).resolve()), "base_format": ckpt.get("format"), "base_vocab_size": base_vocab,
+            "vocab_size": model.cfg.vocab_size, "new_token_ids": new_ids, "init_ids": init_ids, "mean_of": known, "lora": None}
+    if lora_r > 0:
+        if lora_save not in ("merged", "adapters"):
+            raise TrainError(f"lora_save must be 'merged' or 'adapters', got {lora_save!r}")
+        add_lora(model, lora_r, lora_alpha, lora_dropout, parse_targets())
+        ids = new_ids if lora_new_tokens and new_ids else None
+        if ids:  # the added tokens' rows learn too (else every new token keeps the same mean embedding)
+            for p in {id(p): p for p in (model.embed.weight, model.head.weight)}.values():
+                p.requires_grad_(True)
+        info["lora"] = {"r": lora_r, "alpha": float(lora_alpha), "targets": list(parse_targets()), "token_ids": ids}
+    return model, info
+
+
+def parse_targets():
+    from model import ModelError, parse_lora_targets
+
+    try:
+        return parse_lora_targets(lora_targets)
+    except ModelError as e:
+        raise TrainError(str(e))
+
+
+def new_rows_only(model, ids):
+    """Zero the embedding/head gradient outside rows `ids` (LoRA + added tokens: only the new tokens'
+    rows learn; with no weight decay on them, Adam leaves the other rows bit-identical)."""
+    for p in {id(p): p for p in (model.embed.weight, model.head.weight)}.values():
+        g = p.grad
+        if g is None:
+            continue
+        local = g.to_local() if hasattr(g, "to_local") else g
+        mask = torch.zeros(g.shape[0], 1, dtype=g.dtype, device=local.device)
+        mask[ids] = 1
+        if hasattr(g, "to_local"):  # FSDP2: a sharded gradient; shard the row mask the same way
+            from torch.distributed.tensor import distribute_tensor
+
+            mask = distribute_tensor(mask, g.device_mesh, g.placements)
+        g.mul_(mask)
+
+
+def pack_trainable(state, ids):
+    """The tensors a LoRA run trains, from a full state dict: adapters, and the new tokens' rows."""
+    from model import lora_state_dict
+
+    out = dict(lora_state_dict(state))
+    for name in ("embed.weight", "head.weight") if ids else ():
+        if name in state:
+            out[name + ".new_rows"] = state[name][ids].clone()
+    return out
+
+
+@torch.no_grad()
+def load_trainable(model, packed, ids):
+    """Put pack_trainable()'s tensors back into a model wrapped the same way."""
+    for k, v in packed.items():
+        if k.endswith(".new_rows"):
+            model.get_parameter(k[:-len(".new_rows")])[ids] = v
+        else:
+            model.get_parameter(k).copy_(v)
+
+
+def finetune_checkpoint(state, ckpt_config, train_state, info):
+    """Turn a training state dict into what a fine-tuning checkpoint stores: merged weights (a plain
+    checkpoint), or adapters alone + config["lora"] naming the base; train_state keeps the trained
+    tensors for resume. Returns (state to write, weights file name)."""
+    from model import merge_lora_state
+
+    if not info:
+        return state, "model.safetensors"
+    ckpt_config["finetune"] = info
+    lo = info.get("lora")
+    if not lo:
+        return state, "model.safetensors"
+    trainable = pack_trainable(state, lo.get("token_ids"))
+    train_state["lora_state"] = trainable
+    if lora_save == "adapters":
+        ckpt_config["lora"] = {"r": lo["r"], "alpha": lo["alpha"], "targets": lo["targets"], "base": info["base"],
+                               "token_ids": lo.get("token_ids"), "init_ids": info["init_ids"], "mean_of": info["mean_of"]}
+        return trainable, "adapters.safetensors"
+    return merge_lora_state(state, lo["alpha"] / lo["r"]), "model.safetensors"
+
+
+class SFTFeed:
+    """task='sft': this rank's micro-batches of whole examples (data.SFTSchedule) and the loss weights.
+    The loss of a step is the mean over all its loss tokens (every micro-batch, every rank), so each
+    micro-batch's mean loss is divided by N / (world * n) (n its tokens, N the step's): any batching,
+    accumulation or world size computes the same objective."""
+
+    def __init__(self, meta, rank, world, accum, pad_id, dev):
+        from data import DataError, SFTData, SFTSchedule
+
+        self.rank, self.world, self.accum, self.dev, self.pad = rank, world, accum, dev, pad_id or 0
+        self.data = {s: SFTData(data_dir, s, meta) for s in ("train", "val")}
+        longest = max(meta["train"]["longest"], meta["val"]["longest"]) - 1
+        if longest > block_size:
+            raise TrainError(f"{data_dir}: examples up to {longest + 1} tokens need block_size >= {longest} (got {block_size}); "
+                             "raise block_size or re-make the data with a smaller --max_len")
+        if batch_tokens <= 0 and batch_size <= 0:
+            raise TrainError("task='sft' needs batch_size > 0 or batch_tokens > 0")
+        if 0 < batch_tokens < longest:
+            print(f"note: batch_tokens={batch_tokens} is below the longest example ({longest}); such examples get a batch of their own", file=sys.stderr)
+        bs = 0 if batch_tokens > 0 else batch_size
+        self.loss_tokens = {s: self._loss_tokens(d) for s, d in self.data.items()}
+        try:
+            self.sched = SFTSchedule(self.data["train"].lengths, gradient_accumulation_steps, seed, bs, batch_tokens)
+            self.val_plan = SFTSchedule(self.data["val"].lengths, 1, seed, bs, batch_tokens).plan(0)
+            self.steps_per_epoch = self.sched.steps(1)
+        except DataError as e:
+            raise TrainError(str(e))
+        self._step = (None, None)
+
+    @staticmethod
+    def _loss_tokens(d):
+        """Per example: tokens with loss that are targets (every masked token but the first)."""
+        if len(d) == 0:
+            return np.zeros(0, dtype=np.int64)
+        cm = np.concatenate([[0], np.cumsum(d.mask, dtype=np.int64)])
+        return cm[d.offsets[1:]] - cm[d.offsets[:-1] + 1]
+
+    def _step_batches(self, step):
+        if self._step[0] != step:
+            batches = [self.sched.micro_batch(step, j) for j in range(gradient_accumulation_steps)]
+            n = [int(self.loss_tokens["train"][b].sum()) for b in batches]
+            self._step = (step, (batches, n, sum(n)))
+        return self._step[1]
+
+    def batch(self, step, micro):
+        """(x, y, divisor) for micro-batch `micro` of this rank at `step`: loss / divisor is its share."""
+        from data import collate_sft
+
+        batches, n, total = self._step_batches(step)
+        j = self.rank * self.accum + micro
+        x, y = collate_sft(self.data["train"], batches[j], self.pad)
+        div = total / max(1, self.world * n[j]) if n[j] else float("inf")
+        return torch.from_numpy(x).to(self.dev), torch.from_numpy(y).to(self.dev), div
+
+    def tokens(self, step):
+        """Tokens (no padding) processed by all ranks at `step`."""
+        batches, _, _ = self._step_batches(step)
+        return int(sum(int(self.data["train"].lengths[b].sum() - len(b)) for b in batches))
+
+    @torch.no_grad()
+    def val_loss(self, model, autocast):
+        """Mean loss over the loss tokens of the first eval_iters val micro-batches (all ranks run the
+        same number of forwards, as FSDP needs)."""
+        from data import collate_sft
+
+        k = min(eval_iters, len(self.val_plan))
+        n = self.world * math.ceil(k / self.world)
+        sums = torch.zeros(2, device=self.dev, dtype=torch.float64)
+        model.eval()
+        for i in range(self.rank, n, self.world):
+            x, y = collate_sft(self.data["val"], self.val_plan[i % k], self.pad)
+            x, y = torch.from_numpy(x).to(self.dev), torch.from_numpy(y).to(self.dev)
+            with autocast:
+                _, loss = model(x, y)
+            cnt = int((y != -1).sum())
+            sums += torch.stack([loss.double() * cnt, torch.tensor(float(cnt), device=self.dev, dtype=torch.float64)])
+        model.train()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        return (sums[0] / sums[1].clamp(min=1)).item()
+
+
+def set_epochs(feed):
+    """epochs > 0 sets max_iters to that many passes over the training examples."""
+    global max_iters
+    if epochs > 0:
+        max_iters = feed.sched.steps(epochs)
+# ---- end fine-tuning ----
 
 
 # ----------------------------------------------------------------------------- logging
@@ -184,17 +590,25 @@ class Log:
 def run():
     import torch.distributed as dist
 
-    from data import DataError, Tokenizer, load_corpus_meta, open_shards, prepare_corpus, sample_windows
-    from model import (GPT, GPTConfig, estimate_mfu, load_model, load_state, make_config, peak_flops,
+    from data import DataError, Tokenizer, load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, sample_windows
+    from model import (GPT, GPTConfig, checkpoint_config, estimate_mfu, load_model, load_state, make_config, peak_flops,
                        read_config, save_checkpoint)
 
     config = {k: globals()[k] for k in _config_keys()}
-    if task != "pretrain":
-        raise TrainError(f"task must be 'pretrain', got {task!r}")
+    if task not in ("pretrain", "sft"):
+        raise TrainError(f"task must be 'pretrain' or 'sft', got {task!r}")
     if parallel not in ("ddp", "fsdp"):
         raise TrainError(f"parallel must be 'ddp' or 'fsdp', got {parallel!r}")
     rank, world, local_rank, dev = setup_distributed()
     master = rank == 0
+    executor = None
+    if eval_humaneval_interval > 0:
+        if world > 1 and parallel == "fsdp":
+            raise TrainError("eval_humaneval_interval needs parallel='ddp' or one process (FSDP shards the weights rank 0 would generate with)")
+        if master:  # the sandbox's executor: a separate clean process, started once and reused
+            import eval as codelm_eval
+
+            executor = codelm_eval.Executor(workers=min(4, os.cpu_count() or 1), quiet=True).start()
     if gradient_accumulation_steps % world:
         raise TrainError(f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the number of processes ({world})")
     accum = gradient_accumulation_steps // world
@@ -224,28 +638,32 @@ def run():
             prepare_corpus(data_src, data_dir, vocab_size=data_vocab_size)
         if world > 1:
             dist.barrier()
-    meta = load_corpus_meta(data_dir)
-    shards = {s: open_shards(data_dir, s, meta) for s in ("train", "val")}
+    meta = load_sft_meta(data_dir) if task == "sft" else load_corpus_meta(data_dir)
+    shards = {s: open_shards(data_dir, s, meta) for s in ("train", "val")} if task == "pretrain" else {}
     tok = Tokenizer.load(data_dir)
+    sft = SFTFeed(meta, rank, world, accum, tok.pad_id, dev) if task == "sft" else None  # (see "fine-tuning")
     for s, arrays in shards.items():
         longest = max(len(a) for a in arrays)
         if longest <= block_size:
             raise TrainError(f"block_size {block_size} is larger than the {s} split of {data_dir} ({longest:,} tokens in its largest shard); lower block_size")
 
     # model: from scratch, from a checkpoint, or resumed
-    resume_state = None
+    resume_state, finetune = None, None
     start_step, best_val = 0, float("inf")
+    if init_from == "scratch" and lora_r > 0:
+        raise TrainError("LoRA (lora_r > 0) needs init_from: a checkpoint folder to adapt")
     if init_from == "scratch":
         cfg = model_config_from_globals(meta["vocab_size"])
         model = GPT(cfg)
     else:
         src = out if init_from == "resume" else Path(init_from)
-        ckpt = read_config(src)
+        ckpt = checkpoint_config(src)  # ours, or a Hugging Face folder translated
         cfg = GPTConfig.from_dict(ckpt["model"], where=str(src / "config.json"))
         if init_from == "resume":
             wanted = model_config_from_globals(meta["vocab_size"])
             diff = [f"{f.name}={getattr(cfg, f.name)!r} there, {getattr(wanted, f.name)!r} here" for f in fields(cfg)
-                    if getattr(cfg, f.name) != getattr(wanted, f.name)]
+                    if getattr(cfg, f.name) != getattr(wanted, f.name)
+                    and (f.name == "block_size" or not ckpt.get("finetune"))]  # a fine-tune's shape is its base's
             if diff:
                 raise TrainError(f"init_from='resume': the model config in {src / 'config.json'} differs from this run's: {'; '.join(diff)}")
             if not (src / "train_state.pt").is_file():
@@ -257,11 +675,10 @@ def run():
         want_sha = (ckpt.get("tokenizer") or {}).get("sha256")
         if want_sha and want_sha != meta["tokenizer"]["sha256"]:
             raise TrainError(f"tokenizer/model vocab mismatch: {data_dir} was tokenized with a different tokenizer than {src} (sha256 {meta['tokenizer']['sha256'][:12]} vs {want_sha[:12]})")
-        if meta["vocab_size"] > cfg.vocab_size:
+        if meta["vocab_size"] > cfg.vocab_size and init_from == "resume":
             raise TrainError(f"tokenizer/model vocab mismatch: {data_dir} has {meta['vocab_size']} token ids but the model in {src} has {cfg.vocab_size}")
-        model, _ = load_model(src, device="cpu", dtype=torch.float32)
-        model.cfg.block_size = cfg.block_size
-        model.reset_rope()
+        # grows the vocab to the data's added tokens, adds LoRA (see "fine-tuning")
+        model, finetune = finetune_model(src, ckpt, meta, resume_state)
     model.to(dev)
     model.activation_checkpointing = activation_checkpointing
     raw_model = model
@@ -272,7 +689,10 @@ def run():
         for block in model.blocks:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
-    opt = make_optimizer(model, fused=dev.type == "cuda")
+    new_rows = ((finetune or {}).get("lora") or {}).get("token_ids")  # LoRA: rows of added tokens train too
+    opt = make_optimizer(model, fused=dev.type == "cuda", no_decay_names=("embed.weight", "head.weight") if new_rows else ())
+    if sft is not None:
+        set_epochs(sft)
     if resume_state is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -302,6 +722,8 @@ def run():
 
     @torch.no_grad()
     def val_loss():
+        if sft is not None:
+            return sft.val_loss(model, autocast)
         model.eval()
         n = world * math.ceil(eval_iters / world)  # every rank runs the same number of forwards (FSDP)
         total = torch.zeros((), device=dev)
@@ -318,14 +740,16 @@ def run():
         if master:
             train_state = {"step": step, "best_val_loss": best, "optimizer": opt_state, "world_size": world,
                            "rng": {"torch": torch.get_rng_state()}, "config": config}
-            save_checkpoint(out, state, make_config(raw_model.cfg, tok.to_config(), config, step, meta.get("postprocess")),
-                            tokenizer_file=Path(data_dir) / "tokenizer.model", train_state=train_state)
+            ckpt_config = make_config(raw_model.cfg, tok.to_config(), config, step, meta.get("postprocess"))
+            state, weights_name = finetune_checkpoint(state, ckpt_config, train_state, finetune)  # LoRA: merged or adapters
+            save_checkpoint(out, state, ckpt_config, tokenizer_file=Path(data_dir) / "tokenizer.model",
+                            train_state=train_state, weights_name=weights_name)
         if world > 1:
             dist.barrier()
 
     log = Log(out, master, append=resume_state is not None)
     n_params = raw_model.num_params()
-    tokens_per_step = batch_size * block_size * gradient_accumulation_steps
+    tokens_per_step = batch_size * block_size * gradient_accumulation_steps if sft is None else sft.tokens(start_step)
     flops_per_token = raw_model.flops_per_token(block_size)
     peak = peak_flops(dev)
     log(f"model {n_params / 1e6:.2f}M parameters ({raw_model.cfg.n_layer}x{raw_model.cfg.n_embd}, vocab {raw_model.cfg.vocab_size}) | "
@@ -350,6 +774,15 @@ def run():
             log(f"step {step} | val loss {vl:.4f}" + (f" | saved {out_dir}" if saving else ""), event="eval", step=step, val_loss=vl)
             if saving:
                 save(step, best_val)
+            if eval_humaneval_interval and step > 0 and (step % eval_humaneval_interval == 0 or step == max_iters):
+                if master:
+                    with autocast:
+                        he = codelm_eval.evaluate(raw_model, tok, ("humaneval",), limit=eval_humaneval_limit or None,
+                                                  executor=executor, postprocess=meta.get("postprocess"))["humaneval"]
+                    log(f"step {step} | humaneval pass@1 {100 * he['pass@1']:.1f}% ({he['passed']}/{he['n_samples']}, "
+                        f"{he['generate_s'] + he['execute_s']:.0f}s)", event="humaneval", step=step, **he)
+                if world > 1:
+                    dist.barrier()
         if step >= max_iters:
             break
         lr = lr_at(step)
@@ -357,12 +790,17 @@ def run():
             group["lr"] = lr
         loss_sum = torch.zeros((), device=dev)
         for micro in range(accum):
-            x, y = batch("train", step, rank * accum + micro)
+            if sft is not None:  # whole examples; div weighs the micro-batch by its loss tokens
+                x, y, div = sft.batch(step, micro)
+            else:
+                (x, y), div = batch("train", step, rank * accum + micro), accum
             set_sync(micro == accum - 1)
             with autocast:
                 _, loss = model(x, y)
-            (loss / accum).backward()
-            loss_sum += loss.detach().float() / accum
+            (loss / div).backward()
+            loss_sum += loss.detach().float() / div
+        if new_rows:
+            new_rows_only(raw_model, new_rows)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
         loss_value = all_reduce_mean(loss_sum, world).item()  # also the per-step sync point
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -373,6 +811,8 @@ def run():
             raise SystemExit(_EXIT_NONFINITE)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if sft is not None:  # examples vary in length: count this step's real tokens
+            tokens_per_step = sft.tokens(step)
         step += 1
         now = time.time()
         dt, t_last = now - t_last, now
@@ -388,6 +828,8 @@ def run():
                 f" | {1000 * st:.0f} ms/step | eta {_hms(eta)}",
                 event="train", step=step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_sec=tps,
                 mfu=mfu, step_ms=1000 * st, eta_s=eta)
+    if executor is not None:
+        executor.close()
     if world > 1:
         dist.destroy_process_group()
 
@@ -419,7 +861,8 @@ def main(argv=None):
         configure(globals(), argv)
         run()
     except (ConfigError, TrainError, DataError, ModelError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stops; one says why
+            print(f"train.py: error: {e}", file=sys.stderr)
         raise SystemExit(_EXIT_BAD_INPUT)
 
 

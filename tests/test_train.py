@@ -215,3 +215,14 @@ def test_quickstart_config_prepares_its_data(tmp_path):
     assert meta["vocab_size"] <= 8192 and meta["train"]["tokens"] > 1_000_000 and meta["sources"]["src"] == "stdlib"
     assert records(out, "train")[-1]["step"] == 2 and "val loss" in r.stdout
     assert (out / "model.safetensors").exists() and (out / "tokenizer.model").exists()
+
+
+def test_humaneval_during_training(tmp_path, config):
+    out = tmp_path / "out"
+    train(config, f"--out_dir={out}", "--max_iters=2", "--eval_interval=2", "--eval_humaneval_interval=2",
+          "--eval_humaneval_limit=2")
+    he = records(out, "humaneval")
+    assert len(he) == 1 and he[0]["step"] == 2 and he[0]["n_samples"] == 2 and 0.0 <= he[0]["pass@1"] <= 1.0
+    assert he[0]["dataset"]["sha256"]
+    r = train(config, f"--out_dir={out}", "--eval_humaneval_interval=2", "--parallel=fsdp", procs=2, check=False)
+    assert r.returncode != 0 and r.stderr.count("train.py: error: eval_humaneval_interval needs parallel='ddp'") == 1

