@@ -6,10 +6,13 @@ token shards for pretraining, and random training windows read back from them.
     python data.py corpus --src ~/code --out data/mycode --ext .py,.pyi
     python data.py corpus --src the_stack_python.jsonl.gz --out data/stack --text_field content
     python data.py corpus --src more.jsonl --out data/more --tokenizer data/stack   # reuse a tokenizer
+    python data.py sft --src train.jsonl --tokenizer out/ --out data/sft --max_len 1024   # prompt/completion
+    python data.py intent --src intent.jsonl --tokenizer out/ --out data/intent --max_len 2048  # seed 003 recipe
 
 A corpus folder holds train_000000.bin ... (raw token ids, uint16 or uint32 above 65,535 ids, one
 end-of-text id after every document), val_000000.bin, tokenizer.model and meta.json. Re-running
-with identical inputs and options reuses the folder instead of rebuilding it.
+with identical inputs and options reuses the folder instead of rebuilding it. An SFT folder (sft,
+intent) holds whole examples with loss masks instead (see "SFT data" below).
 """
 import argparse
 import gzip
@@ -52,9 +55,10 @@ def format_eta(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def progress(iterable, total=None, label="", unit="items", every=2.0, weight=None, stream=sys.stderr):
-    """Yield from iterable, printing `[label] n/total (pct) rate unit/s ETA` every `every` seconds.
-    weight(item) -> how much the item counts (default 1), e.g. characters of a document."""
+def progress(iterable, total=None, label="", unit="items", every=2.0, weight=None, stream=None):
+    """Yield from iterable, printing `[label] n/total (pct) rate unit/s ETA` every `every` seconds to
+    stream (default: sys.stderr at call time). weight(item) -> how much the item counts (default 1)."""
+    stream = stream or sys.stderr
     t0 = last = time.time()
     done = 0
     for item in iterable:
@@ -65,7 +69,8 @@ def progress(iterable, total=None, label="", unit="items", every=2.0, weight=Non
             last = now
             rate = done / max(now - t0, 1e-9)
             if total:
-                line = f"[{label}] {done:,}/{total:,} ({100 * done / total:.1f}%) {rate:,.1f} {unit}/s ETA {format_eta((total - done) / max(rate, 1e-9))}"
+                eta = format_eta((total - done) / rate) if rate > 0 else "?"
+                line = f"[{label}] {done:,}/{total:,} ({100 * done / total:.1f}%) {rate:,.1f} {unit}/s ETA {eta}"
             else:
                 line = f"[{label}] {done:,} {unit} {rate:,.1f} {unit}/s elapsed {format_eta(now - t0)}"
             print(line, file=stream, flush=True)
@@ -982,7 +987,6 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
 
     def examples():
         for lineno, rec in progress(iter_records(src, skips), label="sft", unit="records"):
-            counts["records"] += 1
             prompt, completion = rec.get(prompt_field), rec.get(completion_field)
             if not isinstance(prompt, str):
                 skips(f"no '{prompt_field}' string field", lineno)
@@ -1000,6 +1004,7 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
             counts["truncated"] += note == "truncated"
             counts["kept"] += 1
             yield ex
+        counts["records"] = counts["kept"] + counts["dropped"] + sum(skips.counts.values())  # every non-blank line
 
     extra = {"recipe": "sft", "max_len": max_len, "truncate": truncate, "bos": bool(head),
              "fields": {"prompt": prompt_field, "completion": completion_field}, "counts": counts,
@@ -1008,7 +1013,7 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
     try:
         meta = write_sft(examples(), tok, out, val_fraction, seed, extra)
     except DataError as e:
-        if counts["kept"] == 0:
+        if counts["kept"] == 0 and str(e) == "no usable examples":
             why = skips.summary(src) or f"{src}: {counts['dropped']} of {counts['records']} records longer than --max_len {max_len}"
             raise DataError(f"{src}: no usable examples ({why})" if counts["records"] else f"{src}: no records") from e
         raise
@@ -1047,14 +1052,16 @@ def split_imports(context):
 
 def cut_context(tok, context, budget):
     """The longest left-cut of context whose tokens fit in budget, keeping its import block: whole lines
-    are dropped from the start of the non-import part. Falls back to cutting imports too. Returns
-    (token ids, cut?) or (None, True) when nothing fits (budget < 0)."""
+    are dropped from the start of the non-import part, up to the next top-level line when there is one
+    (the kept code starts at a statement, not inside a function). Falls back to cutting imports too.
+    Returns (token ids, cut?) or (None, True) when nothing fits (budget < 0)."""
     if budget < 0:
         return None, True
     ids = tok.encode(context)
     if len(ids) <= budget:
         return ids, False
     imports, rest = split_imports(context)
+    imports += "\n" if imports else ""  # a blank line between the kept imports and the kept code
     for head, lines in ((imports, rest), ("", context.splitlines(keepends=True))):
         if len(tok.encode(head)) > budget:
             continue
@@ -1065,7 +1072,8 @@ def cut_context(tok, context, budget):
                 hi = k
             else:
                 lo = k + 1
-        return tok.encode(head + "".join(lines[lo:])), True
+        top = [j for j in range(lo, len(lines)) if lines[j][:1] not in ("", " ", "\t", "\n", "\r", ")", "]", "}")]
+        return tok.encode(head + "".join(lines[top[0] if top else lo:])), True
     return [], True
 
 
@@ -1091,7 +1099,6 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
 
     def examples():
         for lineno, rec in progress(iter_records(src, skips), label="intent", unit="records"):
-            counts["records"] += 1
             vals = {}
             for key, field in names.items():
                 v = rec.get(field, "" if key == "left_context" else None)
@@ -1115,6 +1122,7 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
                 counts["truncated"] += cut
                 counts["kept"] += 1
                 yield ex
+        counts["records"] = counts["kept"] + counts["dropped"] + sum(skips.counts.values())
 
     extra = {"recipe": "intent", "max_len": max_len, "truncate": "left (keeping imports)", "bos": bool(head),
              "fields": names, "tags": list(INTENT_TAGS), "counts": counts, "skipped": skips.counts,
@@ -1123,7 +1131,7 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
     try:
         meta = write_sft(examples(), tok, out, val_fraction, seed, extra)
     except DataError as e:
-        if counts["kept"] == 0:
+        if counts["kept"] == 0 and str(e) == "no usable examples":
             why = skips.summary(src) or f"{src}: {counts['dropped']} of {counts['records']} records do not fit --max_len {max_len}"
             raise DataError(f"{src}: no usable examples ({why})" if counts["records"] else f"{src}: no records") from e
         raise
@@ -1302,6 +1310,7 @@ def collate_sft(data, indices, pad_id=0):
     y = np.full((len(seqs), max(T, 1)), -1, dtype=np.int64)
     for r, (t, m) in enumerate(seqs):
         n = len(t) - 1
+        t = np.asarray(t, dtype=np.int64)
         x[r, :n] = t[:-1]
         y[r, :n] = np.where(m[1:] > 0, t[1:], -1)
     return x, y

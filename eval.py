@@ -1108,7 +1108,9 @@ def check_ckpt(ckpt):
     except (OSError, json.JSONDecodeError) as e:
         raise EvalError(f"{d / 'config.json'}: not readable JSON ({e})")
     need = ["tokenizer.model"]
-    if config.get("format") == "codelm" or not (d / "model.safetensors.index.json").is_file():
+    if config.get("format") == "codelm" and config.get("lora"):  # LoRA adapters, merged into their base on load
+        need.append("adapters.safetensors")
+    elif config.get("format") == "codelm" or not (d / "model.safetensors.index.json").is_file():
         need.append("model.safetensors")
     missing = [n for n in need if not (d / n).is_file()]
     if missing:

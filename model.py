@@ -6,6 +6,13 @@ checkpoint folder (model.safetensors + config.json + tokenizer.model + train_sta
     from model import GPT, GPTConfig, load_model
     model, config = load_model("out/")            # a checkpoint folder
     new_tokens = model.generate([prompt_ids], max_new_tokens=128, temperature=0.8, top_p=0.95)
+    model, config = load_model("hf/CodeLlama-7b-Python-hf")  # a Hugging Face Llama/Mistral folder works too
+
+    python model.py export --ckpt out/ --to hf/        # a Hugging Face LlamaForCausalLM folder
+    python model.py import --hf llama/ --to out/llama  # the other way
+
+Fine-tuning pieces live here too: LoRA adapters (add_lora / merge_lora) and vocabulary growth for
+added tokens (grow_vocab).
 """
 import json
 import math
@@ -773,9 +780,8 @@ class GPT(nn.Module):
 
     # -- forward
     def forward(self, idx, targets=None, loss_mask=None):
-        """idx (B, T) token ids. With targets (B, T) returns (logits over the padded vocab, mean
-        cross-entropy over positions where loss_mask is 1 and targets != -1); without, (logits (B, T,
-        vocab_size), None)."""
+        """idx (B, T) token ids. Returns (logits (B, T, vocab_size), loss): with targets (B, T), the mean
+        cross-entropy over positions where loss_mask is 1 and targets != -1; without, None."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ModelError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
@@ -786,10 +792,10 @@ class GPT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin)
-        logits = self.head(self.norm(x))
+        logits = self.head(self.norm(x))[..., :self.cfg.vocab_size]  # padding rows never enter the softmax
         if targets is None:
-            return logits[..., :self.cfg.vocab_size], None
-        losses = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction="none")
+            return logits, None
+        losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction="none")
         weights = (targets.reshape(-1) != -1).float()
         if loss_mask is not None:
             weights = weights * loss_mask.reshape(-1).float()
@@ -929,10 +935,11 @@ def recover_checkpoint(folder):
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state=None):
+def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state=None, weights_name="model.safetensors"):
     """Write a checkpoint folder atomically. state_dict: name -> tensor (plain names, full tensors;
     tied copies dropped); config: the dict for config.json; tokenizer_file: the SentencePiece model to
-    copy; train_state: anything torch.save takes (resume only)."""
+    copy; train_state: anything torch.save takes (resume only); weights_name: 'adapters.safetensors'
+    for a LoRA adapters checkpoint (config["lora"] names its base)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -944,8 +951,8 @@ def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state
     if config.get("model", {}).get("tie_embeddings"):
         tensors.pop("head.weight", None)
     written = []
-    save_file(tensors, partial / "model.safetensors", metadata={"format": "pt", "step": str(config.get("step", 0))})
-    written.append("model.safetensors")
+    save_file(tensors, partial / weights_name, metadata={"format": "pt", "step": str(config.get("step", 0))})
+    written.append(weights_name)
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     written.append("config.json")
     if tokenizer_file is not None:
@@ -1079,8 +1086,8 @@ def hf_model_config(hf, where="config.json"):
     """GPTConfig for a Hugging Face config dict; ModelError naming what we cannot run."""
     arch = hf.get("architectures") or []
     mtype = hf.get("model_type")
-    if not any(a in HF_ARCHITECTURES for a in arch) and mtype not in ("llama", "mistral"):
-        raise ModelError(f"{where}: unsupported architecture {', '.join(arch) or mtype!r} "
+    if not (any(a in HF_ARCHITECTURES for a in arch) if arch else mtype in ("llama", "mistral")):
+        raise ModelError(f"{where}: unsupported architecture {', '.join(arch) or repr(mtype)} "
                          f"(supported: {', '.join(HF_ARCHITECTURES)})")
     name = arch[0] if arch else mtype
     rope = hf.get("rope_scaling") or None
@@ -1297,27 +1304,31 @@ def export_hf(ckpt, to, dtype=None, force=False):
 
 # ---- vocabulary growth ----
 @torch.no_grad()
-def grow_vocab(model, vocab_size):
+def grow_vocab(model, vocab_size, init_ids=None, mean_of=None):
     """Grow a GPT's embedding (and untied head) to vocab_size tokens (rows padded to VOCAB_MULTIPLE), for
-    tokens added to the tokenizer. New rows start as the mean of the existing token rows (a neutral
-    embedding, and output logits near the average ones), not at random. No-op when already big enough."""
+    tokens added to the tokenizer. Rows init_ids (default: the new ones) are set to the mean of rows
+    [0, mean_of) (default: the old vocab): a neutral embedding and output logits near the average, not
+    noise. Pass mean_of = the tokenizer's size when the embedding has unused rows beyond it."""
     cfg = model.cfg
     old = cfg.vocab_size
-    if vocab_size <= old:
-        return model
-    cfg.vocab_size = vocab_size
-    rows = cfg.padded_vocab_size
+    init_ids = list(range(old, vocab_size)) if init_ids is None else list(init_ids)
+    mean_of = old if mean_of is None else min(int(mean_of), old)
+    if vocab_size > old:
+        cfg.vocab_size = vocab_size
+        rows = cfg.padded_vocab_size
 
-    def grown(w):
-        out = torch.zeros(rows, w.shape[1], dtype=w.dtype, device=w.device)
-        out[:old] = w[:old]
-        out[old:vocab_size] = w[:old].float().mean(0).to(w.dtype)
-        return nn.Parameter(out, requires_grad=w.requires_grad)
+        def grown(w):
+            out = torch.zeros(rows, w.shape[1], dtype=w.dtype, device=w.device)
+            out[:old] = w[:old]
+            return nn.Parameter(out, requires_grad=w.requires_grad)
 
-    model.embed.weight = grown(model.embed.weight)
-    model.embed.num_embeddings = rows
-    model.head.weight = model.embed.weight if cfg.tie_embeddings else grown(model.head.weight)
-    model.head.out_features = rows
+        model.embed.weight = grown(model.embed.weight)
+        model.embed.num_embeddings = rows
+        model.head.weight = model.embed.weight if cfg.tie_embeddings else grown(model.head.weight)
+        model.head.out_features = rows
+    if init_ids:
+        for w in {id(w): w for w in (model.embed.weight, model.head.weight)}.values():
+            w[init_ids] = w[:mean_of].float().mean(0).to(w.dtype)
     return model
 # ---- end vocabulary growth ----
 
@@ -1450,20 +1461,20 @@ def load_adapter_checkpoint(folder, config, device="cpu", dtype=None):
         raise ModelError(f"{folder / 'config.json'}: LoRA base model {base} not found (the adapters need it)")
     model, _ = load_model(base, device=device, dtype=dtype)
     cfg = GPTConfig.from_dict(config["model"], where=str(folder / "config.json"))
-    grow_vocab(model, cfg.vocab_size)
+    grow_vocab(model, cfg.vocab_size, lora.get("init_ids") or [], lora.get("mean_of"))
     add_lora(model, lora["r"], lora["alpha"], 0.0, lora["targets"])
     adapters = load_file(folder / "adapters.safetensors", device=str(device))
-    rows = lora.get("new_token_rows")   # [first, end) rows of embed/head that were trained
+    ids = lora.get("token_ids")   # rows of embed/head that were trained (tokens the fine-tune added)
     state = dict(model.state_dict())
     missing = sorted(set(lora_state_dict(state)) - set(adapters))
     if missing:
         raise ModelError(f"{folder / 'adapters.safetensors'}: missing adapters {missing[:8]}")
     for k, v in adapters.items():
-        if k.endswith((".lora_A", ".lora_B")):
+        if k.endswith((".lora_A", ".lora_B")) and k in state:
             state[k] = v.to(state[k].dtype)
-        elif rows and k in ("embed.weight.new_rows", "head.weight.new_rows"):
+        elif ids and k in ("embed.weight.new_rows", "head.weight.new_rows"):
             w = state[k[:-len(".new_rows")]].clone()
-            w[rows[0]:rows[1]] = v.to(w.dtype)
+            w[ids] = v.to(w.dtype)
             state[k[:-len(".new_rows")]] = w
         else:
             raise ModelError(f"{folder / 'adapters.safetensors'}: unexpected tensor {k!r}")
@@ -1476,3 +1487,55 @@ def load_adapter_checkpoint(folder, config, device="cpu", dtype=None):
     plain.reset_rope(device)
     return plain.eval(), config
 # ---- end LoRA ----
+
+
+# ---- command line (keep this section last) ----
+def main(argv=None):
+    """python model.py export --ckpt out/ --to hf/      a checkpoint as a Hugging Face Llama folder
+    python model.py import --hf llama/ --to out/llama    a Hugging Face Llama/Mistral folder as a checkpoint
+    python model.py info --ckpt out/                      shape, parameters, tokenizer of a model folder"""
+    import argparse
+    import inspect
+    import sys
+
+    parser = argparse.ArgumentParser(prog="model.py", description=inspect.cleandoc(main.__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    p = sub.add_parser("export", help="write a checkpoint (ours; LoRA adapters are merged) as a Hugging Face LlamaForCausalLM folder")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (config.json + model.safetensors or adapters.safetensors)")
+    p.add_argument("--to", required=True, help="output folder")
+    p.add_argument("--dtype", choices=sorted(dtypes), help="weight dtype of the export (default: as stored)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p = sub.add_parser("import", help="convert a Hugging Face Llama/Mistral folder into a codelm checkpoint folder")
+    p.add_argument("--hf", required=True, help="folder with config.json, model.safetensors (or shards) and tokenizer.model")
+    p.add_argument("--to", required=True, help="output checkpoint folder")
+    p.add_argument("--dtype", choices=sorted(dtypes), help="weight dtype (default: as stored)")
+    p = sub.add_parser("info", help="print the shape and size of a model folder (ours or Hugging Face)")
+    p.add_argument("--ckpt", required=True)
+    args = parser.parse_args(argv)
+    from data import DataError, Tokenizer
+
+    try:
+        if args.cmd == "export":
+            export_hf(args.ckpt, args.to, dtypes.get(args.dtype), args.force)
+            print(f"wrote {args.to} (LlamaForCausalLM)", file=sys.stderr)
+        elif args.cmd == "import":
+            model, config = load_model(args.hf, dtype=dtypes.get(args.dtype))
+            tok = Tokenizer.load(args.hf)
+            save_checkpoint(args.to, model_state_dict(model), make_config(model.cfg, tok.to_config(), {}, 0, config.get("postprocess")),
+                            tokenizer_file=tok.model_path)
+            print(f"wrote {args.to} (codelm checkpoint)", file=sys.stderr)
+        else:
+            config = checkpoint_config(args.ckpt)
+            cfg = GPTConfig.from_dict(config["model"])
+            with torch.device("meta"):
+                n = GPT(cfg).num_params()
+            print(json.dumps({"format": config.get("format"), "params": n, "model": config["model"],
+                              "lora": config.get("lora"), "postprocess": config.get("postprocess")}, indent=2))
+    except (ModelError, DataError) as e:
+        sys.exit(f"model.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

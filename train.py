@@ -6,6 +6,7 @@ Train a codelm model: one process (CPU or one GPU) or many under torchrun (DDP o
     torchrun --nproc_per_node=8 train.py config/tinycodelm_150m.py
     torchrun --nproc_per_node=2 train.py config/quickstart.py --parallel=fsdp   # CPU works too (gloo)
     python train.py config/quickstart.py --init_from=resume                     # continue out_dir exactly
+    python train.py config/intent_lora.py --init_from=hf/CodeLlama-7b-Python-hf  # fine-tune (task='sft', LoRA)
 
 Multi-node: run on every node
     torchrun --nnodes=N --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py CONFIG
@@ -591,8 +592,8 @@ def run():
     import torch.distributed as dist
 
     from data import DataError, Tokenizer, load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, sample_windows
-    from model import (GPT, GPTConfig, checkpoint_config, estimate_mfu, load_model, load_state, make_config, peak_flops,
-                       read_config, save_checkpoint)
+    from model import (GPT, GPTConfig, checkpoint_config, estimate_mfu, load_state, make_config, peak_flops,
+                       save_checkpoint)
 
     config = {k: globals()[k] for k in _config_keys()}
     if task not in ("pretrain", "sft"):

@@ -25,8 +25,12 @@ def test_shapes_padding_and_logits():
     logits, loss = m(idx)
     assert logits.shape == (3, 17, 100) and loss is None
     full, loss = m(idx, idx)
-    assert full.shape == (3, 17, 128) and loss.ndim == 0
-    assert torch.equal(full[..., :100], logits)
+    assert full.shape == (3, 17, 100) and loss.ndim == 0
+    assert torch.equal(full, logits)
+    # padding rows of the head never enter the softmax: the loss ignores them
+    with torch.no_grad():
+        m.head.weight[100:] = 50.0
+    assert m(idx, idx)[1].item() == pytest.approx(loss.item(), rel=1e-6)
     with pytest.raises(ModelError, match="exceeds block_size 64"):
         m(torch.zeros(1, 65, dtype=torch.long))
 
