@@ -499,6 +499,15 @@ def _atomic_write_json(path, obj):
     _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def _publish_folder(tmp, out_dir):
+    """Put a completely written folder in place of out_dir (the old one, if any, goes only after)."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def token_dtype(vocab_size):
     return np.uint16 if vocab_size <= 65536 else np.uint32
 
@@ -633,11 +642,7 @@ def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, m
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta.update(meta_extra or {})
         _atomic_write_json(tmp / "meta.json", meta)
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        _publish_folder(tmp, out_dir)
         return meta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -921,11 +926,7 @@ def write_sft(examples, tokenizer, out_dir, val_fraction=SFT_VAL_FRACTION, seed=
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta.update(meta_extra or {})
         _atomic_write_json(tmp / "meta.json", meta)
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        _publish_folder(tmp, out_dir)
         return meta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1122,14 +1122,6 @@ def hf_model_config(hf, where="config.json"):
                      norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
-def _sha256(path, chunk=1 << 20):
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hf_weight_files(folder):
@@ -1159,6 +1151,8 @@ def hf_weight_files(folder):
 def checkpoint_config(folder):
     """The config of any model folder in codelm's shape ({"format", "model", "tokenizer", "postprocess",
     ...}); a Hugging Face folder is translated (format 'hf', the original under "hf")."""
+    from data import file_sha256  # data.py imports no torch: cheap
+
     folder = Path(folder)
     config = read_config(folder)
     if not is_hf_config(config):
@@ -1168,7 +1162,7 @@ def checkpoint_config(folder):
     if not tok.is_file():
         raise ModelError(f"{folder}: no tokenizer.model (codelm needs the SentencePiece model; tokenizer.json-only "
                          "models such as Llama 3 are not supported)")
-    return {"format": "hf", "model": asdict(cfg), "tokenizer": {"file": "tokenizer.model", "sha256": _sha256(tok)},
+    return {"format": "hf", "model": asdict(cfg), "tokenizer": {"file": "tokenizer.model", "sha256": file_sha256(tok)},
             "train": {}, "step": 0, "postprocess": config.get("codelm_postprocess") or {"edit_format": None, "sugar": None},
             "hf": config}
 
