@@ -231,6 +231,9 @@ def bench_attention(args):
     print_table(rows, ["T", "D", "B", "H", "Hkv", "pass", "ours_ms", "sdpa_ms", "ours_TFLOPs", "sdpa_TFLOPs",
                        "ours/sdpa", "rel_err"])
     print("# ours/sdpa > 1: ours is faster. rel_err: max over out, dq, dk, dv of ||ours - sdpa|| / ||sdpa||")
+    for (kind, *_), tuner in sorted(model._flash_autotuners.items(), key=str):
+        for key, cfg in getattr(tuner, "cache", {}).items():  # what autotuning chose, per shape class
+            print(f"# {kind} {key[:3]}: {cfg}")
     return {"device": args.device, "dtype": str(dtype), "causal": args.causal, "rows": rows}
 
 
@@ -718,6 +721,100 @@ def bench_optim(args):
 
 SUBCOMMANDS["optim"] = (bench_optim, _optim_args,
                         "8-bit AdamW vs torch AdamW: optimizer step time and state memory on a ~100M-parameter model")
+
+
+# ---- sugar ----
+_SUGAR_REFERENCE_S = 0.23  # the reference sugarizer's seconds per HumanEval program (Token Sugar paper)
+
+
+def _sugar_args(p):
+    p.add_argument("--tokenizer", default=None, help="tokenizer (.model, corpus or checkpoint folder); default: train a 32k BPE on the stdlib")
+    p.add_argument("--holdout", type=float, default=0.1, help="share of stdlib files left out of mining and measured")
+    p.add_argument("--workers", type=int, default=None, help="mining processes (default: all cores)")
+    p.add_argument("--configs", default="0.01:2,3:0.3", help="sugar sets to report, THRESHOLD:MIN_REWARD,... (mined once at the loosest)")
+    p.add_argument("--mbpp", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "mbpp.jsonl"))
+    p.add_argument("--max_heldout", type=int, default=0, help="held-out stdlib files measured (0 = all)")
+
+
+def bench_sugar(args):
+    """Token Sugar: mining time on the stdlib, token reduction (our tokenizer, a sugar token counts one)
+    and round-trip exactness on HumanEval (docstrings removed / kept), held-out stdlib files and MBPP,
+    and sugarize/desugarize time per HumanEval program against the reference's 0.23 s."""
+    import ast
+    import math
+    import tempfile
+
+    import sugar as sg
+    from data import Tokenizer, iter_source_texts, train_tokenizer
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.tokenizer:
+        tok_path = args.tokenizer
+    else:
+        t0 = time.time()
+        tok_path = os.path.join(tmp.name, "tokenizer.model")
+        train_tokenizer((t for _, t in iter_source_texts("stdlib")), tok_path, vocab_size=32768)
+        print(f"# trained a 32k tokenizer on the stdlib in {time.time() - t0:.0f}s", file=sys.stderr)
+    tok = Tokenizer.load(tok_path)
+    count = sg.TokenCounter(tok_path)
+    files = list(sg.iter_texts("stdlib"))
+    held = [(n, t) for n, t in files if sg.is_heldout(sg.short_name(n, "stdlib"), args.holdout)]
+    train = [t for n, t in files if not sg.is_heldout(sg.short_name(n, "stdlib"), args.holdout)]
+    if args.max_heldout:
+        held = held[:args.max_heldout]
+    configs = [tuple(float(x) for x in c.split(":")) for c in args.configs.split(",")]
+    files_needed = [th * len(train) if th < 1 else th for th, _ in configs]
+    loose = min(files_needed)
+    t0 = time.time()
+    table, report = sg.mine(train, tok_path, threshold=max(2, math.floor(loose)), min_reward=min(r for _, r in configs),
+                            workers=args.workers)
+    mine_s = time.time() - t0
+    corpora = {"HumanEval, no docstrings": sg.humaneval_programs(False), "HumanEval, docstrings": sg.humaneval_programs(True),
+               "stdlib, held out": held}
+    if os.path.isfile(args.mbpp):
+        with open(args.mbpp, encoding="utf-8") as f:
+            corpora["MBPP reference code"] = [(str(i), json.loads(line)["code"]) for i, line in enumerate(f) if line.strip()]
+    rows = []
+    result = {"machine": machine_info(), "stdlib_files": len(files), "mined_files": len(train),
+              "heldout_files": len(held), "mine_seconds": round(mine_s, 1), "sets": []}
+    for (th, mr), need in zip(configs, files_needed):
+        need = max(2, math.ceil(need - 1e-9))
+        sub = sg.SugarTable([s for s in table.sugars if s.file_freq >= need and s.reward >= mr])
+        kinds = "/".join(str(sum(s.type == k for s in sub.sugars)) for k in sg.KINDS)
+        for name, progs in corpora.items():
+            st = sg.stats([t for _, t in progs], sub, tok)
+            rows.append(dict(sugars=f"{len(sub)} ({kinds})", min_files=need, min_reward=mr, corpus=name,
+                             programs=st["programs"], tokens=st["tokens_before"], reduction_pct=st["reduction_pct"],
+                             per_program=st["sugars_per_program"], exact=f"{st['round_trip_exact']}/{st['programs']}"))
+            result["sets"].append({"min_files": need, "min_reward": mr, "sugars": len(sub), "corpus": name, **st})
+    print(f"mining: {len(train):,} stdlib files in {mine_s:.1f}s ({len(train) / mine_s:.1f} files/s, "
+          f"{report['distinct_patterns']:,} distinct patterns, {len(table):,} sugars at the loosest setting)")
+    print("sugar sets: stmt/stmt_head/expr counts; reduction = 1 - tokens after / tokens before")
+    print_table(rows, ["sugars", "min_files", "min_reward", "corpus", "programs", "tokens", "reduction_pct", "per_program", "exact"])
+    # speed per HumanEval program: what `apply` does (weights counted with the tokenizer) and without
+    progs = [t for _, t in sg.humaneval_programs(False)] + [t for _, t in sg.humaneval_programs(True)]
+    big = sg.SugarTable([s for s in table.sugars if s.file_freq >= max(2, math.ceil(loose - 1e-9))])
+    outs = [sg.sugarize(p, big, count) for p in progs]
+    n = len(progs)
+    t_parse = timeit(lambda: [ast.parse(p) for p in progs]) / n
+    t_s = timeit(lambda: [sg.sugarize(p, big, count) for p in progs]) / n
+    t_s0 = timeit(lambda: [sg.sugarize(p, big) for p in progs]) / n
+    t_d = timeit(lambda: [sg.desugarize(o, big) for o in outs]) / n
+    speed = [dict(step="reference sugarizer (published)", ms_per_program=1000 * _SUGAR_REFERENCE_S, speedup=1.0),
+             dict(step="ast.parse (in-run yardstick)", ms_per_program=1000 * t_parse, speedup=_SUGAR_REFERENCE_S / t_parse),
+             dict(step="sugarize, token-counted weights", ms_per_program=1000 * t_s, speedup=_SUGAR_REFERENCE_S / t_s),
+             dict(step="sugarize, stored rewards", ms_per_program=1000 * t_s0, speedup=_SUGAR_REFERENCE_S / t_s0),
+             dict(step="desugarize", ms_per_program=1000 * t_d, speedup=_SUGAR_REFERENCE_S / t_d),
+             dict(step="sugarize + desugarize", ms_per_program=1000 * (t_s + t_d), speedup=_SUGAR_REFERENCE_S / (t_s + t_d))]
+    print(f"\nspeed on {n} HumanEval programs (with and without docstrings), {len(big):,} sugars, best of 3:")
+    print_table(speed, ["step", "ms_per_program", "speedup"])
+    result["speed_ms"] = {r["step"]: round(r["ms_per_program"], 3) for r in speed}
+    tmp.cleanup()
+    return result
+
+
+SUBCOMMANDS["sugar"] = (bench_sugar, _sugar_args,
+                        "Token Sugar: mining time, token reduction, exactness, sugarize/desugarize speed")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ _LOG2E = 1.4426950408889634
 # kernels), "custom_op" (opaque op, torch >= 2.4; always used under the interpreter) or "none" (plain
 # Python call). Override with CODELM_FLASH_OP if one of them misbehaves on some torch version.
 _FLASH_OP_MODE = os.environ.get("CODELM_FLASH_OP", "auto")
+_FLASH_AUTOTUNE = os.environ.get("CODELM_FLASH_AUTOTUNE", "1") != "0"  # 0: first config only (fast start)
 _triton_jit = triton.jit if triton is not None else (lambda fn: fn)
 
 
@@ -177,6 +178,7 @@ def _flash_fwd_kernel(Q, K, V, O, LSE, qk_scale,
                       H, GROUP, N_Q, N_K, T_BUCKET,
                       HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
                       IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as fp64; math stays fp32
     start_m = tl.program_id(0)
     off_bh = tl.program_id(1)
     b = (off_bh // H).to(tl.int64)
@@ -275,6 +277,8 @@ def _flash_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
                            H, GROUP, N_Q, N_K, T_BUCKET,
                            HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
                            IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as fp64
+    sm_scale = tl.cast(sm_scale, tl.float32)
     start_n = tl.program_id(0)
     off_bhk = tl.program_id(1)
     H_KV = H // GROUP
@@ -364,6 +368,8 @@ def _flash_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
                          H, GROUP, N_Q, N_K, T_BUCKET,
                          HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
                          IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    qk_scale = tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as fp64
+    sm_scale = tl.cast(sm_scale, tl.float32)
     start_m = tl.program_id(0)
     off_bh = tl.program_id(1)
     b = (off_bh // H).to(tl.int64)
@@ -437,8 +443,8 @@ def _flash_kernel(kind, head_dim, device):
     else:
         arch = 9 if torch.cuda.get_device_capability(device)[0] >= 9 else 8
         dclass = head_dim if head_dim >= 128 else "small"
-        configs = _FLASH_CONFIGS[(kind, arch, dclass)]
-    key = (kind, arch, dclass)
+        configs = _FLASH_CONFIGS[(kind, arch, dclass)][:None if _FLASH_AUTOTUNE else 1]
+    key = (kind, arch, dclass, len(configs))
     if key not in _flash_autotuners:
         configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                    for bm, bn, w, s in configs]

@@ -1,0 +1,396 @@
+"""Token Sugar (sugar.py): exact round trips on real code, the hard cases, mining, scheduling, bad input."""
+import itertools
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sugar
+from sugar import (END_TOKEN, SugarError, desugarize, find_matches, join_fields, load_sugars, mine,
+                   remove_docstrings, schedule, sugarize)
+
+REPO = Path(__file__).resolve().parents[1]
+STDLIB_DIRS = ("json", "collections", "email", "importlib", "logging", "unittest", "asyncio", "http", "xml", "ctypes")
+
+
+def all_patterns_table(texts, limit=None):
+    """A sugar for every candidate template of the programs: the hardest test of exactness (every
+    span that can be sugarized is a candidate, and expr shorthand nests inside other shorthand)."""
+    seen = {}
+    for code in texts:
+        for kind, t, *_ in sugar._file_patterns(code, texts=False) or []:
+            seen.setdefault((kind, t), None)
+    entries = [{"code": t, "type": k, "reward": 1.0 + (len(t) % 7)} for k, t in seen]
+    table = []
+    for e in entries[:limit]:
+        try:
+            table.append(sugar.Sugar(e["code"], e["type"], reward=e["reward"]))
+        except (SyntaxError, ValueError):  # templates that do not parse alone are never mined either
+            pass
+    return sugar.SugarTable(table)
+
+
+def stdlib_sample(n, seed=0):
+    from data import stdlib_files
+
+    files = [p for p in stdlib_files() if p.parent.name in STDLIB_DIRS and p.stat().st_size < 60_000]
+    random.Random(seed).shuffle(files)
+    return [(str(p), p.read_text(encoding="utf-8")) for p in files[:n]]
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return {"doc": sugar.humaneval_programs(True), "nodoc": sugar.humaneval_programs(False)}
+
+
+@pytest.fixture(scope="module")
+def mbpp(mbpp_path):
+    rows = [json.loads(line) for line in open(mbpp_path, encoding="utf-8")]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def count(tokenizer_path):
+    return sugar.TokenCounter(tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def mined(tokenizer_path, mbpp):
+    """Sugars mined (as `python sugar.py mine` does) from stdlib files and MBPP's training programs."""
+    texts = [t for _, t in stdlib_sample(40, seed=1)] + [r["code"] for r in mbpp if r["task_id"] > 510]
+    table, report = mine(texts, tokenizer_path, threshold=3, min_reward=0.5, workers=1)
+    assert report["sugars"] == len(table) > 50
+    return table
+
+
+def assert_round_trips(programs, table, count=None, expect_matches=True):
+    total = 0
+    for name, code in programs:
+        info = {}
+        s = sugarize(code, table, count, info)
+        assert info["status"] in ("ok", "does not parse"), (name, info)
+        assert desugarize(s, table) == code, name
+        total += info["matches"]
+    if expect_matches:
+        assert total > 0
+    return total
+
+
+# ----------------------------------------------------------------------------- real corpora
+def test_humaneval_round_trip_mined(humaneval, mined, count):
+    n = assert_round_trips(humaneval["doc"] + humaneval["nodoc"], mined, count)
+    assert n > 164  # more than one sugar per program on average
+
+
+def test_humaneval_round_trip_all_patterns(humaneval):
+    for key in ("doc", "nodoc"):
+        table = all_patterns_table([c for _, c in humaneval[key]])
+        assert_round_trips(humaneval[key], table)
+
+
+def test_docstring_remover(humaneval):
+    import ast
+
+    for (name, doc), (_, nodoc) in zip(humaneval["doc"], humaneval["nodoc"]):
+        tree = ast.parse(nodoc)  # still valid Python
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body:
+                first = node.body[0]
+                assert not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                            and isinstance(first.value.value, str)), name
+        assert len(nodoc) <= len(doc)
+    assert remove_docstrings('def f():\n    """only a docstring"""\n') == "def f():\n    pass\n"
+    assert remove_docstrings("x = (\n") == "x = (\n"  # does not parse: unchanged
+
+
+def test_mbpp_test_split_round_trip(mbpp, mined, count):
+    test = [(str(r["task_id"]), r["code"]) for r in mbpp if 11 <= r["task_id"] <= 510]
+    assert len(test) == 500 and any("\r\n" in c for _, c in test) and any("\t" in c for _, c in test)
+    assert_round_trips(test, mined, count)
+    table = all_patterns_table([c for _, c in test[:150]])
+    assert_round_trips(test[:150], table)
+
+
+def test_stdlib_round_trip(mined, count):
+    files = stdlib_sample(10, seed=2)
+    assert_round_trips(files, mined, count)
+    table = all_patterns_table([c for _, c in files[:4]], limit=4000)
+    assert_round_trips(files[:4], table)
+
+
+# ----------------------------------------------------------------------------- the hard cases
+def table_for(code):
+    return all_patterns_table([code])
+
+
+def tokens_in(text):
+    return sugar._TOKEN_RE.findall(text)
+
+
+@pytest.mark.parametrize("code", [
+    # elif is an If inside orelse: it must come back as elif
+    "def f(a, b):\n    if a == b:\n        return 1\n    elif a > b:\n        return 2\n    elif a < b:\n        return 3\n    else:\n        return 4\n",
+    # parentheses around a hole filler (the reference drops them)
+    "counts = [0] * (max(lst) + 1)\ny = (a + b) * (c - d)\n",
+    # hole-free heads
+    "while True:\n    x = read()\n    if not x:\n        break\ntry:\n    pass\nexcept:\n    pass\n",
+    # ';' and end-token text inside strings, '#' inside strings
+    "x = f('a;b', \"c;d\")\ny = g('<\\\\expr_token>' + z, '# not a comment')\n",
+    # comments inside spans and fillers
+    "a = 1\n# a comment between statements\nb = 2  # trailing\nc = foo(a,  # inside a filler\n        b)\n",
+    # a repeated name is one hole
+    "x = x + 1\ncount = count + 1\n",
+    # decorators, defaults, annotations, keyword-only and star args
+    "@property\ndef f(self, a: int = 3, *args, b=None, **kw) -> int:\n    return a\n\n\nclass A(B, metaclass=M):\n    pass\n",
+    # line continuations, tabs, CRLF, non-ASCII
+    "total = a + \\\n    b\r\nif x:\r\n\ty = 'é' + nom_é\r\n\tz = f'{y}!'\r\n",
+    # one-line compound statements, semicolons, walrus, lambda in a header
+    "if x: return 1\na = 1; b = 2\nif (n := len(a)) > 10:\n    print(n)\nfor k in sorted(d, key=lambda v: v[1]):\n    pass\n",
+    # multi-line header and with-items
+    "def g(\n    a,\n    b,\n):\n    with open(a) as fa, open(b) as fb:\n        return fa.read() + fb.read()\n",
+    # strings over several lines as fillers, nested calls
+    'msg = """one;\ntwo"""\nprint(msg.replace(";", ","), len(msg.split("\\n")))\n',
+    # no trailing newline
+    "for i in range(len(xs)):\n    xs[i] += 1",
+])
+def test_hard_cases_round_trip(code):
+    table = table_for(code)
+    s = sugarize(code, table)
+    assert tokens_in(s), s  # something was sugarized
+    assert desugarize(s, table) == code
+
+
+def test_elif_head_sugar():
+    code = "if a == b:\n    x = 1\nelif a > b:\n    x = 2\n"
+    table = load_sugars([{"code": "elif SUGARWILDCARD_0 > SUGARWILDCARD_1:", "type": "stmt_head", "reward": 5}])
+    s = sugarize(code, table)
+    tok = table.sugars[0].token
+    assert s == f"if a == b:\n    x = 1\na b{tok}\n    x = 2\n" or s == f"if a == b:\n    x = 1\n{tok}a b\n    x = 2\n"
+    assert desugarize(s, table) == code
+
+
+def test_shorthand_format():
+    table = load_sugars([
+        {"code": "for SUGARWILDCARD_0 in range(len(SUGARWILDCARD_1)):", "type": "stmt_head", "reward": 4},
+        {"code": "SUGARWILDCARD_0 = SUGARWILDCARD_0 + 1", "type": "stmt", "reward": 3},
+        {"code": "SUGARWILDCARD_0 % 2 == 0", "type": "expr", "reward": 3},
+        {"code": "while True:", "type": "stmt_head", "reward": 2},
+        {"code": "SUGARWILDCARD_0 = SUGARWILDCARD_1.get(SUGARWILDCARD_2, None)", "type": "stmt", "reward": 3},
+    ])
+    t = [s.token for s in table.sugars]
+    assert table.sugars[0].written == [0] and table.sugars[0].read == [1]
+    assert table.sugars[1].holes == [0] and table.sugars[1].written == [0]  # x = x + 1: one hole
+    code = ("for i in range(len(xs)):\n    n = n + 1\n    if xs[i] % 2 == 0:\n        pass\n"
+            "while True:\n    v = d.get('a;b', None)\n")
+    s = sugarize(code, table)
+    assert s == (f"i{t[0]}xs\n    n{t[1]}\n    if {t[2]}xs[i]{END_TOKEN}:\n        pass\n"
+                 f"{t[3]}\n    v{t[4]}d 'a;b'\n")
+    assert desugarize(s, table) == code
+
+
+def test_nested_expr_in_fields():
+    table = load_sugars([
+        {"code": "for SUGARWILDCARD_0 in SUGARWILDCARD_1:", "type": "stmt_head", "reward": 2},
+        {"code": "range(len(SUGARWILDCARD_0))", "type": "expr", "reward": 3},
+        {"code": "len(SUGARWILDCARD_0)", "type": "expr", "reward": 1},
+    ])
+    code = "for i in range(len(xs)):\n    pass\n"
+    s = sugarize(code, table)
+    t = [x.token for x in table.sugars]
+    assert s == f"i{t[0]}{t[1]}xs{END_TOKEN}\n    pass\n"
+    assert desugarize(s, table) == code
+    assert sugarize(code, table, nested=False) in (f"i{t[0]}range(len(xs))\n    pass\n", f"for i in {t[1]}xs{END_TOKEN}:\n    pass\n")
+
+
+def test_join_fields_reads_back():
+    table = load_sugars([])
+    cases = [["a", "b"], ["x if y else z", "w"], ["not x", "y"], ["a", "not b"], ['"s"', '"t"'], ['"s"', 'f"t"'],
+             ["f(x)", "y"], ["1.", "x"], ["'a;b'", "c"], ["x", "None", "3"], ["lambda v: v", "k"]]
+    for values in cases:
+        joined = join_fields(values)
+        assert sugar._scan_fields(joined, 0, "all", table)[0] == values, joined
+
+
+# ----------------------------------------------------------------------------- mining and scheduling
+def test_mining_finds_a_known_pattern(tokenizer_path):
+    names = [("xs", "i"), ("items", "k"), ("data", "j"), ("rows", "r"), ("values", "n"), ("cells", "c")]
+    texts = [f"def f{n}({a}):\n    total = 0\n    for {b} in range(len({a})):\n        total += {a}[{b}]\n    return total\n"
+             for n, (a, b) in enumerate(names)]
+    texts.append("this does not parse (\n")
+    table, report = mine(texts, tokenizer_path, threshold=4, min_reward=1, workers=1)
+    assert report["skipped"] == 1 and report["programs"] == 6
+    head = table.by_key.get(("stmt_head", "for SUGARWILDCARD_0 in range(len(SUGARWILDCARD_1)):"))
+    assert head is not None and head.file_freq == 6 and head.freq == 6 and head.reward >= 1
+    assert all(s.file_freq >= 4 for s in table.sugars)
+    savings = [s.saved for s in table.sugars]
+    assert savings == sorted(savings, reverse=True)
+
+
+def test_schedule_is_optimal_against_brute_force():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 9)
+        iv = []
+        for _ in range(n):
+            s = rng.randint(0, 20)
+            iv.append((s, s + rng.randint(1, 8), rng.randint(1, 10)))
+        best = 0
+        for r in range(n + 1):
+            for sub in itertools.combinations(range(n), r):
+                ordered = sorted(sub, key=lambda k: iv[k][0])
+                if all(iv[a][1] <= iv[b][0] for a, b in zip(ordered, ordered[1:])):
+                    best = max(best, sum(iv[k][2] for k in sub))
+        chosen = schedule(iv)
+        assert all(iv[a][1] <= iv[b][0] for a, b in zip(chosen, chosen[1:]))
+        assert sum(iv[k][2] for k in chosen) == best
+
+
+def test_savings_count_sugar_tokens_as_one(tokenizer_path, count):
+    from data import Tokenizer
+
+    table = load_sugars([{"code": "for SUGARWILDCARD_0 in range(len(SUGARWILDCARD_1)):", "type": "stmt_head"},
+                         {"code": "SUGARWILDCARD_0 % 2 == 0", "type": "expr"}])
+    code = "for i in range(len(xs)):\n    if xs[i] % 2 == 0:\n        print(i)\n"
+    s = sugarize(code, table, count)
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens(table.tokens())
+    assert sugar.count_sugarized(s, tok) == len(tok.encode(s)) < len(tok.encode(code))
+    assert all(m.saving == int(m.saving) for m in find_matches(code, table, count))
+
+
+# ----------------------------------------------------------------------------- files and bad input
+REFERENCE_FORMAT = {
+    "dataset_name": "leetcode", "num_sugar": 3,
+    "sugar": [
+        {"code": "for SUGARWILDCARD_0 in range(len(SUGARWILDCARD_1)):", "reward": 4, "saved": 6364, "freq": 1591,
+         "file_freq": 1419, "type": "stmt_head", "id": "8b28d7838d2cdfb7b15ffb6ed7ec01cd"},
+        {"code": "(SUGARWILDCARD_0, SUGARWILDCARD_1) = (SUGARWILDCARD_1, SUGARWILDCARD_0)", "reward": 22, "saved": 1584,
+         "freq": 72, "file_freq": 63, "type": "stmt", "id": "2446e9eadc0464cb652d21fffd12f386"},
+        {"code": "len(SUGARWILDCARD_0) - 1", "reward": 3, "saved": 3609, "freq": 1203, "file_freq": 1039,
+         "type": "expr", "id": "119ae9a3ba86e680418729dd796971ee"},
+    ]}
+
+
+def test_reference_format_loads_and_applies(tmp_path):
+    path = tmp_path / "mined_sugars.json"
+    path.write_text(json.dumps(REFERENCE_FORMAT))
+    table = load_sugars(path)
+    assert [s.type for s in table.sugars] == ["stmt_head", "stmt", "expr"]
+    assert table.sugars[0].token == "<8b28d7838d2cdfb7b15ffb6ed7ec01cd_stmt_token>"
+    assert table.tokens()[-1] == END_TOKEN
+    code = "def f(a):\n    for i in range(len(a)):\n        (x, y) = (y, x)\n    return a[len(a) - 1]\n"
+    s = sugarize(code, table)
+    assert len(tokens_in(s)) == 4 and desugarize(s, table) == code
+    # and ours writes the same format, which loads again
+    again = load_sugars(json.loads(json.dumps(table.to_json("x"))))
+    assert [s.id for s in again.sugars] == [s.id for s in table.sugars]
+    # a checkpoint's postprocess block loads too (eval.py passes it as is)
+    post = {"sugars": REFERENCE_FORMAT["sugar"], "start_id": None, "token_ids": {}}
+    assert desugarize(s, post) == code
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not JSON"),
+    ('{"sugars_missing": []}', "no 'sugar' list"),
+    ('{"sugar": [{"code": "x = 1", "type": "statement"}]}', "sugar[0]"),
+    ('{"sugar": [{"code": "x = 1", "type": "stmt"}, {"code": "x = (", "type": "stmt"}]}', "sugar[1]"),
+    ('{"sugar": [{"code": "if x", "type": "stmt_head"}]}', "malformed pattern"),
+    ('{"sugar": [{"code": "a + 1", "type": "expr", "reward": "many"}]}', "'reward'"),
+    ('{"sugar": [{"code": "a + 1", "type": "expr", "id": "x"}, {"code": "a + 2", "type": "expr", "id": "x"}]}', "same id"),
+])
+def test_bad_sugars_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(SugarError, match=re.escape(message)) as e:
+        load_sugars(path)
+    assert str(path) in str(e.value)
+    if "unknown" in message:
+        assert "unknown type" in str(e.value)
+
+
+def test_unknown_type_is_named(tmp_path):
+    with pytest.raises(SugarError, match=r"sugar\[0\].*unknown type 'statement'"):
+        load_sugars([{"code": "x = 1", "type": "statement"}])
+
+
+def test_bad_generations_raise_value_errors():
+    table = load_sugars(REFERENCE_FORMAT)
+    head, stmt, expr = (s.token for s in table.sugars)
+    bad = {
+        "unknown sugar token": "x = <0123abcd_expr_token>y<\\expr_token>\n",
+        "takes 1 read field": f"i{head}a;b\n    pass\n",
+        "takes 1 written field": f"i;j{head}xs\n    pass\n",
+        "line ends before": f"y = {expr}a\n",
+        "missing": f"y = {expr}a",
+        "without an expr token": f"y = a{END_TOKEN}\n",
+        "text follows": f"a b{stmt}junk\n",
+        "unterminated string": f"i{head}'abc\n",
+        "unbalanced": f"i{head}f(a))\n",
+    }
+    for reason, text in bad.items():
+        with pytest.raises(ValueError, match=reason):
+            desugarize(text, table)
+    assert desugarize("plain code, no sugar\n", table) == "plain code, no sugar\n"
+
+
+def test_files_that_do_not_parse_are_left_alone():
+    table = load_sugars(REFERENCE_FORMAT)
+    info = {}
+    code = "for i in range(len(xs)):\n  print i\n"
+    assert sugarize(code, table, info=info) == code and info["status"] == "does not parse"
+    code = "x = '<8b28d7838d2cdfb7b15ffb6ed7ec01cd_stmt_token>'\n"
+    assert sugarize(code, table, info=info) == code and info["status"] == "has sugar text"
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_help():
+    for cmd in ([], ["mine"], ["apply"], ["stats"]):
+        r = subprocess.run([sys.executable, str(REPO / "sugar.py"), *cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_cli_bad_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    r = subprocess.run([sys.executable, str(REPO / "sugar.py"), "stats", "--sugars", str(bad), "--src", "humaneval"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "not JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_apply_writes_a_corpus_that_desugars_back(tmp_path, tokenizer_path, mined, mbpp):
+    import numpy as np
+
+    from data import Tokenizer, load_corpus_meta
+
+    programs = [r["code"] for r in mbpp[:40]]
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"text": c}) + "\n" for c in programs))
+    sugars = tmp_path / "sugars.json"
+    small = sugar.SugarTable(mined.sugars[:40])  # (adding tokens is slow in data.Tokenizer for thousands)
+    sugars.write_text(json.dumps(small.to_json("test")))
+    out = tmp_path / "corpus"
+    r = subprocess.run([sys.executable, str(REPO / "sugar.py"), "apply", "--sugars", str(sugars), "--src", str(src),
+                        "--out", str(out), "--tokenizer", str(tokenizer_path), "--joint_ratio", "0.25", "--workers", "1"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = load_corpus_meta(out)
+    post = meta["postprocess"]["sugar"]
+    assert len(post["sugars"]) == len(small) and post["token_ids"][END_TOKEN] == max(post["token_ids"].values())
+    tok = Tokenizer.load(out)
+    assert tok.added_tokens == post["token_ids"]
+    ids = np.concatenate([np.fromfile(out / s["file"], dtype=meta["dtype"]) for split in ("train", "val")
+                          for s in meta[split]["shards"]])
+    docs, cur = [], []
+    for i in ids.tolist():
+        if i == tok.eos_id:
+            docs.append(tok.decode(cur))
+            cur = []
+        else:
+            cur.append(i)
+    assert sorted(desugarize(d, post) for d in docs) == sorted(programs)
+    sugared = [d for d in docs if tokens_in(d)]
+    assert 0 < len(sugared) < len(docs)  # a mix: some programs stay plain
