@@ -286,7 +286,7 @@ class Tokenizer:
         self._has_bytes = all(self.sp.is_byte(i) for i in self._byte_ids)
         self.added_tokens = {}
         self._reused = {}  # base id taken over by an added token (start_id) -> that token
-        self._pattern = None
+        self._pattern = self._by_id = None
         for tok, i in sorted((added_tokens or {}).items(), key=lambda kv: kv[1]):
             self._add(tok, int(i))
 
@@ -344,9 +344,8 @@ class Tokenizer:
         return max([self.base_vocab_size] + [i + 1 for i in self.added_tokens.values()])
 
     def id_to_piece(self, i):
-        for tok, j in self.added_tokens.items():
-            if j == i:
-                return tok
+        if i in self._added_by_id:
+            return self._added_by_id[i]
         return self.sp.id_to_piece(i) if 0 <= i < self.base_vocab_size else None
 
     def piece_to_id(self, piece):
@@ -391,9 +390,19 @@ class Tokenizer:
         self.added_tokens[tok] = i
         if i < self.base_vocab_size:
             self._reused[i] = tok
-        # longest first, so '<|diff|>' never wins over a longer token that starts with it
-        alts = sorted(self.added_tokens, key=len, reverse=True)
-        self._pattern = re.compile("(" + "|".join(re.escape(t) for t in alts) + ")")
+        self._pattern = self._by_id = None  # rebuilt on first use: adding n tokens stays O(n)
+
+    @property
+    def _splitter(self):
+        if self._pattern is None and self.added_tokens:
+            self._pattern = re.compile("(" + _trie_regex(self.added_tokens) + ")")
+        return self._pattern
+
+    @property
+    def _added_by_id(self):
+        if self._by_id is None:
+            self._by_id = {i: t for t, i in self.added_tokens.items()}
+        return self._by_id
 
     # -- encoding
     def _encode_plain(self, text):
@@ -422,11 +431,11 @@ class Tokenizer:
     def encode(self, text, bos=False, eos=False):
         if not isinstance(text, str):
             raise TypeError(f"Tokenizer.encode takes a str, not {type(text).__name__}")
-        if self._pattern is None:
+        if not self.added_tokens:
             ids = self._encode_plain(text) if text else []
         else:
             ids = []
-            for j, part in enumerate(self._pattern.split(text)):
+            for j, part in enumerate(self._splitter.split(text)):
                 if j % 2:
                     ids.append(self.added_tokens[part])
                 elif part:
@@ -438,7 +447,7 @@ class Tokenizer:
         return ids
 
     def encode_batch(self, texts, eos=False):
-        if self._pattern is None and not self._reused and not any(SP_SPACE in t for t in texts):
+        if not self.added_tokens and not any(SP_SPACE in t for t in texts):
             out = self.sp.encode(list(texts))  # fast path: one C++ call
             return [ids + [self.eos_id] for ids in out] if eos else out
         return [self.encode(t, eos=eos) for t in texts]
@@ -447,7 +456,7 @@ class Tokenizer:
         ids = [int(i) for i in ids]
         if not self.added_tokens:
             return self.sp.decode([i for i in ids if 0 <= i < self.base_vocab_size])
-        by_id = {i: t for t, i in self.added_tokens.items()}
+        by_id = self._added_by_id
         out, run = [], []
         for i in ids:
             if i in by_id:
@@ -460,6 +469,36 @@ class Tokenizer:
         if run:
             out.append(self.sp.decode(run))
         return "".join(out)
+
+
+def _trie_regex(strings):
+    """One regex alternation matching any of strings, longest first, factored as a prefix trie: the
+    regex engine then walks one branch per character instead of trying every token in turn (tens of
+    thousands of Token Sugar tokens)."""
+    trie = {}
+    for s in strings:
+        node = trie
+        for ch in s:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # end of a token
+
+    def emit(node):
+        end = "" in node
+        alts = []
+        for ch in sorted(k for k in node if k):
+            child, run = node[ch], ch
+            while len(child) == 1 and "" not in child:  # a chain of single children: one literal
+                (c, child), = child.items()
+                run += c
+            alts.append(re.escape(run) + emit(child))
+        if not alts:
+            return ""
+        if len(alts) == 1 and not end:
+            return alts[0]
+        body = "(?:" + "|".join(alts) + ")"
+        return body + "?" if end else body  # '?' is greedy: the longer token wins, the shorter is the fallback
+
+    return emit(trie)
 
 
 def _hf_added_tokens(path, model_file=None):

@@ -68,6 +68,38 @@ def test_added_tokens_are_atomic_and_restored(tokenizer_path, tmp_path):
         assert again.encode(s) == tok.encode(s) and again.decode(again.encode(s)) == s
 
 
+def test_many_added_tokens_split_longest_first(tokenizer_path):
+    """Thousands of added tokens sharing prefixes (Token Sugar's '<md5_stmt_token>' set) split text
+    exactly as a longest-match scan over the token list does."""
+    import hashlib
+    import random
+
+    tok = Tokenizer(tokenizer_path)
+    sugar = [f"<{hashlib.md5(str(i).encode()).hexdigest()[:6]}_stmt_token>" for i in range(3000)]
+    nested = ["<|a|>", "<|a|>b", "<|ab", "<\\expr_token>", "<\\"]  # prefixes of each other
+    for t in sugar:  # one at a time, as a loop adding tokens would
+        tok.add_tokens([t])
+    tok.add_tokens(nested)
+    rng = random.Random(0)
+    pieces = sugar[:50] + nested + ["x = 1", " <", "|a", "_stmt_token>", "\n", "a < b", "<|", "ab"]
+    by_len = sorted(tok.added_tokens, key=len, reverse=True)
+    for _ in range(200):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        ids, i, plain = [], 0, ""
+        while i < len(text):  # reference: at each position the longest added token, else one char
+            hit = next((t for t in by_len if text.startswith(t, i)), None)
+            if hit is None:
+                plain += text[i]
+                i += 1
+                continue
+            ids += tok.encode(plain) if plain else []
+            ids.append(tok.added_tokens[hit])
+            plain, i = "", i + len(hit)
+        ids += tok.encode(plain) if plain else []
+        assert tok.encode(text) == ids and tok.decode(ids) == text
+    assert tok.id_to_piece(tok.added_tokens["<|a|>b"]) == "<|a|>b"
+
+
 def test_add_tokens_bad_input(tokenizer_path):
     tok = Tokenizer(tokenizer_path)
     tok.add_tokens(["<|diff|>"])
