@@ -16,8 +16,9 @@ whitespace as the bigcode harness does). MBPP (test split, task_ids 11-510): zer
 '\"\"\"\\n{description}\\n{first test assert}\\n\"\"\"\\n'; scored on test_setup_code + all three asserts.
 Every prompt is preceded by the end-of-text id (a document start, as in pretraining). Completions stop
 at the bigcode stop sequences at column 0. Checkpoints trained on LintSeq edit sequences get
-prompt (final newline dropped) + "\\n<|diff|>" and generate to eos; Token Sugar checkpoints are
-desugared. config.json["postprocess"] says which; build_program() is the one post-processing step.
+prompt (final newline dropped) + "\\n<|diff|>" and generate to eos; Token Sugar checkpoints stop where
+the desugared text meets a stop (a shorthand for `def ...:` at column 0 is one) and are desugared.
+config.json["postprocess"] says which; build_program() is the one post-processing step.
 
 Sandbox. Programs never run in the process that holds the model. An executor process, started with
 exec (it shares nothing with a CUDA process), cuts its network (new network namespace), makes every
@@ -192,8 +193,9 @@ def build_program(problem, completion, postprocess=None):
         elif postprocess.get("edit_format"):
             return None, "", f"unknown edit_format {postprocess['edit_format']!r}"
         if postprocess.get("sugar"):
-            from sugar import desugarize  # it parses the table once and caches it
-            try:
+            from sugar import cut_at_stops, desugarize  # they parse the table once and cache it
+            try:  # what follows a stop (maybe half a shorthand) must not fail the sample
+                completion = cut_at_stops(completion, postprocess["sugar"], problem["stop"], prompt.endswith("\n"))
                 text = desugarize(prompt + completion, postprocess["sugar"])
             except Exception as e:
                 return None, "", f"sugar: {type(e).__name__}: {e}"
@@ -913,6 +915,13 @@ def generate_completions(model, tok, problems, n_samples=1, temperature=0.0, top
     Returns (texts, stats)."""
     import torch
     lintseq = (postprocess or {}).get("edit_format") == "lintseq"
+    sugar_heads = {}  # task stops -> ids of statement sugars that expand to a stop at column 0
+    if (postprocess or {}).get("sugar") and not lintseq:
+        from sugar import stop_tokens
+        for p in problems:
+            key = tuple(p["stop"])
+            if key not in sugar_heads:
+                sugar_heads[key] = {tok.piece_to_id(t) for t in stop_tokens(postprocess["sugar"], key)}
     device = next(model.parameters()).device
     block = model.cfg.block_size
     texts = [None] * (len(problems) * n_samples)
@@ -953,7 +962,13 @@ def generate_completions(model, tok, problems, n_samples=1, temperature=0.0, top
             tail = tok.decode(new_ids[-STOP_TAIL_TOKENS:])
             if col0[k] and len(new_ids) <= STOP_TAIL_TOKENS:
                 tail = "\n" + tail
-            return any(s in tail for s in stops[k])
+            if any(s in tail for s in stops[k]):
+                return True
+            heads = sugar_heads.get(tuple(stops[k]))
+            if heads and new_ids[-1] in heads:  # a shorthand for e.g. `def ...:` opened a line at column 0
+                line = tail.rsplit("\n", 1)
+                return len(line) == 2 and line[1][:1] not in (" ", "\t", "\f")
+            return False
 
         with torch.no_grad():
             outs = model.generate(ids, budget, temperature=temperature, top_p=top_p, eos_id=tok.eos_id,

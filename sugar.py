@@ -480,6 +480,43 @@ def desugarize(text, sugars):
     return "".join(out)
 
 
+def stop_tokens(sugars, stops):
+    """Tokens of the statement sugars whose expansion at column 0 starts with one of stops (bigcode
+    style, each starting with a newline): `if SUGARWILDCARD_0 == SUGARWILDCARD_1:` for "\\nif". Generation
+    can stop on such a token at the start of a line, before its fields are written."""
+    heads = [s[1:] for s in stops if s.startswith("\n") and len(s) > 1]
+    return {s.token for s in load_sugars(sugars).sugars
+            if s.type != "expr" and type(s._parts[0]) is str and s._parts[0].startswith(tuple(heads))}
+
+
+def cut_at_stops(text, sugars, stops, at_line_start=True):
+    """The part of sugared text that desugarize() needs to reproduce the desugared text up to its first
+    stop sequence at column 0: lines are read until one whose expansion starts with a stop (dropped
+    with the newline before it, as a stop takes it) or holds one (kept; the caller cuts the desugared
+    text). What a model wrote after the stop, maybe half a shorthand, then never reaches desugarize().
+    Never raises."""
+    table = load_sugars(sugars)
+    heads = stop_tokens(table, stops)
+    pos = 0
+    for line in text.split("\n"):  # "\n" only: the stops' column 0 (str.splitlines also splits on \f...)
+        start, pos = pos, pos + len(line) + 1
+        if (start == 0 and not at_line_start) or line[:1] in (" ", "\t", "\f"):
+            continue  # not at column 0 (an indented template expands indented)
+        body = line.rstrip("\r")
+        try:
+            probe = "\n" + desugarize(body, table)
+        except SugarError:  # unfinished: judge it by its statement token, else as plain text
+            m = next((m for m in _TOKEN_RE.finditer(body) if m.group().endswith("_stmt_token>")), None)
+            if m is not None and m.group() in heads:
+                return text[:max(start - 1, 0)]
+            probe = "\n" + body
+        if probe.startswith(tuple(stops)):
+            return text[:max(start - 1, 0)]  # a stop takes the newline before it
+        if any(s in probe for s in stops):
+            return text[:pos]
+    return text
+
+
 # ----------------------------------------------------------------------------- finding candidate spans
 def _achildren(node):
     """The sub-expressions a pattern may turn into holes, one level down (a called name and an

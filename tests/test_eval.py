@@ -14,9 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import eval as ev
 
@@ -428,6 +430,73 @@ def test_token_sugar(ex, humaneval):
     res = ev.execute({p["task_id"]: p}, [{"task_id": p["task_id"], "completion": sweet.replace("abc1", "zzz9")}], ex,
                      postprocess=cfg)
     assert ev.summarize(res, [1])["postprocess_failed"] == 1
+
+
+SUGARS_WITH_STOPS = {"sugars": [
+    {"code": "abs(SUGARWILDCARD_0 - SUGARWILDCARD_1)", "type": "expr", "id": "abc1"},
+    {"code": "def SUGARWILDCARD_0(SUGARWILDCARD_1):", "type": "stmt_head", "id": "def1"},
+    {"code": "if SUGARWILDCARD_0 == SUGARWILDCARD_1:", "type": "stmt_head", "id": "if1"},
+    {"code": "SUGARWILDCARD_0 = 0", "type": "stmt", "id": "zero1"}]}
+
+
+def test_token_sugar_stops_on_desugared_text(ex, humaneval):
+    """A sugared completion ends where its desugared text meets a stop at column 0, even when that
+    line is a shorthand (`helper x<def1_stmt_token>` is `def helper(x):`) and what follows is junk or
+    half a shorthand, which must not reach desugarize and fail the sample."""
+    pytest.importorskip("sugar")
+    p = humaneval[0]
+    cfg = {"sugar": SUGARS_WITH_STOPS}
+    sweet = p["canonical"].replace("abs(elem - elem2)", "<abc1_expr_token>elem;elem2<\\expr_token>")
+    for tail in ("helper x<def1_stmt_token>\n    return <abc1_expr_token>x;", "<if1_stmt_token>",
+                 "<if1_stmt_token>__name__;", "# done <zzz9_stmt_token>", "def f(:\n"):
+        prog, comp, err = ev.build_program(p, sweet.rstrip("\n") + "\n" + tail, cfg)
+        assert err is None and comp == p["canonical"].rstrip("\n"), (tail, err)  # the stop takes "\n"
+        assert ex.check(prog, 5)["passed"]
+    # a statement that does not expand to a stop is kept, and its bad shorthand still fails the sample
+    prog, comp, err = ev.build_program(p, sweet + "n<zero1_stmt_token>\n<abc1_expr_token>x;", cfg)
+    assert prog is None and err.startswith("sugar:")
+
+
+class ScriptedModel(torch.nn.Module):
+    """Writes the same scripted ids for every row, asking stop() after each, as GPT.generate does."""
+
+    def __init__(self, script, block_size=512):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.cfg, self.script = types.SimpleNamespace(block_size=block_size), script
+
+    def generate(self, prompts, max_new_tokens, eos_id=None, n_samples=1, stop=None, **_):
+        outs = []
+        for r in range(len(prompts) * n_samples):
+            out = []
+            for t in self.script[:max_new_tokens]:
+                out.append(t)
+                if stop(r, out):
+                    break
+            outs.append(out)
+        return outs
+
+
+def test_generation_stops_at_a_sugar_token_that_opens_a_stop_line(tokenizer_path, humaneval):
+    """Generation for a Token Sugar checkpoint stops right after a column-0 shorthand that expands to a
+    stop (`helper x<def1_stmt_token>` = `def helper(x):`), as a plain model stops at "\\ndef"; the same
+    token indented (a nested def) does not stop it."""
+    sugar = pytest.importorskip("sugar")
+    from data import Tokenizer
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens(sugar.load_sugars(SUGARS_WITH_STOPS).tokens())
+    assert sugar.stop_tokens(SUGARS_WITH_STOPS, ev.STOP_HUMANEVAL) == {"<def1_stmt_token>", "<if1_stmt_token>"}
+    body = "    return 1\n"
+    cfg = {"sugar": SUGARS_WITH_STOPS}
+    for rest, kept in (("helper x<def1_stmt_token>\n    pass\n", body + "helper x<def1_stmt_token>"),
+                       ("    inner y<def1_stmt_token>\n", body + "    inner y<def1_stmt_token>\n")):
+        script = tok.encode(body + rest)
+        texts, _ = ev.generate_completions(ScriptedModel(script), tok, humaneval[:1], postprocess=cfg,
+                                           label=None)
+        assert texts == [kept]
+    script = tok.encode(body + "helper x<def1_stmt_token>\n    pass\n")
+    plain, _ = ev.generate_completions(ScriptedModel(script), tok, humaneval[:1], postprocess={}, label=None)
+    assert plain == [tok.decode(script)]  # a plain model knows no sugar stops
 
 
 # ----------------------------------------------------------------------------- pass@k

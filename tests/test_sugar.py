@@ -337,6 +337,35 @@ def test_bad_generations_raise_value_errors():
     assert desugarize("plain code, no sugar\n", table) == "plain code, no sugar\n"
 
 
+def test_cut_at_stops_matches_desugar_then_truncate(humaneval, mined):
+    """cut_at_stops keeps exactly the sugared text whose desugaring, cut at the first column-0 stop,
+    equals the whole completion's desugaring cut there; junk after the stop line is dropped."""
+    stops = ["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n@"]
+
+    def truncate(text):
+        probe = "\n" + text
+        cut = min((i for i in (probe.find(s) for s in stops) if i >= 0), default=-1)
+        return text if cut < 0 else probe[:cut][1:]
+
+    heads = sugar.stop_tokens(mined, stops)
+    starts = {t: mined.by_token[t].code for t in mined.by_token if not t.endswith("_expr_token>")}
+    assert heads == {t for t, code in starts.items() if code.startswith(("def", "class", "if", "print", "@"))}
+    assert 0 < len(heads) < len(starts)
+    checked = 0
+    programs = [code for _, code in humaneval["nodoc"]]
+    for code, after in zip(programs, programs[1:] + programs[:1]):
+        lines = sugarize(code, mined).splitlines(keepends=True)
+        first = next(i for i, line in enumerate(lines) if desugarize(line, mined).startswith("def "))
+        # what a model writes after the prompt's def line, running on into another program
+        completion = "".join(lines[first + 1:]) + "\n" + sugarize(after, mined)
+        cut = sugar.cut_at_stops(completion, mined, stops)
+        assert truncate(desugarize(cut, mined)) == truncate(desugarize(completion, mined))
+        if len(cut) < len(completion):  # junk after the stop (half a shorthand) changes nothing
+            assert sugar.cut_at_stops(completion + "\n<zzz_stmt_token>;(", mined, stops) == cut
+            checked += 1
+    assert checked > 150
+
+
 def test_files_that_do_not_parse_are_left_alone():
     table = load_sugars(REFERENCE_FORMAT)
     info = {}
