@@ -798,7 +798,9 @@ class GPT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin)
-        logits = self.head(self.norm(x))[..., :self.cfg.vocab_size]  # padding rows never enter the softmax
+        # padding rows never enter the softmax; slicing the weight, not the output, keeps logits a fresh
+        # tensor (FSDP2 warns about, and can mishandle, a view returned from the root module)
+        logits = F.linear(self.norm(x), self.head.weight[:self.cfg.vocab_size])
         if targets is None:
             return logits, None
         losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction="none")
