@@ -13,8 +13,8 @@ n_embd = 256
 block_size = 256
 tie_embeddings = True
 
-batch_size = 16
-gradient_accumulation_steps = 1
+batch_size = 8
+gradient_accumulation_steps = 2    # 16 x 256 = 4,096 tokens per step; 2 so torchrun --nproc_per_node=2 runs it as is
 max_iters = 300
 learning_rate = 2e-3        # small models take a high learning rate
 min_lr = 2e-4

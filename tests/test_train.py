@@ -215,6 +215,10 @@ def test_quickstart_config_prepares_its_data(tmp_path):
     assert meta["vocab_size"] <= 8192 and meta["train"]["tokens"] > 1_000_000 and meta["sources"]["src"] == "stdlib"
     assert records(out, "train")[-1]["step"] == 2 and "val loss" in r.stdout
     assert (out / "model.safetensors").exists() and (out / "tokenizer.model").exists()
+    # the README's multi-rank CPU command runs on the shipped config (its accumulation steps split over 2)
+    r = train(REPO / "config" / "quickstart.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'qs2'}",
+              "--max_iters=1", "--eval_iters=1", "--batch_size=2", "--parallel=ddp", procs=2, timeout=600)
+    assert records(tmp_path / "qs2", "start")[0]["world_size"] == 2
 
 
 def test_humaneval_during_training(tmp_path, config):
