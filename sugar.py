@@ -480,13 +480,25 @@ def desugarize(text, sugars):
     return "".join(out)
 
 
+_STOP_CACHE = {}
+
+
 def stop_tokens(sugars, stops):
     """Tokens of the statement sugars whose expansion at column 0 starts with one of stops (bigcode
     style, each starting with a newline): `if SUGARWILDCARD_0 == SUGARWILDCARD_1:` for "\\nif". Generation
     can stop on such a token at the start of a line, before its fields are written."""
-    heads = [s[1:] for s in stops if s.startswith("\n") and len(s) > 1]
-    return {s.token for s in load_sugars(sugars).sugars
-            if s.type != "expr" and type(s._parts[0]) is str and s._parts[0].startswith(tuple(heads))}
+    table = load_sugars(sugars)
+    key = (id(table), tuple(stops))
+    hit = _STOP_CACHE.get(key)
+    if hit is not None and hit[0] is table:  # eval asks once per sample: scan the table once
+        return hit[1]
+    heads = tuple(s[1:] for s in stops if s.startswith("\n") and len(s) > 1)
+    found = frozenset(s.token for s in table.sugars
+                      if s.type != "expr" and type(s._parts[0]) is str and s._parts[0].startswith(heads))
+    if len(_STOP_CACHE) > 8:
+        _STOP_CACHE.clear()
+    _STOP_CACHE[key] = (table, found)
+    return found
 
 
 def cut_at_stops(text, sugars, stops, at_line_start=True):
