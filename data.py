@@ -79,9 +79,14 @@ def progress(iterable, total=None, label="", unit="items", every=2.0, weight=Non
 
 
 # ----------------------------------------------------------------------------- sources
+def stdlib_root():
+    """The running interpreter's standard-library folder."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def stdlib_files():
     """The running interpreter's standard-library .py sources (no site-packages), sorted."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = stdlib_root()
     return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts)
 
 

