@@ -26,7 +26,11 @@ parameters), `read` the others; each group in hole order. Fields are the source 
 separated by one space where Python could not continue an expression there (name/number/string/
 bracket, then name/number/string, no keyword on either side, not two strings), else by `;`. A reader
 splits fields on those separators outside strings, brackets, comments and nested shorthand: no
-escaping is needed. An expr shorthand may sit inside the read fields of another shorthand. A stmt
+escaping is needed. An expr shorthand may sit inside the read fields of another shorthand. Its end
+token is implied, and sugarize() leaves it out, where the logical line ends (a newline or comment
+outside the fields' brackets, or the end of the text: every open shorthand closes) and before a
+closing bracket it did not open (`f(<E>a b)`). After a closed expr shorthand, a field that starts
+with a name, a string or a shorthand needs no separator (`<E>a b<\expr_token>c`). A stmt
 shorthand starts its line (after the indentation) and its read fields end with the logical line
 (before trailing spaces and a comment); the lines of a multi-line template are re-indented with the
 indentation of that line, fillers never are. A match whose shorthand would not read back exactly is
@@ -79,6 +83,9 @@ _NEWLINE_RE = re.compile(r"\r\n|\r|\n")             # what Python's tokenizer co
 _EOL_RE = re.compile(r"[ \t\f]*(?:#[^\r\n]*)?(?:\r?\n|$)")  # rest of a line: spaces, a comment
 _REST_RE = re.compile(r"[ \t\f\r]*(?:#|\n|$)")
 _IND_RE = re.compile(r"[ \t\f]*")
+# end tokens that the end of the logical line or a closing bracket implies (see _scan_fields)
+_IMPLIED_ENDS_RE = re.compile(r"(?:<\\expr_token>)+(?=[ \t\f]*(?:#[^\r\n]*)?(?:\r?\n|$)|[ \t\f]*[)\]}])")
+_CLOSES_RE = re.compile(r"[ \t\f]*(?:#[^\r\n]*)?(?:\r?\n|$)|[ \t\f]*[)\]}]")  # ...seen from the end of a span
 _NAME_AT_RE = re.compile(r"(?:async\s+)?(?:def|class)\s+(\w+)")
 _IDENT_RE = re.compile(r"\w+")
 # the field scanner: quotes, comments, brackets, separators, line breaks, continuations, tokens
@@ -188,10 +195,12 @@ class Sugar:
                 parts = self._by_ind[ind] = self._split(_reindent(self.code, ind))
         return "".join(p if type(p) is str else fillers[p] for p in parts)
 
-    def shorthand(self, fillers):
+    def shorthand(self, fillers, table=None):
+        """The shorthand text; table: the sugars of the shorthand nested in fillers."""
         if self.type == "expr":
-            return self.token + (join_fields([fillers[n] for n in self.holes]) + END_TOKEN if self.holes else "")
-        return join_fields([fillers[n] for n in self.written]) + self.token + join_fields([fillers[n] for n in self.read])
+            return self.token + (join_fields([fillers[n] for n in self.holes], table) + END_TOKEN if self.holes else "")
+        return (join_fields([fillers[n] for n in self.written], table) + self.token
+                + join_fields([fillers[n] for n in self.read], table))
 
     def to_dict(self):
         return {"code": self.code, "reward": self.reward, "saved": self.saved, "freq": self.freq,
@@ -307,16 +316,19 @@ def _table_from(data, name):
 
 # ----------------------------------------------------------------------------- reading shorthand fields
 def _scan_fields(text, pos, mode, table):
-    """Split the fields that start at text[pos] on `;` outside strings, brackets, comments and nested
-    expr shorthand. mode 'end': up to the end token (returns the position after it); 'line': up to
-    the end of the logical line, before trailing spaces and a comment; 'all': to the end of text.
-    Returns (fields, end)."""
-    fields, start, depth, nest, n = [], pos, 0, 0, len(text)
+    """Split the fields that start at text[pos] on separators outside strings, brackets, comments and
+    nested expr shorthand. mode 'end': the fields of an expr shorthand, up to its end token (returns
+    the position after it) or, where that is left out, up to a closing bracket it did not open or
+    the end of the logical line; 'line': up to the end of the logical line; 'all': to the end of
+    text. A nested expr shorthand closes the same ways; a field may start right after the end token
+    of one that closes at field level. Returns (fields, end)."""
+    fields, start, depth, n = [], pos, 0, len(text)
+    opened = []  # depth at which each nested expr shorthand still open began
     search = _LEX_RE.search
     while True:
         m = search(text, pos)
         if m is None:
-            if mode == "end" or nest:
+            if mode == "all" and opened:
                 raise SugarError(f"char {start}: missing {END_TOKEN} after the fields")
             if depth:
                 raise SugarError(f"char {start}: unbalanced brackets in the fields")
@@ -331,7 +343,7 @@ def _scan_fields(text, pos, mode, table):
                 raise SugarError(f"char {i}: unterminated string in the fields")
             pos = e.end()
         elif c == "#":
-            if depth == 0 and nest == 0 and mode == "line":
+            if depth == 0 and mode != "all":  # the logical line ends: so does every open shorthand
                 end = i
                 break
             j = text.find("\n", i)
@@ -341,26 +353,34 @@ def _scan_fields(text, pos, mode, table):
         elif c in ")]}":
             depth -= 1
             if depth < 0:
+                if mode == "end":  # a bracket opened before the shorthand closes it
+                    end = i
+                    break
                 raise SugarError(f"char {i}: unbalanced {c!r} in the fields")
+            while opened and opened[-1] > depth:
+                opened.pop()
         elif c == ";":
-            if depth == 0 and nest == 0:
+            if depth == 0 and not opened:
                 fields.append(text[start:i])
                 start = pos
         elif c == "\n":
             if depth == 0:
-                if mode == "line" and nest == 0:
+                if mode != "all":
                     end = i
                     break
                 raise SugarError(f"char {i}: line ends before {END_TOKEN}")
         elif c == "\\":
             pass
         elif c in " \t\f":
-            if depth == 0 and nest == 0 and _space_splits(text, i, pos):
+            if depth == 0 and not opened and _space_splits(text, i, pos):
                 fields.append(text[start:i])
                 start = pos
         elif tok == END_TOKEN:
-            if nest:
-                nest -= 1
+            if opened:
+                opened.pop()
+                if depth == 0 and not opened and _starts_field(text, pos, table):
+                    fields.append(text[start:pos])
+                    start = pos
             elif mode == "end" and depth == 0:
                 fields.append(text[start:i])
                 return _check_fields(fields, i), pos
@@ -372,9 +392,13 @@ def _scan_fields(text, pos, mode, table):
                 raise SugarError(f"char {i}: unknown sugar token {tok}")
             if sugar.type != "expr":
                 raise SugarError(f"char {i}: statement token {tok} inside the fields of another token")
-            nest += bool(sugar.holes)
+            if sugar.holes:
+                opened.append(depth)
+            elif depth == 0 and not opened and _starts_field(text, pos, table):
+                fields.append(text[start:pos])
+                start = pos
     last = text[start:end]
-    if mode == "line":
+    if mode != "all":
         stripped = last.rstrip(" \t\f\r")
         end -= len(last) - len(stripped)
         last = stripped
@@ -396,20 +420,40 @@ def _space_splits(text, i, j):
     return w is None or w.group() not in _KEYWORDS
 
 
-def join_fields(values):
-    """Fields joined by a space where the reader splits there on its own, else by ';'."""
+def _starts_field(text, pos, table):
+    """Does a new field start at text[pos], right after a closed expr shorthand? Yes for a name or a
+    string (no expression continues with one) and for an expr shorthand whose template starts with a
+    name, a string or a hole (not `(`: a generator argument continues a call)."""
+    m = _FIELD_START_RE.match(text, pos)
+    if m is None:
+        return False
+    if m.group(1) is None:
+        return True
+    sugar = table.by_token.get(m.group()) if table is not None else None
+    return sugar is not None and sugar.type == "expr" and _SPLIT_AFTER_RE.match(sugar.code) is not None
+
+
+def join_fields(values, table=None):
+    """Fields joined by nothing after a closed expr shorthand where the next one starts a field on its
+    own (see _starts_field), by a space where the reader splits there on its own, else by ';'."""
     if len(values) < 2:
         return "".join(values)
     out = [values[0]]
     for a, b in zip(values, values[1:]):
-        ok = _SPLIT_BEFORE_RE.match(a[-1]) and _SPLIT_AFTER_RE.match(b[0]) and _space_splits(a + " " + b, len(a), len(a) + 1)
-        out.append(" " if ok else ";")
+        if a.endswith(">") and _ENDS_WITH_SHORTHAND_RE.search(a) and _starts_field(b, 0, table):
+            out.append("")
+        else:
+            ok = _SPLIT_BEFORE_RE.match(a[-1]) and _SPLIT_AFTER_RE.match(b[0]) and _space_splits(a + " " + b, len(a), len(a) + 1)
+            out.append(" " if ok else ";")
         out.append(b)
     return "".join(out)
 
 
 _SPLIT_BEFORE_RE = re.compile(r"[\w)\]}\"']")
 _SPLIT_AFTER_RE = re.compile(r"[\w\"']")
+# no expression continues with a name, a string or a shorthand right after an expr shorthand: a new field starts
+_FIELD_START_RE = re.compile(r"[\w\"']|(<[0-9A-Za-z]+_expr_token>)")
+_ENDS_WITH_SHORTHAND_RE = re.compile(r"(?:<\\expr_token>|<[0-9A-Za-z]+_expr_token>)$")
 
 
 def _check_fields(fields, where):
@@ -962,10 +1006,18 @@ def find_matches(code, table, count_tokens=None, tree=None):
         pairs = []
         for m in found:
             pre, post = _context(code, m.s, m.e)
-            pairs.append((pre + code[m.s:m.e] + post, pre + m.short + post))
+            pairs.append((pre + code[m.s:m.e] + post, pre + _short_in_place(m.sugar, m.short, code, m.e) + post))
         for m, saving in zip(found, savings(pairs, count_tokens)):
             m.saving = saving
     return found
+
+
+def _short_in_place(sugar, short, code, e):
+    """The shorthand as sugarize writes it where the span ends at e: an expr's end token is left out
+    when the logical line ends there or a closing bracket follows."""
+    if sugar.type == "expr" and sugar.holes and _CLOSES_RE.match(code, e):
+        return short[:-len(END_TOKEN)]
+    return short
 
 
 def _context(code, s, e):
@@ -1074,7 +1126,7 @@ def select(matches, nested=True):
     return [tree(m) for m in picked]
 
 
-def _render(code, s, e, items):
+def _render(code, s, e, items, table):
     """code[s:e] with the selected matches (and what is nested in them) replaced by shorthand."""
     out, pos = [], s
     for m, nested in items:
@@ -1083,8 +1135,8 @@ def _render(code, s, e, items):
             fillers = list(m.fillers)
             for k, sel in nested.items():
                 hs, he = m.occ[k]
-                fillers[k] = _render(code, hs, he, sel)
-            out.append(m.sugar.shorthand(fillers))
+                fillers[k] = _render(code, hs, he, sel, table)
+            out.append(m.sugar.shorthand(fillers, table))
         else:
             out.append(m.short)
         pos = m.e
@@ -1113,14 +1165,15 @@ def sugarize(code, sugars, count_tokens=None, info=None, nested=True):
         chosen = select(matches, attempt)
         if not chosen:
             return code
-        text = _render(code, 0, len(code), chosen)
-        try:
-            exact = desugarize(text, table) == code
-        except SugarError:
-            exact = False
-        if exact:
-            info["matches"] = _count(chosen)
-            return text
+        text = _render(code, 0, len(code), chosen, table)
+        for text in (_IMPLIED_ENDS_RE.sub("", text), text):  # implied end tokens left out, else kept
+            try:
+                exact = desugarize(text, table) == code
+            except SugarError:
+                exact = False
+            if exact:
+                info["matches"] = _count(chosen)
+                return text
     info["status"] = "fallback"  # never expected: plain code is always exact
     return code
 
@@ -1238,8 +1291,8 @@ def _key_hash(kind, template):
 
 
 def _file_patterns(code, texts=True):
-    """[(kind, template, fillers, written, (text before, span, text after))] of every candidate span
-    of a program, or None."""
+    """[(kind, template, fillers, written, (text before, span, text after, end token implied))] of
+    every candidate span of a program, or None."""
     if _TOKEN_RE.search(code) or WILDCARD in code:
         return None
     tree = _parse(code)
@@ -1251,7 +1304,7 @@ def _file_patterns(code, texts=True):
         for t, fillers, written, _ in src.variants(kind, s, e, ind, roots):
             if texts:
                 pre, post = _context(code, s, e)
-                out.append((kind, t, fillers, written, (pre, code[s:e], post)))
+                out.append((kind, t, fillers, written, (pre, code[s:e], post, _CLOSES_RE.match(code, e) is not None)))
             else:
                 out.append((kind, t))
     return out
@@ -1306,12 +1359,12 @@ def _reward_job(texts):
             if entry[2] >= per_chunk:
                 continue
             entry[2] += 1
+            pre, span, post, implied = text
             if kind == "expr":
-                short = "<0_expr_token>" + (join_fields(fillers) + END_TOKEN if fillers else "")
+                short = "<0_expr_token>" + (join_fields(fillers) + ("" if implied else END_TOKEN) if fillers else "")
             else:
                 short = (join_fields([f for k, f in enumerate(fillers) if k in written]) + "<0_stmt_token>"
                          + join_fields([f for k, f in enumerate(fillers) if k not in written]))
-            pre, span, post = text
             samples.append(h)
             pairs.append((pre + span + post, pre + short + post))
     for h, saving in zip(samples, savings(pairs, count)):

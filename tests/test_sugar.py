@@ -86,6 +86,20 @@ def test_humaneval_round_trip_mined(humaneval, mined, count):
     assert n > 164  # more than one sugar per program on average
 
 
+def test_implied_end_tokens_never_fall_back(humaneval, mined, count):
+    """sugarize leaves out every implied end token (no program falls back to writing them all), and
+    the form with every end token written desugars the same."""
+    left_out = 0
+    for name, code in humaneval["nodoc"]:
+        chosen = sugar.select(find_matches(code, mined, count))
+        full = sugar._render(code, 0, len(code), chosen, mined)
+        short = sugarize(code, mined, count)
+        assert short == sugar._IMPLIED_ENDS_RE.sub("", full), name
+        assert desugarize(full, mined) == desugarize(short, mined) == code, name
+        left_out += full.count(END_TOKEN) - short.count(END_TOKEN)
+    assert left_out > 100, left_out
+
+
 def test_humaneval_round_trip_all_patterns(humaneval):
     for key in ("doc", "nodoc"):
         table = all_patterns_table([c for _, c in humaneval[key]])
@@ -185,10 +199,10 @@ def test_shorthand_format():
     assert table.sugars[0].written == [0] and table.sugars[0].read == [1]
     assert table.sugars[1].holes == [0] and table.sugars[1].written == [0]  # x = x + 1: one hole
     code = ("for i in range(len(xs)):\n    n = n + 1\n    if xs[i] % 2 == 0:\n        pass\n"
-            "while True:\n    v = d.get('a;b', None)\n")
+            "while True:\n    v = d.get('a;b', None)\n    even = v % 2 == 0  # why\nodd = not (v % 2 == 0\n)")
     s = sugarize(code, table)
     assert s == (f"i{t[0]}xs\n    n{t[1]}\n    if {t[2]}xs[i]{END_TOKEN}:\n        pass\n"
-                 f"{t[3]}\n    v{t[4]}d 'a;b'\n")
+                 f"{t[3]}\n    v{t[4]}d 'a;b'\n    even = {t[2]}v  # why\nodd = not ({t[2]}v\n)")
     assert desugarize(s, table) == code
 
 
@@ -201,7 +215,7 @@ def test_nested_expr_in_fields():
     code = "for i in range(len(xs)):\n    pass\n"
     s = sugarize(code, table)
     t = [x.token for x in table.sugars]
-    assert s == f"i{t[0]}{t[1]}xs{END_TOKEN}\n    pass\n"
+    assert s == f"i{t[0]}{t[1]}xs\n    pass\n"  # the line end closes both shorthands
     assert desugarize(s, table) == code
     assert sugarize(code, table, nested=False) in (f"i{t[0]}range(len(xs))\n    pass\n", f"for i in {t[1]}xs{END_TOKEN}:\n    pass\n")
 
@@ -213,6 +227,15 @@ def test_join_fields_reads_back():
     for values in cases:
         joined = join_fields(values)
         assert sugar._scan_fields(joined, 0, "all", table)[0] == values, joined
+    # after a closed expr shorthand: no separator before a name, string or shorthand starting with one
+    table = load_sugars([{"code": "len(SUGARWILDCARD_0)", "type": "expr"}, {"code": "''.join", "type": "expr"},
+                         {"code": "(SUGARWILDCARD_0 for SUGARWILDCARD_1 in SUGARWILDCARD_2)", "type": "expr"}])
+    ln, join, gen = (s.token for s in table.sugars)
+    cases = {(f"{ln}a{END_TOKEN}", "b"): "", (f"{ln}a{END_TOKEN}", f"{ln}b{END_TOKEN}"): "", (join, "'x'"): "",
+             (f"{ln}a{END_TOKEN}", f"{gen}x y z{END_TOKEN}"): ";", (f"{ln}a{END_TOKEN}", "(b)"): ";", ("a", f"{ln}b{END_TOKEN}"): ";"}
+    for values, sep in cases.items():
+        joined = join_fields(list(values), table)
+        assert joined == sep.join(values) and sugar._scan_fields(joined, 0, "all", table)[0] == list(values), joined
 
 
 # ----------------------------------------------------------------------------- mining and scheduling
@@ -284,7 +307,9 @@ def test_reference_format_loads_and_applies(tmp_path):
     assert table.tokens()[-1] == END_TOKEN
     code = "def f(a):\n    for i in range(len(a)):\n        (x, y) = (y, x)\n    return a[len(a) - 1]\n"
     s = sugarize(code, table)
-    assert len(tokens_in(s)) == 4 and desugarize(s, table) == code
+    head, stmt, expr = table.tokens()[:3]
+    assert s == f"def f(a):\n    i{head}a\n        x y{stmt}\n    return a[{expr}a]\n"  # `]` implies the end token
+    assert desugarize(s, table) == code
     # and ours writes the same format, which loads again
     again = load_sugars(json.loads(json.dumps(table.to_json("x"))))
     assert [s.id for s in again.sugars] == [s.id for s in table.sugars]
@@ -324,8 +349,7 @@ def test_bad_generations_raise_value_errors():
         "unknown sugar token": "x = <0123abcd_expr_token>y<\\expr_token>\n",
         "takes 1 read field": f"i{head}a;b\n    pass\n",
         "takes 1 written field": f"i;j{head}xs\n    pass\n",
-        "line ends before": f"y = {expr}a\n",
-        "missing": f"y = {expr}a",
+        "statement token": f"{expr}a b{stmt}\n",  # expr shorthand only in read fields
         "without an expr token": f"y = a{END_TOKEN}\n",
         "text follows": f"a b{stmt}junk\n",
         "unterminated string": f"i{head}'abc\n",
@@ -335,6 +359,34 @@ def test_bad_generations_raise_value_errors():
         with pytest.raises(ValueError, match=reason):
             desugarize(text, table)
     assert desugarize("plain code, no sugar\n", table) == "plain code, no sugar\n"
+
+
+def test_implied_end_tokens():
+    """An expr shorthand also closes at the end of the logical line (newline, comment, end of text)
+    and at a closing bracket it did not open; sugarize then leaves its end token out. After a closed
+    shorthand a field starting with a name, string or shorthand needs no separator."""
+    table = load_sugars(REFERENCE_FORMAT["sugar"] + [{"code": "SUGARWILDCARD_0 + SUGARWILDCARD_1", "type": "expr", "reward": 1}])
+    head, stmt, expr, plus = (s.token for s in table.sugars)
+    cases = {
+        f"y = {expr}a\n": "y = len(a) - 1\n",
+        f"y = {expr}a": "y = len(a) - 1",
+        f"y = {expr}a  # note; x\r\n": "y = len(a) - 1  # note; x\r\n",
+        f"y = {expr}{expr}f(a,\n b)\n": "y = len(len(f(a,\n b)) - 1) - 1\n",
+        f"y = f({expr}a\n  , b)\n": "y = f(len(a) - 1\n  , b)\n",  # inside outer brackets: still closes
+        f"i{head}{expr}xs\n    pass\n": "for i in range(len(len(xs) - 1)):\n    pass\n",
+        f"y = {expr}a{END_TOKEN} + 1\n": "y = len(a) - 1 + 1\n",
+        f"y = f({expr}a)[{expr}b ]\n": "y = f(len(a) - 1)[len(b) - 1 ]\n",
+        f"y = {plus}f({expr}a);{expr}b\n": "y = f(len(a) - 1) + len(b) - 1\n",  # `)` closes the inner one only
+        f"y = {plus}{expr}a{END_TOKEN}b\n": "y = len(a) - 1 + b\n",  # no separator after a closed shorthand
+        f"y = {plus}{expr}a{END_TOKEN}{expr}b\n": "y = len(a) - 1 + len(b) - 1\n",
+        f"y = {plus}{expr}a{END_TOKEN}[0];b\n": "y = len(a) - 1[0] + b\n",  # `[` continues the field
+    }
+    for text, code in cases.items():
+        assert desugarize(text, table) == code, text
+    code = "n = len(xs) - 1\nm = g(len(ys) - 1) + 1\nk = len(a) - 1 + b\n"
+    s = sugarize(code, table)
+    assert s == f"n = {expr}xs\nm = g({expr}ys) + 1\nk = {plus}{expr}a{END_TOKEN}b\n"
+    assert desugarize(s, table) == code
 
 
 def test_cut_at_stops_matches_desugar_then_truncate(humaneval, mined):
