@@ -918,9 +918,11 @@ def sft_example(prompt_ids, completion_ids, eos_id, max_len, truncate="drop"):
 
 
 def write_sft(examples, tokenizer, out_dir, val_fraction=SFT_VAL_FRACTION, seed=0, meta_extra=None):
-    """Write (ids, mask) examples into an SFT data folder (see above), atomically: built under a
-    temporary name and renamed when complete. The second example always goes to val when val_fraction
-    > 0; with no val example the val split is a copy of train (noted in meta.json)."""
+    """Write (ids, mask) or (ids, mask, group) examples into an SFT data folder (see above), atomically:
+    built under a temporary name and renamed when complete. Examples of one group (the same prompt:
+    the several LintSeq edit sequences of one program) go to the same split, so val never holds a
+    program train has seen. The second group always goes to val when val_fraction > 0; with no val
+    example the val split is a copy of train (noted in meta.json)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -933,8 +935,15 @@ def write_sft(examples, tokenizer, out_dir, val_fraction=SFT_VAL_FRACTION, seed=
         offsets = {"train": [0], "val": [0]}
         stats = {s: {"examples": 0, "tokens": 0, "loss_tokens": 0, "longest": 0} for s in ("train", "val")}
         rng = random.Random(seed)
-        for i, (ids, mask) in enumerate(examples):
-            split = "val" if val_fraction > 0 and (i == 1 or rng.random() < val_fraction) else "train"
+        group_split, n_groups = {}, 0
+        for ex in examples:
+            ids, mask = ex[0], ex[1]
+            split = group_split.get(ex[2]) if len(ex) > 2 else None
+            if split is None:
+                split = "val" if val_fraction > 0 and (n_groups == 1 or rng.random() < val_fraction) else "train"
+                n_groups += 1
+                if len(ex) > 2:
+                    group_split[ex[2]] = split
             tf, mf = files[split]
             tf.write(np.asarray(ids, dtype=dtype).tobytes())
             mf.write(np.asarray(mask, dtype=np.uint8).tobytes())
@@ -975,6 +984,11 @@ def write_sft(examples, tokenizer, out_dir, val_fraction=SFT_VAL_FRACTION, seed=
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _group_key(prompt):
+    """Examples with the same prompt share a split (8 bytes each to remember, not the prompt)."""
+    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 def _source_postprocess(tokenizer_path):
@@ -1048,7 +1062,7 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
                 continue
             counts["truncated"] += note == "truncated"
             counts["kept"] += 1
-            yield ex
+            yield ex + (_group_key(prompt),)
         counts["records"] = counts["kept"] + counts["dropped"] + sum(skips.counts.values())  # every non-blank line
 
     extra = {"recipe": "sft", "max_len": max_len, "truncate": truncate, "bos": bool(head),
@@ -1166,7 +1180,7 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
                 ex, _ = sft_example(head + context + signature, completion, tok.eos_id, max_len, "drop")
                 counts["truncated"] += cut
                 counts["kept"] += 1
-                yield ex
+                yield ex + (_group_key(vals["left_context"] + vals["signature"]),)
         counts["records"] = counts["kept"] + counts["dropped"] + sum(skips.counts.values())
 
     extra = {"recipe": "intent", "max_len": max_len, "truncate": "left (keeping imports)", "bos": bool(head),

@@ -119,6 +119,39 @@ def test_lintseq_edit_format_adds_diff_token(tmp_path, tokenizer_path):
     assert int((t == diff).sum()) == 3 and tok.decode(t[:-1]) == recs[0]["prompt"] + recs[0]["completion"]
 
 
+def test_val_split_keeps_the_sequences_of_a_program_together(tmp_path, tokenizer_path, mbpp_path):
+    """LintSeq writes several edit sequences per program under one prompt: they must share a split, or
+    val loss would be measured on programs train has seen."""
+    from data import SFTData, prepare_sft
+    from lintseq import SkipProgram, make_records
+
+    recs = []
+    for line in open(mbpp_path).readlines()[:60]:
+        r = json.loads(line)
+        try:
+            recs += make_records(r["text"], r["code"], seed=r["task_id"], s=4)
+        except SkipProgram:
+            continue
+    src = tmp_path / "ls.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    meta = prepare_sft(src, tokenizer_path, tmp_path / "d", max_len=4096, edit_format="lintseq", val_fraction=0.25)
+    assert meta["counts"]["kept"] == len(recs) > 150
+    prompts = {}
+    for split in ("train", "val"):
+        d = SFTData(tmp_path / "d", split)
+        prompts[split] = [tuple(int(v) for v, m in zip(*d.example(i)) if not m) for i in range(len(d))]
+    assert 5 <= len(set(prompts["val"])) and len(prompts["val"]) == 4 * len(set(prompts["val"]))
+    assert not set(prompts["train"]) & set(prompts["val"])
+    # without groups (one example per prompt) the draw is the same as before: the second example is val
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in recs[::4]))
+    prepare_sft(plain, tokenizer_path, tmp_path / "p", max_len=4096, edit_format="lintseq", val_fraction=0.25)
+    val = SFTData(tmp_path / "p", "val")
+    firsts = [tuple(int(v) for v in val.example(i)[0]) for i in range(len(val))]
+    d = SFTData(tmp_path / "d", "val")
+    assert firsts == [tuple(int(v) for v in d.example(i)[0]) for i in range(0, len(d), 4)]
+
+
 def test_added_token_bad_input(tokenizer_path, tmp_path):
     from data import DataError, Tokenizer
 
