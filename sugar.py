@@ -33,9 +33,10 @@ closing bracket it did not open (`f(<E>a b)`). After a closed expr shorthand, a 
 with a name, a string or a shorthand needs no separator (`<E>a b<\expr_token>c`). A stmt
 shorthand starts its line (after the indentation) and its read fields end with the logical line
 (before trailing spaces and a comment); the lines of a multi-line template are re-indented with the
-indentation of that line, fillers never are. A match whose shorthand would not read back exactly is
-skipped, and sugarize() checks its whole result with desugarize() before returning it (falling back
-to the plain program, never to wrong code).
+indentation of that line, fillers never are, and written with the line break nearest after the
+token (else before it): CRLF files are mined and matched as LF and come back with CRLF. A match
+whose shorthand would not read back exactly is skipped, and sugarize() checks its whole result with
+desugarize() before returning it (falling back to the plain program, never to wrong code).
 
 Sugars files use the reference's JSON: {"dataset_name", "num_sugar", "sugar": [{"code", "reward",
 "saved", "freq", "file_freq", "type", "id"}]}; id = md5 of code, token `<{id}_stmt_token>` or
@@ -186,13 +187,14 @@ class Sugar:
         parts.append(template[pos:])
         return parts
 
-    def expand(self, fillers, ind=""):
-        """The source text: the template re-indented with `ind`, holes replaced by their fillers."""
+    def expand(self, fillers, ind="", newline="\n"):
+        """The source text: the template re-indented with `ind`, its line breaks written as `newline`,
+        holes replaced by their fillers."""
         parts = self._parts
-        if ind and "\n" in self.code:
-            parts = self._by_ind.get(ind)
+        if (ind or newline != "\n") and "\n" in self.code:
+            parts = self._by_ind.get((ind, newline))
             if parts is None:
-                parts = self._by_ind[ind] = self._split(_reindent(self.code, ind))
+                parts = self._by_ind[ind, newline] = self._split(_reindent(self.code, ind).replace("\n", newline))
         return "".join(p if type(p) is str else fillers[p] for p in parts)
 
     def shorthand(self, fillers, table=None):
@@ -494,7 +496,7 @@ def desugarize(text, sugars):
                 values, pos = _scan_fields(text, m.end(), "end", table)
             else:
                 values, pos = [], m.end()
-            out.append(sugar.expand(_fillers(sugar, sugar.holes, values, i, table)))
+            out.append(sugar.expand(_fillers(sugar, sugar.holes, values, i, table), "", _newline_near(text, i, sugar)))
         else:
             before = text[pos:i]
             nl = before.rfind("\n")
@@ -518,10 +520,21 @@ def desugarize(text, sugars):
                 values, pos = [], m.end()
             fillers.update(_fillers(sugar, sugar.read, values, i, table, "read "))
             out.append(ind)
-            out.append(sugar.expand(fillers, ind))
+            out.append(sugar.expand(fillers, ind, _newline_near(text, i, sugar)))
         m = _TOKEN_RE.search(text, pos)
     out.append(text[pos:])
     return "".join(out)
+
+
+def _newline_near(text, i, sugar):
+    """The line break a multi-line template is written with: the first one after its token (else the
+    last one before it) if that is CRLF, else LF. Matching and mining see CRLF files as LF."""
+    if "\n" not in sugar.code:
+        return "\n"
+    j = text.find("\n", i)
+    if j < 0:
+        j = text.rfind("\n", 0, i)
+    return "\r\n" if j > 0 and text[j - 1] == "\r" else "\n"
 
 
 _STOP_CACHE = {}
@@ -1156,6 +1169,30 @@ def sugarize(code, sugars, count_tokens=None, info=None, nested=True):
     if _TOKEN_RE.search(code) or WILDCARD in code:
         info["status"] = "has sugar text"  # would not read back: leave it alone
         return code
+    if _crlf_only(code):  # matched as LF (templates are LF), written back with CRLF breaks
+        lf_info = {}
+        text = _sugarize(code.replace("\r\n", "\n"), table, count_tokens, lf_info, nested).replace("\n", "\r\n")
+        if lf_info["status"] == "ok" and lf_info["matches"] and _exact(text, table, code):
+            info.update(lf_info)
+            return text
+    return _sugarize(code, table, count_tokens, info, nested)
+
+
+def _crlf_only(code):
+    """Are all of code's line breaks CRLF (and there is one)?"""
+    n = code.count("\r\n")
+    return n > 0 and code.count("\n") == n and code.count("\r") == n
+
+
+def _exact(text, table, code):
+    try:
+        return desugarize(text, table) == code
+    except SugarError:
+        return False
+
+
+def _sugarize(code, table, count_tokens, info, nested):
+    info["matches"] = 0
     matches = find_matches(code, table, count_tokens)
     if matches is None:
         info["status"] = "does not parse"
@@ -1167,11 +1204,7 @@ def sugarize(code, sugars, count_tokens=None, info=None, nested=True):
             return code
         text = _render(code, 0, len(code), chosen, table)
         for text in (_IMPLIED_ENDS_RE.sub("", text), text):  # implied end tokens left out, else kept
-            try:
-                exact = desugarize(text, table) == code
-            except SugarError:
-                exact = False
-            if exact:
+            if _exact(text, table, code):
                 info["matches"] = _count(chosen)
                 return text
     info["status"] = "fallback"  # never expected: plain code is always exact
@@ -1295,6 +1328,8 @@ def _file_patterns(code, texts=True):
     every candidate span of a program, or None."""
     if _TOKEN_RE.search(code) or WILDCARD in code:
         return None
+    if _crlf_only(code):  # templates are LF: sugarize matches CRLF files as LF too
+        code = code.replace("\r\n", "\n")
     tree = _parse(code)
     if tree is None:
         return None

@@ -129,6 +129,30 @@ def test_mbpp_test_split_round_trip(mbpp, mined, count):
     assert_round_trips(test[:150], table)
 
 
+def test_crlf_files_match_lf_templates(mbpp, mined, count):
+    """CRLF files are mined and matched as LF, and multi-line templates expand with CRLF breaks: an
+    MBPP program (CRLF) sugarizes exactly as its LF copy does, breaks aside."""
+    crlf = [r["code"] for r in mbpp if sugar._crlf_only(r["code"])]
+    assert len(crlf) > 900
+    multi = same = 0
+    for code in crlf[:300]:
+        s = sugarize(code, mined, count)
+        assert desugarize(s, mined) == code
+        s_lf = sugarize(code.replace("\r\n", "\n"), mined, count)
+        same += s == s_lf.replace("\n", "\r\n")
+        tokens = [m.group() for m in sugar._TOKEN_RE.finditer(s) if m.group() != END_TOKEN]
+        multi += any("\n" in mined.by_token[t].code for t in tokens)  # a multi-line template applied
+    assert multi > 30 and same > 250, (multi, same)
+    # mining a CRLF copy finds the same templates as the LF original
+    lf = [c.replace("\r\n", "\n") for c in crlf[:40]]
+    pats = lambda texts: {p[:2] for c in texts for p in sugar._file_patterns(c, texts=False)}  # noqa: E731
+    assert pats(crlf[:40]) == pats(lf)
+    code = "def f(a):\r\n    b = a + 1\r\n    return b\r\n"
+    table = load_sugars([{"code": "SUGARWILDCARD_0 = SUGARWILDCARD_1 + 1\nreturn SUGARWILDCARD_0", "type": "stmt", "reward": 5}])
+    s = sugarize(code, table)
+    assert s == f"def f(a):\r\n    b{table.sugars[0].token}a\r\n" and desugarize(s, table) == code
+
+
 def test_stdlib_round_trip(mined, count):
     files = stdlib_sample(10, seed=2)
     assert_round_trips(files, mined, count)
