@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import sugar
-from sugar import (END_TOKEN, SugarError, desugarize, find_matches, join_fields, load_sugars, mine,
-                   remove_docstrings, schedule, sugarize)
+from sugar import (END_TOKEN, SugarError, cut_at_stops, desugarize, find_matches, join_fields, load_sugars,
+                   mine, remove_docstrings, schedule, sugarize)
 
 REPO = Path(__file__).resolve().parents[1]
 STDLIB_DIRS = ("json", "collections", "email", "importlib", "logging", "unittest", "asyncio", "http", "xml", "ctypes")
@@ -148,7 +148,8 @@ def test_crlf_files_match_lf_templates(mbpp, mined, count):
     pats = lambda texts: {p[:2] for c in texts for p in sugar._file_patterns(c, texts=False)}  # noqa: E731
     assert pats(crlf[:40]) == pats(lf)
     code = "def f(a):\r\n    b = a + 1\r\n    return b\r\n"
-    table = load_sugars([{"code": "SUGARWILDCARD_0 = SUGARWILDCARD_1 + 1\nreturn SUGARWILDCARD_0", "type": "stmt", "reward": 5}])
+    table = load_sugars([{"code": "SUGARWILDCARD_0 = SUGARWILDCARD_1 + 1\nreturn SUGARWILDCARD_0", "type": "stmt",
+                          "reward": 5}])
     s = sugarize(code, table)
     assert s == f"def f(a):\r\n    b{table.sugars[0].token}a\r\n" and desugarize(s, table) == code
 
@@ -411,6 +412,29 @@ def test_implied_end_tokens():
     s = sugarize(code, table)
     assert s == f"n = {expr}xs\nm = g({expr}ys) + 1\nk = {plus}{expr}a{END_TOKEN}b\n"
     assert desugarize(s, table) == code
+
+
+def test_damaged_generations_fail_cleanly(humaneval, mined, count):
+    """What a model writes may be any mutation of shorthand: desugarize returns text or raises
+    SugarError (eval counts a failed sample), cut_at_stops never raises."""
+    outs = [sugarize(c, mined, count) for _, c in humaneval["nodoc"][:60]]
+    tokens = [s.token for s in mined.sugars[:200]] + [END_TOKEN] * 20
+    rng = random.Random(0)
+    results = {"text": 0, "error": 0}
+    for _ in range(3000):
+        s = rng.choice(outs)
+        i = rng.randrange(len(s) + 1)
+        j = min(len(s), i + rng.randrange(12))
+        s = rng.choice([s[:i], s[:i] + s[j:], s[:i] + rng.choice(tokens) + s[i:],
+                        s[:i] + rng.choice(" ;\n)(#'\"<>,x") + s[i:],
+                        s[:i] + rng.choice(tokens) + rng.choice(["a", " b", ")", "\n"]) + END_TOKEN + s[j:]])
+        cut_at_stops(s, mined, ["\ndef ", "\nclass ", "\nif ", "\nprint("], rng.random() < 0.5)
+        try:
+            assert isinstance(desugarize(s, mined), str)
+            results["text"] += 1
+        except SugarError:
+            results["error"] += 1
+    assert min(results.values()) > 500, results
 
 
 def test_cut_at_stops_matches_desugar_then_truncate(humaneval, mined):
