@@ -214,6 +214,25 @@ def dynamic_code(signed):
     return torch.sort(code.float()).values
 
 
+def nearest_code_tables(code):
+    """Tables for nearest_code: the bucket of every fp16 value (65,536 entries, indexed by its bit
+    pattern) and the midpoints between code values, padded so that nothing moves past either end."""
+    mids = (code[1:] + code[:-1]) / 2
+    halves = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+    by_half = torch.bucketize(halves, mids, out_int32=True).roll(-32768)  # index: the pattern as uint16
+    nan, inf = mids.new_tensor([float("nan")]), mids.new_tensor([float("inf")])  # x <= nan, x > inf: never
+    return by_half, torch.cat([nan, mids]), torch.cat([mids, inf])
+
+
+def nearest_code(x, by_half, mids_below, mids_above):
+    """torch.bucketize(x, mids, out_int32=True), bit for bit, 4x faster on CPU: the bucket of x rounded
+    to fp16 is looked up, then moved by one where a midpoint lies between x and its fp16 value. One
+    step is enough: an fp16 ulp is under a quarter of the gap between midpoints of the dynamic code."""
+    i = by_half.index_select(0, (x.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF).reshape(-1)).view(x.shape)
+    i = i + (x > mids_above.index_select(0, i.view(-1)).view(x.shape)).to(torch.int32)
+    return i - (x <= mids_below.index_select(0, i.view(-1)).view(x.shape)).to(torch.int32)
+
+
 class AdamW8bit(torch.optim.Optimizer):
     """torch.optim.AdamW's update (decoupled weight decay, bias correction) with 8-bit block-wise
     quantized moments; state_dict()/load_state_dict() keep the quantized tensors as they are."""
@@ -223,10 +242,11 @@ class AdamW8bit(torch.optim.Optimizer):
         self._codes = {}
 
     def _code(self, signed, device):
+        """(code, nearest-code search tables) on device."""
         key = (signed, str(device))
         if key not in self._codes:
-            code = torch.unique(dynamic_code(signed)).to(device)  # sorted, the repeated 1.0 dropped
-            self._codes[key] = (code, (code[1:] + code[:-1]) / 2)
+            code = torch.unique(dynamic_code(signed))  # sorted, the repeated 1.0 dropped
+            self._codes[key] = (code.to(device), tuple(t.to(device) for t in nearest_code_tables(code)))
         return self._codes[key]
 
     @staticmethod
@@ -270,11 +290,11 @@ class AdamW8bit(torch.optim.Optimizer):
         x = self._blocks(code[q.int()], absmax.shape[1]) * absmax[..., None]
         return x.view(R, -1)[:, :C]
 
-    def _quant(self, x, q_out, absmax_out, mids):
+    def _quant(self, x, q_out, absmax_out, tables):
         R, C = x.shape
         xb = self._blocks(x, absmax_out.shape[1])
         absmax = xb.abs().amax(dim=-1)
-        idx = torch.bucketize(xb / absmax.clamp_min(1e-30)[..., None], mids, out_int32=True)
+        idx = nearest_code(xb / absmax.clamp_min(1e-30)[..., None], *tables)
         q_out.copy_(idx.view(R, -1)[:, :C])
         absmax_out.copy_(absmax)
 
@@ -304,8 +324,8 @@ class AdamW8bit(torch.optim.Optimizer):
                     v.mul_(b2).addcmul_(g.float(), g.float(), value=1 - b2)
                     w.addcdiv_(m.to(w.dtype), (v.sqrt() / bc2_sqrt).add_(eps).to(w.dtype), value=-lr / bc1)
                     continue
-                code_m, mids_m = self._code(True, w.device)
-                code_v, mids_v = self._code(False, w.device)
+                code_m, tables_m = self._code(True, w.device)
+                code_v, tables_v = self._code(False, w.device)
                 w2, g2 = w.view(w.shape[0], -1), g.view(g.shape[0], -1)
                 qm, qv = self._local(state["m_q"]).view(w2.shape), self._local(state["v_q"]).view(w2.shape)
                 am, av = self._local(state["m_absmax"]), self._local(state["v_absmax"])
@@ -319,8 +339,8 @@ class AdamW8bit(torch.optim.Optimizer):
                     v.mul_(b2).addcmul_(gf, gf, value=1 - b2)
                     upd = m / (v.sqrt() / bc2_sqrt).add_(eps)
                     w2[sl].add_(upd.to(w2.dtype), alpha=-lr / bc1)
-                    self._quant(m, qm[sl], am[sl], mids_m)
-                    self._quant(v, qv[sl], av[sl], mids_v)
+                    self._quant(m, qm[sl], am[sl], tables_m)
+                    self._quant(v, qv[sl], av[sl], tables_v)
         return loss
 
     def load_state_dict(self, state_dict):

@@ -47,6 +47,28 @@ def test_dynamic_codes():
         assert small.min() <= 1e-6 and (small[1:] / small[:-1]).max() < 6  # spans decades without big holes
 
 
+def test_nearest_code_is_bucketize_bit_for_bit():
+    """The fp16-table search gives torch.bucketize's answer everywhere, midpoints and their float32
+    neighbours, the smallest codes, 0, +-1, inf and NaN included, on contiguous or strided input."""
+    from train import dynamic_code, nearest_code, nearest_code_tables
+
+    gen = torch.Generator().manual_seed(0)
+    for signed in (True, False):
+        code = torch.unique(dynamic_code(signed))
+        mids = (code[1:] + code[:-1]) / 2
+        wide = torch.randn(200_000, generator=gen) * torch.exp(torch.randn(200_000, generator=gen) * 4)
+        near = torch.cat([mids, code, mids.nextafter(torch.tensor(2.0)), mids.nextafter(torch.tensor(-2.0))])
+        near = torch.cat([near, near.half().float(), -near])
+        special = torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-9, -1e-9, 6e-8, 3e-8, 1e-30,
+                                float("inf"), -float("inf"), float("nan")])
+        x = torch.cat([wide.clamp(-1, 1) if signed else wide.abs().clamp(max=1), near, special])
+        tables = nearest_code_tables(code)
+        assert torch.equal(nearest_code(x, *tables), torch.bucketize(x, mids, out_int32=True))
+        strided = x[: (x.numel() // 6) * 6].view(-1, 6)[:, ::2]
+        want = torch.bucketize(strided.contiguous(), mids, out_int32=True)
+        assert torch.equal(nearest_code(strided, *tables), want)
+
+
 def test_adamw8bit_follows_adamw_with_a_quarter_of_the_state():
     from train import AdamW8bit
 
