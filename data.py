@@ -1035,11 +1035,11 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
         raise DataError(f"--edit_format must be 'lintseq', got {edit_format!r}")
     _check_out(out)
     tok = Tokenizer.load(tokenizer)
-    postprocess = _source_postprocess(tokenizer)
-    if edit_format == "lintseq":
-        if LINTSEQ_DIFF_TOKEN not in tok.added_tokens:
-            tok.add_tokens([LINTSEQ_DIFF_TOKEN])
-        postprocess["edit_format"] = "lintseq"
+    postprocess = _source_postprocess(tokenizer)  # the sugar table stays (a tokenizer property); the
+    postprocess["edit_format"] = edit_format       # completions' format is this data's
+    postprocess.pop("completion_format", None)
+    if edit_format == "lintseq" and LINTSEQ_DIFF_TOKEN not in tok.added_tokens:
+        tok.add_tokens([LINTSEQ_DIFF_TOKEN])
     skips = SkipLog()
     counts = {"records": 0, "kept": 0, "dropped": 0, "truncated": 0}
     head = [tok.bos_id] if bos and tok.bos_id is not None else []
@@ -1185,7 +1185,8 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
 
     extra = {"recipe": "intent", "max_len": max_len, "truncate": "left (keeping imports)", "bos": bool(head),
              "fields": names, "tags": list(INTENT_TAGS), "counts": counts, "skipped": skips.counts,
-             "skipped_lines": skips.lines, "postprocess": _source_postprocess(tokenizer),
+             "skipped_lines": skips.lines,
+             "postprocess": dict(_source_postprocess(tokenizer), edit_format=None, completion_format="intent"),
              "source": {"src": str(src), "sha256": file_sha256(src) if os.path.isfile(src) else None}}
     try:
         meta = write_sft(examples(), tok, out, val_fraction, seed, extra)

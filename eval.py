@@ -17,7 +17,9 @@ whitespace as the bigcode harness does). MBPP (test split, task_ids 11-510): zer
 Every prompt is preceded by the end-of-text id (a document start, as in pretraining). Completions stop
 at the bigcode stop sequences at column 0. Checkpoints trained on LintSeq edit sequences get
 prompt (final newline dropped) + "\\n<|diff|>" and generate to eos; Token Sugar checkpoints stop where
-the desugared text meets a stop (a shorthand for `def ...:` at column 0 is one) and are desugared.
+the desugared text meets a stop (a shorthand for `def ...:` at column 0 is one) and are desugared;
+checkpoints fine-tuned with the intent recipe (data.py intent) write <reasoning>, <intention>, then
+<code>: they generate to </code> and the code between the tags is the completion.
 config.json["postprocess"] says which; build_program() is the one post-processing step.
 
 Sandbox. Programs never run in the process that holds the model. An executor process, started with
@@ -68,6 +70,7 @@ STOP_TAIL_TOKENS = 12         # the stop check decodes only this many last token
 MBPP_TEST_IDS = range(11, 511)
 MBPP_SEARCH = ("../shared/data/mbpp.jsonl", "data/mbpp.jsonl", "mbpp.jsonl")  # relative to the repo root
 DIFF_TOKEN = "<|diff|>"
+INTENT_CODE = ("<code>", "</code>")  # the intent recipe's code block (data.INTENT_TAGS)
 PREWARM = ("re", "math", "collections", "typing", "heapq", "itertools", "random", "cmath", "copy", "operator",
            "array", "string", "bisect", "hashlib", "datetime", "functools", "statistics", "fractions",
            "resource", "ctypes")  # what HumanEval/MBPP programs import most, and what the sandbox needs
@@ -180,10 +183,19 @@ def build_program(problem, completion, postprocess=None):
     postprocess a dict (config.json["postprocess"], {} for a plain model): completion is raw generated
     text; LintSeq edit sequences (edit_format "lintseq") are decoded into code, Token Sugar shorthand
     ("sugar") is expanded, and plain or desugared completions are cut at the task's stop sequences.
-    Returns (program, completion, error): completion is the plain code kept in samples.jsonl (so any
-    tool can rescore it); error is a reason when post-processing failed (program None: the sample fails)."""
+    Completions of the intent recipe (completion_format "intent") are first cut to the code between
+    <code> and </code> (or the end). Returns (program, completion, error): completion is the plain
+    code kept in samples.jsonl (so any tool can rescore it); error is a reason when post-processing
+    failed (program None: the sample fails)."""
     prompt = problem["prompt"]
     if postprocess is not None:
+        if postprocess.get("completion_format") == "intent":
+            start = completion.find(INTENT_CODE[0])
+            if start < 0:
+                return None, "", f"intent: no {INTENT_CODE[0]} in the completion"
+            completion = completion[start + len(INTENT_CODE[0]):].split(INTENT_CODE[1], 1)[0]
+        elif postprocess.get("completion_format"):
+            return None, "", f"unknown completion_format {postprocess['completion_format']!r}"
         if postprocess.get("edit_format") == "lintseq":
             from lintseq import decode_edits
             try:
@@ -915,6 +927,7 @@ def generate_completions(model, tok, problems, n_samples=1, temperature=0.0, top
     Returns (texts, stats)."""
     import torch
     lintseq = (postprocess or {}).get("edit_format") == "lintseq"
+    intent = (postprocess or {}).get("completion_format") == "intent"
     sugar_heads = {}  # task stops -> ids of statement sugars that expand to a stop at column 0
     if (postprocess or {}).get("sugar") and not lintseq:
         from sugar import stop_tokens
@@ -960,6 +973,8 @@ def generate_completions(model, tok, problems, n_samples=1, temperature=0.0, top
                 return False
             k = row // n
             tail = tok.decode(new_ids[-STOP_TAIL_TOKENS:])
+            if intent:  # reasoning and intention are prose: only the end of the code block stops
+                return INTENT_CODE[1] in tail
             if col0[k] and len(new_ids) <= STOP_TAIL_TOKENS:
                 tail = "\n" + tail
             if any(s in tail for s in stops[k]):
@@ -1220,7 +1235,8 @@ def main(argv=None):
                 raise EvalError(str(e))
             postprocess = config.get("postprocess") or {}
             extra = {"checkpoint": str(Path(args.ckpt).resolve()), "step": config.get("step"),
-                     "postprocess": {"edit_format": postprocess.get("edit_format"), "sugar": bool(postprocess.get("sugar"))}}
+                     "postprocess": {"edit_format": postprocess.get("edit_format"), "sugar": bool(postprocess.get("sugar")),
+                                     "completion_format": postprocess.get("completion_format")}}
             for t in tasks:
                 texts, gstats = generate_completions(model, tok, problems[t], args.n_samples, args.temperature,
                                                      args.top_p, args.max_new_tokens, args.batch_size, postprocess,

@@ -240,6 +240,7 @@ def test_intent_recipe(tmp_path, tokenizer_path):
     meta = prepare_intent(src, tokenizer_path, tmp_path / "d", max_len=300, val_fraction=0)
     assert meta["skipped_lines"] == {"empty 'code'": [4], "no 'reasoning' string field": [5]}
     assert meta["counts"]["kept"] == 3 and meta["counts"]["truncated"] == 1
+    assert meta["postprocess"] == {"edit_format": None, "sugar": None, "completion_format": "intent"}
     tok = Tokenizer.load(tmp_path / "d")
     assert list(tok.added_tokens) == list(INTENT_TAGS)
     d = SFTData(tmp_path / "d", "train")

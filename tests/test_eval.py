@@ -499,6 +499,30 @@ def test_generation_stops_at_a_sugar_token_that_opens_a_stop_line(tokenizer_path
     assert plain == [tok.decode(script)]  # a plain model knows no sugar stops
 
 
+def test_intent_recipe_completions(ex, humaneval, tokenizer_path):
+    """A checkpoint fine-tuned with `data.py intent` writes <reasoning>, <intention>, then <code>:
+    generation runs to </code> (stop sequences inside the prose do not cut it) and the code between
+    the tags is what runs; a completion without <code> is a failed sample with the reason."""
+    from data import INTENT_TAGS, Tokenizer
+    p = humaneval[0]
+    cfg = {"completion_format": "intent"}
+    prose = "<reasoning>Compare every pair.\nif two are close, say so.\n</reasoning><intention>Return True if any\nprint</intention>"
+    for tail in ("</code>", "</code>\ndef junk(:\n", ""):
+        prog, comp, err = ev.build_program(p, prose + "<code>" + p["canonical"] + tail, cfg)
+        assert err is None and comp == p["canonical"] and ex.check(prog, 5)["passed"], (tail, err)
+    prog, comp, err = ev.build_program(p, prose + p["canonical"], cfg)
+    assert prog is None and err.startswith("intent: no <code>")
+    prog, comp, err = ev.build_program(p, p["canonical"], {"completion_format": "chat"})
+    assert prog is None and "unknown completion_format" in err
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens(list(INTENT_TAGS))
+    script = tok.encode(prose + "<code>" + p["canonical"] + "</code>\ndef more():\n    pass\n")
+    texts, _ = ev.generate_completions(ScriptedModel(script), tok, humaneval[:1], postprocess=cfg, label=None)
+    assert texts == [prose + "<code>" + p["canonical"] + "</code>"]
+    plain, _ = ev.generate_completions(ScriptedModel(script), tok, humaneval[:1], postprocess={}, label=None)
+    assert "<code>" not in plain[0]  # a plain model stops at the first "\nif" of the prose
+
+
 # ----------------------------------------------------------------------------- pass@k
 def test_pass_at_k_matches_the_binomial_formula():
     for n in range(1, 30):

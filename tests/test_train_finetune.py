@@ -232,6 +232,7 @@ def test_lora_run_trains_adapters_and_new_token_rows(flow, lora_run):
     assert ft["base_format"] == "hf" and ft["lora"]["r"] == 4 and "lora" not in config  # merged: a plain checkpoint
     tags = Tokenizer.load(lora_run).added_tokens  # the table is saved and restored
     assert sorted(tags.values()) == ft["new_token_ids"] == ft["lora"]["token_ids"] and "<reasoning>" in tags
+    assert config["postprocess"]["completion_format"] == "intent"  # eval.py reads the <code> block
     base, _ = load_model(flow / "hf_llama")
     tuned = weights(lora_run)
     b = base.state_dict()
