@@ -1,5 +1,7 @@
 """Shared fixtures: a small real tokenizer and a tiny checkpoint, built once per test session."""
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,15 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests run two at a time on two cores
 # Triton kernels run on numpy in tests (no GPU); must be set before anything imports triton
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def run_torchrun(cmd, **kw):
+    """subprocess.run of a torchrun command, once more if rendezvous lost a race for a port (two
+    tests launch torchrun at the same moment under xdist); any other failure is returned as is."""
+    r = subprocess.run(cmd, **kw)
+    if r.returncode and re.search(r"Address already in use|EADDRINUSE|DistNetworkError", r.stderr or ""):
+        r = subprocess.run(cmd, **kw)
+    return r
 
 
 def stdlib_sample(max_chars=300_000):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, stdlib_sample
+from conftest import REPO, run_torchrun, stdlib_sample
 
 TINY = """
 n_layer = 2
@@ -57,7 +57,7 @@ def train(*args, check=True, procs=1, timeout=300):
     cmd = [sys.executable, str(REPO / "train.py"), *map(str, args)]
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *cmd[1:]]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env(), timeout=timeout)
+    r = run_torchrun(cmd, capture_output=True, text=True, cwd=REPO, env=env(), timeout=timeout)
     if check:
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_torchrun
 from test_data_sft import INTENT_RECORDS
 from test_model_hf import make_hf_folder
 
@@ -143,7 +143,7 @@ def torchrun(*args, procs=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
            str(REPO / "train.py"), *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    r = run_torchrun(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
 
