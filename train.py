@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -611,9 +611,8 @@ class Log:
 def run():
     import torch.distributed as dist
 
-    from data import DataError, Tokenizer, load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, sample_windows
-    from model import (GPT, GPTConfig, checkpoint_config, estimate_mfu, load_state, make_config, peak_flops,
-                       save_checkpoint)
+    from data import Tokenizer, load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, sample_windows
+    from model import GPT, GPTConfig, checkpoint_config, estimate_mfu, make_config, peak_flops, save_checkpoint
 
     config = {k: globals()[k] for k in _config_keys()}
     if task not in ("pretrain", "sft"):
