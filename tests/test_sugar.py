@@ -1,6 +1,7 @@
 """Token Sugar (sugar.py): exact round trips on real code, the hard cases, mining, scheduling, bad input."""
 import itertools
 import json
+import os
 import random
 import re
 import subprocess
@@ -488,6 +489,37 @@ def test_cli_bad_file_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "sugar.py"), "stats", "--sugars", str(bad), "--src", "humaneval"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "not JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_continued_pretraining_on_sugar_then_eval(tmp_path, tiny_ckpt, mined, mbpp):
+    """config/sugar_150m.py at toy scale, as its header says: `apply` with the checkpoint's tokenizer,
+    continued pretraining (the embedding grows by the sugar tokens, the table goes into config.json),
+    then eval.py reads the table from the checkpoint and desugars what the model writes."""
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"text": r["code"]}) + "\n" for r in mbpp[:80]))
+    sugars = tmp_path / "sugars.json"
+    small = sugar.SugarTable(mined.sugars[:30])
+    sugars.write_text(json.dumps(small.to_json("test")))
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    run = lambda *a: subprocess.run([sys.executable, *map(str, a)], capture_output=True, text=True, cwd=REPO,  # noqa: E731
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    r = run(REPO / "sugar.py", "apply", "--sugars", sugars, "--src", src, "--out", corpus, "--tokenizer", tiny_ckpt,
+            "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    r = run(REPO / "train.py", REPO / "config" / "sugar_150m.py", f"--init_from={tiny_ckpt}", f"--data_dir={corpus}",
+            f"--out_dir={out}", "--device=cpu", "--compile=False", "--batch_size=2", "--block_size=64",
+            "--gradient_accumulation_steps=1", "--max_iters=3", "--warmup_iters=1", "--eval_interval=3",
+            "--eval_iters=1", "--eval_humaneval_interval=0", "--log_interval=1")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    base = json.loads((tiny_ckpt / "config.json").read_text())["model"]["vocab_size"]
+    ids = config["postprocess"]["sugar"]["token_ids"]
+    assert len(ids) == len(small) + 1 and min(ids.values()) == base and config["model"]["vocab_size"] > max(ids.values())
+    r = run(REPO / "eval.py", "--ckpt", out, "--tasks", "humaneval", "--limit", "2", "--max_new_tokens", "24",
+            "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["postprocess"]["sugar"] is True and metrics["tasks"]["humaneval"]["n_samples"] == 2
 
 
 def test_apply_writes_a_corpus_that_desugars_back(tmp_path, tokenizer_path, mined, mbpp):
