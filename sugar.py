@@ -1202,8 +1202,9 @@ def _sugarize(code, table, count_tokens, info, nested):
         chosen = select(matches, attempt)
         if not chosen:
             return code
-        text = _render(code, 0, len(code), chosen, table)
-        for text in (_IMPLIED_ENDS_RE.sub("", text), text):  # implied end tokens left out, else kept
+        full = _render(code, 0, len(code), chosen, table)
+        short = _IMPLIED_ENDS_RE.sub("", full)  # implied end tokens left out, else all written
+        for text in ((short, full) if short != full else (full,)):
             if _exact(text, table, code):
                 info["matches"] = _count(chosen)
                 return text
