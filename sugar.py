@@ -84,9 +84,10 @@ _NEWLINE_RE = re.compile(r"\r\n|\r|\n")             # what Python's tokenizer co
 _EOL_RE = re.compile(r"[ \t\f]*(?:#[^\r\n]*)?(?:\r?\n|$)")  # rest of a line: spaces, a comment
 _REST_RE = re.compile(r"[ \t\f\r]*(?:#|\n|$)")
 _IND_RE = re.compile(r"[ \t\f]*")
-# end tokens that the end of the logical line or a closing bracket implies (see _scan_fields)
-_IMPLIED_ENDS_RE = re.compile(r"(?:<\\expr_token>)+(?=[ \t\f]*(?:#[^\r\n]*)?(?:\r?\n|$)|[ \t\f]*[)\]}])")
-_CLOSES_RE = re.compile(r"[ \t\f]*(?:#[^\r\n]*)?(?:\r?\n|$)|[ \t\f]*[)\]}]")  # ...seen from the end of a span
+# what closes an expr shorthand without its end token: the end of the logical line or a closing
+# bracket (see _scan_fields); and the end tokens sugarize leaves out before it
+_CLOSES_RE = re.compile(_EOL_RE.pattern + r"|[ \t\f]*[)\]}]")
+_IMPLIED_ENDS_RE = re.compile(r"(?:<\\expr_token>)+(?=" + _CLOSES_RE.pattern + ")")
 _NAME_AT_RE = re.compile(r"(?:async\s+)?(?:def|class)\s+(\w+)")
 _IDENT_RE = re.compile(r"\w+")
 # the field scanner: quotes, comments, brackets, separators, line breaks, continuations, tokens
