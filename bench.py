@@ -167,13 +167,13 @@ def bench_attention(args):
     on_cpu = args.device == "cpu"
     if on_cpu:  # before model (and its triton kernels) is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    import model
+    import flash_attention
 
-    if on_cpu and not model._FLASH_INTERPRET:
+    if on_cpu and not flash_attention._FLASH_INTERPRET:
         raise SystemExit("codelm: bench.py attention --device cpu: set TRITON_INTERPRET=1 (triton was imported first)")
     if not on_cpu and not torch.cuda.is_available():
         raise SystemExit("codelm: bench.py attention: no CUDA device (use --device cpu for the interpreter check)")
-    if model.triton is None:
+    if flash_attention.triton is None:
         raise SystemExit("codelm: bench.py attention: triton is not installed")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("fp32" if on_cpu else "bf16")]
@@ -182,8 +182,8 @@ def bench_attention(args):
     repeat = args.repeat or (1 if on_cpu else 10)
     warmup = 1 if on_cpu else 3  # the first calls autotune
     sync = torch.cuda.synchronize if not on_cpu else None
-    print(f"# attention: causal={args.causal} dtype={dtype} triton={model.triton.__version__} "
-          f"interpreter={model._FLASH_INTERPRET}; TFLOP/s with fwd = 4*B*H*T*T*D{'/2' if args.causal else ''}, "
+    print(f"# attention: causal={args.causal} dtype={dtype} triton={flash_attention.triton.__version__} "
+          f"interpreter={flash_attention._FLASH_INTERPRET}; TFLOP/s with fwd = 4*B*H*T*T*D{'/2' if args.causal else ''}, "
           "bwd = 2.5*fwd, fwd+bwd = 3.5*fwd")
 
     def sdpa(q, k, v):
@@ -195,7 +195,7 @@ def bench_attention(args):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=args.causal, enable_gqa=gqa)
 
     def ours(q, k, v):
-        return model.triton_attention(q, k, v, causal=args.causal)
+        return flash_attention.triton_attention(q, k, v, causal=args.causal)
 
     rows = []
     for D in head_dims:
@@ -231,7 +231,7 @@ def bench_attention(args):
     print_table(rows, ["T", "D", "B", "H", "Hkv", "pass", "ours_ms", "sdpa_ms", "ours_TFLOPs", "sdpa_TFLOPs",
                        "ours/sdpa", "rel_err"])
     print("# ours/sdpa > 1: ours is faster. rel_err: max over out, dq, dk, dv of ||ours - sdpa|| / ||sdpa||")
-    for (kind, *_), tuner in sorted(model._flash_autotuners.items(), key=str):
+    for (kind, *_), tuner in sorted(flash_attention._flash_autotuners.items(), key=str):
         for key, cfg in getattr(tuner, "cache", {}).items():  # what autotuning chose, per shape class
             print(f"# {kind} {key[:3]}: {cfg}")
     return {"device": args.device, "dtype": str(dtype), "causal": args.causal, "rows": rows}
@@ -671,7 +671,7 @@ SUBCOMMANDS["lintseq"] = (bench_lintseq, _lintseq_args,
 
 
 # ---- optim ----
-# Our 8-bit AdamW (train.AdamW8bit) against torch.optim.AdamW on the parameters of a GPT shape (default
+# Our 8-bit AdamW (optim.AdamW8bit) against torch.optim.AdamW on the parameters of a GPT shape (default
 # ~110M: 12 x 768, 32k tied vocab, as TinyCodeLM-150M minus its wider MLP). Gradients are random (the
 # optimizer step is what is measured, not the model); state memory is counted from the state tensors.
 def _optim_args(p):

@@ -26,6 +26,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import distribute_tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import eval as codelm_eval
+from configurator import ConfigError, configurable, configure, describe
+from data import (DataError, SFTData, SFTSchedule, Tokenizer, collate_sft, load_corpus_meta, load_sft_meta, open_shards,
+                  prepare_corpus, sample_windows)
+from finetune import add_lora, grow_vocab, lora_state_dict, merge_lora_state, parse_lora_targets
+from hf import checkpoint_config
+from model import (GPT, GPTConfig, ModelError, estimate_mfu, load_model, make_config, peak_flops, save_checkpoint)
+from optim import AdamW8bit
 
 # ----------------------------------------------------------------------------- defaults
 # I/O
@@ -97,8 +112,6 @@ class TrainError(Exception):
 # ----------------------------------------------------------------------------- distributed setup
 def setup_distributed():
     """(rank, world_size, local_rank, device). Under torchrun: nccl on CUDA, gloo on CPU."""
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = device
@@ -117,8 +130,6 @@ def setup_distributed():
 
 def all_reduce_mean(t, world):
     if world > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= world
     return t
@@ -148,8 +159,6 @@ def batch_rng(split, step, micro):
 
 # ----------------------------------------------------------------------------- model, optimizer
 def model_config_from_globals(vocab):
-    from model import GPTConfig
-
     g = globals()
     return GPTConfig(vocab_size=vocab, **{k: g[k] for k in _MODEL_KEYS})
 
@@ -169,198 +178,11 @@ def make_optimizer(model, fused, no_decay_names=()):
 def full_state(raw_model, opt=None):
     """Full (unsharded) model and optimizer state dicts with plain parameter names, on CPU; a collective
     under FSDP (every rank must call it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(raw_model, options=options)
     if raw_model.cfg.tie_embeddings:
         state.pop("head.weight", None)
     return state, (get_optimizer_state_dict(raw_model, opt, options=options) if opt is not None else None)
-
-
-# ---- 8-bit AdamW ----
-# AdamW with both moments stored in 8 bits (Dettmers et al. 2021, "8-bit Optimizers via Block-wise
-# Quantization"). Each moment of a weight matrix is kept as uint8 indices into a fixed 256-entry dynamic
-# code plus one fp32 absmax per block of 256 consecutive elements of a row: x ~ code[q] * absmax. The
-# code is non-linear ("dynamic"): its entries are spread over decades 1 .. 1e-6 (1e-7 for the second
-# moment), with the finest steps in the top decade, so small values keep their relative precision.
-# The first moment uses a signed code with an exact 0; the second an unsigned code without 0 (a
-# second moment rounded to 0 would turn m / (sqrt(v) + eps) into m / eps). Each step dequantizes a
-# chunk of rows to fp32, does the AdamW update there, and quantizes back: state is ~2.03 bytes per
-# parameter instead of 8. 1-D tensors and tensors under 4,096 elements keep fp32 state (a negligible
-# share). Blocks never cross a row, so under FSDP2 (rows sharded on dim 0) the quantized state of a
-# shard is exactly the rows of the full state: it is kept as DTensors like the parameters, and the
-# full-state checkpoint helpers gather and re-shard it as they do torch.optim.AdamW's (resume on any
-# world size).
-_QUANT_BLOCK = 256
-_QUANT_MIN_NUMEL = 4096
-_QUANT_CHUNK = 1 << 22           # elements dequantized at once (bounds the fp32 temporaries)
-
-
-def dynamic_code(signed):
-    """The sorted 256-entry code. Decade k (values in (10^-k-1, 10^-k]) holds 2^(6-k) right-edge values
-    per sign for the signed code (k = 0..6, plus exact 0; 255 distinct values, the 256th repeats 1.0
-    and is never chosen) and 2^(7-k) for the unsigned one (k = 0..7, the last decade 2 values; all
-    positive, so nothing rounds to 0)."""
-    mags = []
-    for k in range(7 if signed else 8):
-        n = (64 if signed else 128) >> k or 1
-        if not signed and k == 7:
-            n = 2
-        j = torch.arange(1, n + 1, dtype=torch.float64)
-        mags.append((0.1 + 0.9 * j / n) * 10.0 ** -k)
-    mags = torch.cat(mags)
-    code = torch.cat([-mags, torch.zeros(1, dtype=torch.float64), mags, torch.ones(1, dtype=torch.float64)]) if signed else mags
-    return torch.sort(code.float()).values
-
-
-def nearest_code_tables(code):
-    """Tables for nearest_code: the bucket of every fp16 value (65,536 entries, indexed by its bit
-    pattern) and the midpoints between code values, padded so that nothing moves past either end."""
-    mids = (code[1:] + code[:-1]) / 2
-    halves = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
-    by_half = torch.bucketize(halves, mids, out_int32=True).roll(-32768)  # index: the pattern as uint16
-    nan, inf = mids.new_tensor([float("nan")]), mids.new_tensor([float("inf")])  # x <= nan, x > inf: never
-    return by_half, torch.cat([nan, mids]), torch.cat([mids, inf])
-
-
-def nearest_code(x, by_half, mids_below, mids_above):
-    """torch.bucketize(x, mids, out_int32=True), bit for bit, 2-4x faster on CPU: the bucket of x rounded
-    to fp16 is looked up, then moved by one where a midpoint lies between x and its fp16 value. One
-    step is enough: an fp16 ulp is under a quarter of the gap between midpoints of the dynamic code."""
-    pattern = x.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
-    i = by_half.index_select(0, pattern.reshape(-1)).view(x.shape)
-    i = i + (x > mids_above.index_select(0, i.view(-1)).view(x.shape)).to(torch.int32)
-    return i - (x <= mids_below.index_select(0, i.view(-1)).view(x.shape)).to(torch.int32)
-
-
-class AdamW8bit(torch.optim.Optimizer):
-    """torch.optim.AdamW's update (decoupled weight decay, bias correction) with 8-bit block-wise
-    quantized moments; state_dict()/load_state_dict() keep the quantized tensors as they are."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self._codes = {}
-
-    def _code(self, signed, device):
-        """(code, nearest-code search tables) on device."""
-        key = (signed, str(device))
-        if key not in self._codes:
-            code = torch.unique(dynamic_code(signed))  # sorted, the repeated 1.0 dropped
-            self._codes[key] = (code.to(device), tuple(t.to(device) for t in nearest_code_tables(code)))
-        return self._codes[key]
-
-    @staticmethod
-    def _local(t):
-        return t.to_local() if hasattr(t, "to_local") else t
-
-    def _init_state(self, p):
-        state = self.state[p]
-        state["step"] = torch.zeros((), dtype=torch.float32)
-        if p.dim() < 2 or p.numel() < _QUANT_MIN_NUMEL:
-            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-            return state
-        cols = p.numel() // p.shape[0]
-        nb = math.ceil(cols / _QUANT_BLOCK)
-        local = self._local(p)
-        absmax_shape = (p.shape[0], nb)
-        for name in ("m", "v"):
-            state[f"{name}_q"] = torch.zeros_like(p, dtype=torch.uint8, memory_format=torch.contiguous_format)
-            a = torch.zeros(local.shape[0], nb, dtype=torch.float32, device=local.device)
-            if hasattr(p, "to_local"):  # a DTensor (FSDP2): shard the absmax rows like the parameter's
-                from torch.distributed.tensor import DTensor, Shard
-
-                if any(not (pl.is_replicate() or pl == Shard(0)) for pl in p.placements):
-                    raise TypeError(f"AdamW8bit: parameters sharded as {p.placements} are not supported (only on dim 0)")
-                a = DTensor.from_local(a, p.device_mesh, p.placements, run_check=False, shape=absmax_shape, stride=(nb, 1))
-            state[f"{name}_absmax"] = a
-        return state
-
-    @staticmethod
-    def _blocks(x, nb):
-        """(R, C) -> (R, nb, block) with zero padding at the end of each row."""
-        R, C = x.shape
-        block = _QUANT_BLOCK if C > _QUANT_BLOCK else C
-        if nb * block != C:
-            x = torch.nn.functional.pad(x, (0, nb * block - C))
-        return x.view(R, nb, block)
-
-    def _dequant(self, q, absmax, code):
-        R, C = q.shape
-        x = self._blocks(code[q.int()], absmax.shape[1]) * absmax[..., None]
-        return x.view(R, -1)[:, :C]
-
-    def _quant(self, x, q_out, absmax_out, tables):
-        R, C = x.shape
-        xb = self._blocks(x, absmax_out.shape[1])
-        absmax = xb.abs().amax(dim=-1)
-        idx = nearest_code(xb / absmax.clamp_min(1e-30)[..., None], *tables)
-        q_out.copy_(idx.view(R, -1)[:, :C])
-        absmax_out.copy_(absmax)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p] if self.state[p] else self._init_state(p)
-                state["step"] += 1
-                t = float(state["step"])
-                bc1, bc2_sqrt = 1 - b1 ** t, math.sqrt(1 - b2 ** t)
-                w, g = self._local(p), self._local(p.grad)
-                if w.numel() == 0:
-                    continue
-                if wd:
-                    w.mul_(1 - lr * wd)
-                if "exp_avg" in state:  # small tensor: plain fp32 AdamW
-                    m, v = self._local(state["exp_avg"]), self._local(state["exp_avg_sq"])
-                    m.lerp_(g.float(), 1 - b1)
-                    v.mul_(b2).addcmul_(g.float(), g.float(), value=1 - b2)
-                    w.addcdiv_(m.to(w.dtype), (v.sqrt() / bc2_sqrt).add_(eps).to(w.dtype), value=-lr / bc1)
-                    continue
-                code_m, tables_m = self._code(True, w.device)
-                code_v, tables_v = self._code(False, w.device)
-                w2, g2 = w.view(w.shape[0], -1), g.view(g.shape[0], -1)
-                qm, qv = self._local(state["m_q"]).view(w2.shape), self._local(state["v_q"]).view(w2.shape)
-                am, av = self._local(state["m_absmax"]), self._local(state["v_absmax"])
-                rows = max(1, _QUANT_CHUNK // max(1, w2.shape[1]))
-                for r0 in range(0, w2.shape[0], rows):
-                    sl = slice(r0, r0 + rows)
-                    gf = g2[sl].float()
-                    m = self._dequant(qm[sl], am[sl], code_m)
-                    v = self._dequant(qv[sl], av[sl], code_v)
-                    m.lerp_(gf, 1 - b1)
-                    v.mul_(b2).addcmul_(gf, gf, value=1 - b2)
-                    upd = m / (v.sqrt() / bc2_sqrt).add_(eps)
-                    w2[sl].add_(upd.to(w2.dtype), alpha=-lr / bc1)
-                    self._quant(m, qm[sl], am[sl], tables_m)
-                    self._quant(v, qv[sl], av[sl], tables_v)
-        return loss
-
-    def load_state_dict(self, state_dict):
-        """As torch's, except that the uint8 codes and fp32 absmax keep their dtypes (torch would cast
-        every state tensor of a floating-point parameter to the parameter's dtype)."""
-        keep = ("m_q", "v_q", "m_absmax", "v_absmax")
-        saved = {k: {n: v for n, v in s.items() if n in keep} for k, s in state_dict["state"].items()}
-        super().load_state_dict(state_dict)
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in zip(ids, params):
-            for n, v in saved.get(i, {}).items():
-                self.state[p][n] = v.to(self._local(p).device) if not hasattr(v, "to_local") else v
-
-    def state_bytes(self):
-        """Bytes of optimizer state held by this process (local shards under FSDP)."""
-        return sum(self._local(v).numel() * self._local(v).element_size() for s in self.state.values()
-                   for v in s.values() if torch.is_tensor(v))
-# ---- end 8-bit AdamW ----
 
 
 # ---- fine-tuning (task='sft', init_from a checkpoint or Hugging Face folder, vocab growth, LoRA) ----
@@ -383,9 +205,6 @@ def finetune_model(src, ckpt, meta, resume_state):
     the base folder, the new token ids and how they were initialised, the LoRA settings. Resuming a
     LoRA run rebuilds the base the same way and takes the trained tensors from train_state.pt (a
     merged checkpoint cannot be split into base and adapters again)."""
-    from data import Tokenizer
-    from model import add_lora, grow_vocab, load_model
-
     info = ckpt.get("finetune") if resume_state is not None else None
     if info and info.get("lora"):
         lo = info["lora"]
@@ -432,8 +251,6 @@ def finetune_model(src, ckpt, meta, resume_state):
 
 
 def parse_targets():
-    from model import ModelError, parse_lora_targets
-
     try:
         return parse_lora_targets(lora_targets)
     except ModelError as e:
@@ -451,16 +268,12 @@ def new_rows_only(model, ids):
         mask = torch.zeros(g.shape[0], 1, dtype=g.dtype, device=local.device)
         mask[ids] = 1
         if hasattr(g, "to_local"):  # FSDP2: a sharded gradient; shard the row mask the same way
-            from torch.distributed.tensor import distribute_tensor
-
             mask = distribute_tensor(mask, g.device_mesh, g.placements)
         g.mul_(mask)
 
 
 def pack_trainable(state, ids):
     """The tensors a LoRA run trains, from a full state dict: adapters, and the new tokens' rows."""
-    from model import lora_state_dict
-
     out = dict(lora_state_dict(state))
     for name in ("embed.weight", "head.weight") if ids else ():
         if name in state:
@@ -482,8 +295,6 @@ def finetune_checkpoint(state, ckpt_config, train_state, info):
     """Turn a training state dict into what a fine-tuning checkpoint stores: merged weights (a plain
     checkpoint), or adapters alone + config["lora"] naming the base; train_state keeps the trained
     tensors for resume. Returns (state to write, weights file name)."""
-    from model import merge_lora_state
-
     if not info:
         return state, "model.safetensors"
     ckpt_config["finetune"] = info
@@ -506,8 +317,6 @@ class SFTFeed:
     accumulation or world size computes the same objective."""
 
     def __init__(self, meta, rank, world, accum, pad_id, dev):
-        from data import DataError, SFTData, SFTSchedule
-
         self.rank, self.world, self.accum, self.dev, self.pad = rank, world, accum, dev, pad_id or 0
         self.data = {s: SFTData(data_dir, s, meta) for s in ("train", "val")}
         longest = max(meta["train"]["longest"], meta["val"]["longest"]) - 1
@@ -545,8 +354,6 @@ class SFTFeed:
 
     def batch(self, step, micro):
         """(x, y, divisor) for micro-batch `micro` of this rank at `step`: loss / divisor is its share."""
-        from data import collate_sft
-
         batches, n, total = self._step_batches(step)
         j = self.rank * self.accum + micro
         x, y = collate_sft(self.data["train"], batches[j], self.pad)
@@ -562,8 +369,6 @@ class SFTFeed:
     def val_loss(self, model, autocast):
         """Mean loss over the loss tokens of the first eval_iters val micro-batches (all ranks run the
         same number of forwards, as FSDP needs)."""
-        from data import collate_sft
-
         k = min(eval_iters, len(self.val_plan))
         n = self.world * math.ceil(k / self.world)
         sums = torch.zeros(2, device=self.dev, dtype=torch.float64)
@@ -577,8 +382,6 @@ class SFTFeed:
             sums += torch.stack([loss.double() * cnt, torch.tensor(float(cnt), device=self.dev, dtype=torch.float64)])
         model.train()
         if self.world > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(sums)
         return (sums[0] / sums[1].clamp(min=1)).item()
 
@@ -610,11 +413,6 @@ class Log:
 
 # ----------------------------------------------------------------------------- the run
 def run():
-    import torch.distributed as dist
-
-    from data import Tokenizer, load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, sample_windows
-    from model import GPT, GPTConfig, checkpoint_config, estimate_mfu, make_config, peak_flops, save_checkpoint
-
     config = {k: globals()[k] for k in _config_keys()}
     if task not in ("pretrain", "sft"):
         raise TrainError(f"task must be 'pretrain' or 'sft', got {task!r}")
@@ -627,8 +425,6 @@ def run():
         if world > 1 and parallel == "fsdp":
             raise TrainError("eval_humaneval_interval needs parallel='ddp' or one process (FSDP shards the weights rank 0 would generate with)")
         if master:  # the sandbox's executor: a separate clean process, started once and reused
-            import eval as codelm_eval
-
             executor = codelm_eval.Executor(workers=min(4, os.cpu_count() or 1), quiet=True).start()
     if gradient_accumulation_steps % world:
         raise TrainError(f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the number of processes ({world})")
@@ -704,8 +500,6 @@ def run():
     model.activation_checkpointing = activation_checkpointing
     raw_model = model
     if world > 1 and parallel == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
         for block in model.blocks:
             fully_shard(block, mp_policy=mp)
@@ -715,15 +509,11 @@ def run():
     if sft is not None:
         set_epochs(sft)
     if resume_state is not None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         set_optimizer_state_dict(raw_model, opt, resume_state["optimizer"], options=StateDictOptions(full_state_dict=True))
         torch.set_rng_state(resume_state["rng"]["torch"])
     if compile:
         model = torch.compile(model)
     if world > 1 and parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     use_autocast = dev.type == "cuda" and amp_dtype != torch.float32 and not (world > 1 and parallel == "fsdp")
     autocast = torch.autocast(device_type="cuda", dtype=amp_dtype) if use_autocast else nullcontext()
@@ -861,23 +651,16 @@ def _hms(seconds):
 
 
 def _config_keys():
-    from configurator import configurable
-
     return list(configurable(globals()))
 
 
 def main(argv=None):
-    from configurator import ConfigError, configure, describe
-
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         print("Settings (defaults):")
         print("\n".join(describe(globals())))
         return
-    from data import DataError
-    from model import ModelError
-
     try:
         configure(globals(), argv)
         run()

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import eval as ev
+import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
@@ -87,11 +88,11 @@ def test_protections_match_what_the_kernel_allows(ex):
     """Where the kernel allows a protection, the executor must have it on (so removing one from eval.py
     fails here instead of silently skipping the tests below)."""
     p = ex.protections
-    if os.geteuid() == 0 or kernel_allows(ev.CLONE_NEWUSER | ev.CLONE_NEWNET):
-        assert p["netns"] == kernel_allows(ev.CLONE_NEWNET) or p["userns"]
-        assert p["pidns"] == (kernel_allows(ev.CLONE_NEWPID) or p["userns"])
+    if os.geteuid() == 0 or kernel_allows(sandbox.CLONE_NEWUSER | sandbox.CLONE_NEWNET):
+        assert p["netns"] == kernel_allows(sandbox.CLONE_NEWNET) or p["userns"]
+        assert p["pidns"] == (kernel_allows(sandbox.CLONE_NEWPID) or p["userns"])
     major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", platform.release()).groups())
-    if (major, minor) >= (5, 12) and (kernel_allows(ev.CLONE_NEWNS) or p["userns"]):  # mount_setattr
+    if (major, minor) >= (5, 12) and (kernel_allows(sandbox.CLONE_NEWNS) or p["userns"]):  # mount_setattr
         assert p["readonly_fs"]
     assert p["landlock"] == kernel_landlock_abi()
     if p["pidns"] and (major, minor) >= (6, 14):
@@ -331,8 +332,8 @@ def test_huge_output_is_capped_and_the_verdict_kept(ex):
     err = "import sys\nchunk = 'e' * (1 << 20)\nfor _ in range(64):\n    sys.stderr.write(chunk)\n"
     res = ex.run([(big + "assert True\n", 30), (err + "assert False\n", 30)])
     assert res[0]["result"] == "passed", res[0]
-    assert res[0]["output_bytes"] >= 1 << 30 and len(res[0]["output"]) == ev.OUTPUT_LIMIT
-    assert res[1]["result"] == "failed: " and len(res[1]["output"]) == ev.OUTPUT_LIMIT
+    assert res[0]["output_bytes"] >= 1 << 30 and len(res[0]["output"]) == sandbox.OUTPUT_LIMIT
+    assert res[1]["result"] == "failed: " and len(res[1]["output"]) == sandbox.OUTPUT_LIMIT
 
 
 def test_stdin_is_empty(ex):

@@ -13,12 +13,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 pytest.importorskip("triton")
+import flash_attention as FA  # noqa: E402
 import model as M  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _interpreter_on():
-    if _TRITON_TOO_EARLY or not M._FLASH_INTERPRET:
+    if _TRITON_TOO_EARLY or not FA._FLASH_INTERPRET:
         pytest.fail("triton was imported before TRITON_INTERPRET=1 was set: add "
                     "os.environ.setdefault('TRITON_INTERPRET', '1') at the top of tests/conftest.py")
 
@@ -56,8 +57,8 @@ def poisoned(monkeypatch):
         calls.append(t.shape)
         return torch.full_like(t, float("nan"))
 
-    monkeypatch.setattr(M, "_flash_empty", empty)
-    monkeypatch.setattr(M, "_flash_empty_like", empty_like)
+    monkeypatch.setattr(FA, "_flash_empty", empty)
+    monkeypatch.setattr(FA, "_flash_empty_like", empty_like)
     return calls
 
 
@@ -104,7 +105,7 @@ def test_forward_backward_vs_float64(poisoned, B, H, Hkv, Tq, Tk, D, causal, dty
     do = make((B, H, Tq, D), dtype, layout, gen).detach()
     assert layout == "contiguous" or not (q.is_contiguous() or do.is_contiguous())
 
-    out = M.triton_attention(q, k, v, causal=causal)
+    out = FA.triton_attention(q, k, v, causal=causal)
     out.backward(do)
     assert len(poisoned) == 6, "the kernels' buffers were not allocated through the poisoned helpers"
     assert out.shape == q.shape and out.dtype == dtype
@@ -125,7 +126,7 @@ def test_explicit_sm_scale_and_fresh_outputs(poisoned):
     gen = torch.Generator().manual_seed(7)
     for scale in (0.05, 0.7):
         q, k, v = (make((1, 2, 21, 16), torch.float32, "contiguous", gen) for _ in range(3))
-        out = M.triton_attention(q, k, v, causal=True, sm_scale=scale)
+        out = FA.triton_attention(q, k, v, causal=True, sm_scale=scale)
         g = q.shape[1] // k.shape[1]
         s = q.double() @ k.double().repeat_interleave(g, 1).transpose(-1, -2) * scale
         s = s.masked_fill(torch.ones(21, 21, dtype=torch.bool).triu(1), float("-inf"))
@@ -155,14 +156,14 @@ def test_bad_input_raises_before_launch(monkeypatch, mutate, message):
     def no_launch(*args, **kwargs):
         raise AssertionError("a kernel was launched for bad input")
 
-    monkeypatch.setattr(M, "_flash_ops", lambda: (no_launch, no_launch))
+    monkeypatch.setattr(FA, "_flash_ops", lambda: (no_launch, no_launch))
     with pytest.raises(ValueError, match=message):
-        M.triton_attention(*mutate(*_good_inputs()), causal=True)
+        FA.triton_attention(*mutate(*_good_inputs()), causal=True)
 
 
 def test_dispatch():
     q, k, v = _good_inputs()
-    assert not M.flash_attention_usable(q, k)  # 'auto' on CPU is SDPA
+    assert not FA.flash_attention_usable(q, k)  # 'auto' on CPU is SDPA
     want = M.sdpa_attention(q, k, v, causal=True)
     torch.testing.assert_close(M.attention(q, k, v, causal=True, impl="auto"), want)
     torch.testing.assert_close(M.attention(q, k, v, causal=True, impl="triton"), want, rtol=1e-5, atol=1e-5)
@@ -176,7 +177,7 @@ def test_torch_compile_no_graph_break():
     k, v = (make((1, 2, 20, 16), torch.float32, "bthd", gen) for _ in range(2))
 
     def loss_fn(q, k, v):
-        return (M.triton_attention(q * 2, k, v, causal=True) ** 2).sum()
+        return (FA.triton_attention(q * 2, k, v, causal=True) ** 2).sum()
 
     explained = torch._dynamo.explain(loss_fn)(q, k, v)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
@@ -217,7 +218,7 @@ def test_expanded_grad_output(poisoned):
     """out.sum().backward() hands the kernels a dO with all-zero strides."""
     gen = torch.Generator().manual_seed(11)
     q, k, v = (make((1, 2, 26, 16), torch.float32, "contiguous", gen) for _ in range(3))
-    M.triton_attention(q, k, v, causal=False).sum().backward()
+    FA.triton_attention(q, k, v, causal=False).sum().backward()
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     reference(q64, k64, v64, causal=False).sum().backward()
     for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
@@ -231,7 +232,7 @@ def test_generation_prefill_uses_triton(monkeypatch):
     tri_model = M.GPT(M.GPTConfig(**kw, attn_impl="triton"))
     tri_model.load_state_dict(ref_model.state_dict())
     calls = []
-    real = M.triton_attention
+    real = FA.triton_attention
     monkeypatch.setattr(M, "triton_attention", lambda *a, **kw: calls.append(a[0].shape[2]) or real(*a, **kw))
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
     with torch.no_grad():
@@ -246,7 +247,7 @@ import inspect, sys
 from triton.backends.compiler import GPUTarget
 from triton.compiler.compiler import ASTSource, make_backend
 from triton._C.libtriton import ir
-import model as M
+import flash_attention as M
 target = GPUTarget("cuda", 90, 32)
 backend = make_backend(target)
 opts = backend.parse_options({})

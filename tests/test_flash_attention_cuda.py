@@ -2,7 +2,7 @@
 torch SDPA's own error, at sizes the interpreter cannot reach. Skipped without CUDA (CI has none); run
 on a GPU machine on its own, with the interpreter off:
 
-    TRITON_INTERPRET=0 python -m pytest -q tests/test_triton_attention_cuda.py
+    TRITON_INTERPRET=0 python -m pytest -q tests/test_flash_attention_cuda.py
 """
 import math
 import os
@@ -13,6 +13,7 @@ import torch
 if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1":
     pytest.skip("needs a CUDA GPU and TRITON_INTERPRET=0", allow_module_level=True)
 pytest.importorskip("triton")
+import flash_attention as FA  # noqa: E402
 import model as M  # noqa: E402
 
 DEV = "cuda"
@@ -38,15 +39,15 @@ def rel_err(got, ref):
 def one_config(monkeypatch):
     """Each kernel's first autotuning config only: every config compiles per dtype and head dim, which
     would take minutes over this grid. test_autotuned_configs covers the tuned path."""
-    monkeypatch.setattr(M, "_FLASH_AUTOTUNE", False)
+    monkeypatch.setattr(FA, "_FLASH_AUTOTUNE", False)
 
 
 @pytest.fixture
 def poisoned(monkeypatch):
     """Every buffer the kernels allocate starts as NaN, so an unwritten element fails."""
-    monkeypatch.setattr(M, "_flash_empty", lambda s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
+    monkeypatch.setattr(FA, "_flash_empty", lambda s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
                                                                                device=device))
-    monkeypatch.setattr(M, "_flash_empty_like", lambda t: torch.full_like(t, float("nan")))
+    monkeypatch.setattr(FA, "_flash_empty_like", lambda t: torch.full_like(t, float("nan")))
 
 
 def make(shape, dtype, layout, gen):
@@ -80,7 +81,7 @@ def test_forward_backward_vs_float64_and_sdpa(poisoned, dtype, B, H, Hkv, Tq, Tk
     v = make((B, Hkv, Tk, D), dtype, layout, gen)
     do = torch.randn(B, H, Tq, D, generator=gen, device=DEV).to(dtype)
 
-    out = M.triton_attention(q, k, v, causal=causal)
+    out = FA.triton_attention(q, k, v, causal=causal)
     out.backward(do)
     ours = (out, q.grad, k.grad, v.grad)
 
@@ -104,11 +105,11 @@ def test_forward_backward_vs_float64_and_sdpa(poisoned, dtype, B, H, Hkv, Tq, Tk
 @pytest.mark.parametrize("D", [64, 128])
 def test_autotuned_configs(monkeypatch, poisoned, D):
     """Every candidate config runs while tuning; whichever wins must give the right answer."""
-    monkeypatch.setattr(M, "_FLASH_AUTOTUNE", True)
+    monkeypatch.setattr(FA, "_FLASH_AUTOTUNE", True)
     gen = torch.Generator(device=DEV).manual_seed(D)
     q, k, v, do = (torch.randn(2, 4, 1111, D, generator=gen, device=DEV, dtype=torch.bfloat16) for _ in range(4))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out = M.triton_attention(q, k, v, causal=True)
+    out = FA.triton_attention(q, k, v, causal=True)
     out.backward(do)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = reference(q64, k64, v64, True)
@@ -124,7 +125,7 @@ def test_torch_compile_fullgraph_inductor():
     k, v = (make((2, 4, 300, 64), torch.bfloat16, "bthd", gen) for _ in range(2))
 
     def loss_fn(q, k, v):
-        return (M.triton_attention(q * 2, k, v, causal=True).float() ** 2).sum()
+        return (FA.triton_attention(q * 2, k, v, causal=True).float() ** 2).sum()
 
     torch._dynamo.reset()
     compiled = torch.compile(loss_fn, fullgraph=True)
@@ -148,8 +149,8 @@ def test_model_bf16_triton_matches_sdpa():
     tri_model = M.GPT(M.GPTConfig(**kw, attn_impl="auto")).to(DEV)
     tri_model.load_state_dict(ref_model.state_dict())
     calls = []
-    real = M.triton_attention
-    M.triton_attention = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    real = FA.triton_attention
+    FA.triton_attention = lambda *a, **kw: calls.append(1) or real(*a, **kw)
     try:
         idx = torch.randint(0, 512, (4, 511), device=DEV)
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -158,7 +159,7 @@ def test_model_bf16_triton_matches_sdpa():
         loss_ref.backward()
         loss_tri.backward()
     finally:
-        M.triton_attention = real
+        FA.triton_attention = real
     assert len(calls) == 2  # one per layer
     assert abs(loss_tri.item() - loss_ref.item()) < 1e-2
     grads_ref = dict(ref_model.named_parameters())

@@ -1,4 +1,4 @@
-"""Hugging Face interop in model.py: importing Llama/Mistral folders (strict, sharded, tied, padded vocab,
+"""Hugging Face interop (hf.py): importing Llama/Mistral folders (strict, sharded, tied, padded vocab,
 dtype), exporting ours as LlamaForCausalLM, exact round trips, a cross-check against transformers when it
 is installed (skipped otherwise), and every bad input the import must refuse."""
 import json
@@ -158,7 +158,8 @@ def test_mistral_without_sliding_window_loads(tmp_path, tokenizer_path):
 def _grown_ckpt(tmp_path, tiny_ckpt):
     """tiny_ckpt with two added tokens (the vocab grown, new rows = mean), saved as a new checkpoint."""
     from data import Tokenizer
-    from model import grow_vocab, load_model, make_config, model_state_dict, save_checkpoint
+    from finetune import grow_vocab
+    from model import load_model, make_config, model_state_dict, save_checkpoint
 
     model, config = load_model(tiny_ckpt)
     tok = Tokenizer.load(tiny_ckpt)
@@ -173,7 +174,8 @@ def _grown_ckpt(tmp_path, tiny_ckpt):
 
 def test_export_round_trip_is_exact(tmp_path, tiny_ckpt):
     from data import Tokenizer
-    from model import export_hf, load_model
+    from hf import export_hf
+    from model import load_model
 
     src = _grown_ckpt(tmp_path, tiny_ckpt)
     hf = export_hf(src, tmp_path / "hf")
@@ -198,28 +200,29 @@ def test_export_round_trip_is_exact(tmp_path, tiny_ckpt):
 
 
 def test_export_cli(tmp_path, tiny_ckpt, capsys):
-    import model
+    import hf
 
     with pytest.raises(SystemExit) as e:
-        model.main(["--help"])
+        hf.main(["--help"])
     assert e.value.code == 0 and "export" in capsys.readouterr().out
     # as a user runs it (one subprocess; the other calls go through the same main())
-    r = subprocess.run([sys.executable, str(REPO / "model.py"), "export", "--ckpt", str(tiny_ckpt), "--to", str(tmp_path / "hf"),
+    r = subprocess.run([sys.executable, str(REPO / "hf.py"), "export", "--ckpt", str(tiny_ckpt), "--to", str(tmp_path / "hf"),
                         "--dtype", "bfloat16"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert load_file(tmp_path / "hf" / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
     with pytest.raises(SystemExit) as e:
-        model.main(["export", "--ckpt", str(tiny_ckpt), "--to", str(tmp_path / "hf")])
-    assert "not empty" in str(e.value.code) and str(e.value.code).startswith("model.py: error:")
-    model.main(["import", "--hf", str(tmp_path / "hf"), "--to", str(tmp_path / "back")])
+        hf.main(["export", "--ckpt", str(tiny_ckpt), "--to", str(tmp_path / "hf")])
+    assert "not empty" in str(e.value.code) and str(e.value.code).startswith("hf.py: error:")
+    hf.main(["import", "--hf", str(tmp_path / "hf"), "--to", str(tmp_path / "back")])
     assert json.loads((tmp_path / "back" / "config.json").read_text())["format"] == "codelm"
-    model.main(["info", "--ckpt", str(tmp_path / "hf")])
+    hf.main(["info", "--ckpt", str(tmp_path / "hf")])
     assert '"format": "hf"' in capsys.readouterr().out
 
 
 def test_same_logits_as_transformers(tmp_path, tiny_ckpt, hf_dir):
     transformers = pytest.importorskip("transformers")
-    from model import export_hf, load_model
+    from hf import export_hf
+    from model import load_model
 
     hf = export_hf(_grown_ckpt(tmp_path, tiny_ckpt), tmp_path / "hf")
     for folder in (hf, hf_dir):  # our export, and a folder as transformers users have them

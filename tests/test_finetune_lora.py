@@ -1,4 +1,4 @@
-"""LoRA and vocabulary growth in model.py: which modules get adapters, that only adapters train, that
+"""LoRA and vocabulary growth (finetune.py): which modules get adapters, that only adapters train, that
 merging is exact (module and state-dict paths agree bit for bit), bad targets, and growing the embedding
 for added tokens (mean rows, padding, tied heads)."""
 import pytest
@@ -17,7 +17,7 @@ def ids(vocab=1000, shape=(2, 16), seed=1):
 
 
 def test_adapters_wrap_the_targets_and_only_they_train():
-    from model import LoRALinear, add_lora
+    from finetune import LoRALinear, add_lora
 
     model = tiny()
     x = ids()
@@ -45,7 +45,8 @@ def test_adapters_wrap_the_targets_and_only_they_train():
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_merge_is_exact(tie):
-    from model import GPT, add_lora, load_state, merge_lora, merge_lora_state
+    from finetune import add_lora, merge_lora, merge_lora_state
+    from model import GPT, load_state
 
     model = tiny(tie)
     add_lora(model, r=8, alpha=16, targets=("q", "k", "v", "o", "gate", "up", "down"))
@@ -75,14 +76,16 @@ def test_merge_is_exact(tie):
 
 @pytest.mark.parametrize("targets", ["qkv", "q,attn", "", ("lm_head",)])
 def test_a_target_that_matches_no_module_is_refused(targets):
-    from model import ModelError, add_lora
+    from finetune import add_lora
+    from model import ModelError
 
     with pytest.raises(ModelError, match="matches no module|empty"):
         add_lora(tiny(), r=4, targets=targets)
 
 
 def test_hf_target_names_and_bad_rank():
-    from model import ModelError, add_lora, parse_lora_targets
+    from finetune import add_lora, parse_lora_targets
+    from model import ModelError
 
     assert parse_lora_targets("q_proj, v_proj,gate") == ("q", "v", "gate")
     with pytest.raises(ModelError, match="lora_r"):
@@ -91,7 +94,7 @@ def test_hf_target_names_and_bad_rank():
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_grow_vocab_adds_mean_rows(tie):
-    from model import grow_vocab
+    from finetune import grow_vocab
 
     model = tiny(tie, vocab=1000)
     x = ids(1000)
