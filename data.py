@@ -26,8 +26,10 @@ import re
 import shutil
 import sys
 import sysconfig
+import signal
 import time
 from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,139 @@ CORPUS_FORMAT = "codelm-corpus-v1"
 
 class DataError(Exception):
     """Bad input: the message names the file, key or line."""
+
+
+# ----------------------------------------------------------------------------- commands
+# Every command reports bad input the same way: one line `TOOL: error: MESSAGE` on stderr, exit 2.
+# Ctrl-C exits 130 and SIGTERM 143, each with one line; an OSError (disk full, permissions) names the
+# path and the cause instead of a traceback.
+EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+
+
+def fail(tool, message, code=EXIT_BAD_INPUT):
+    """Print `TOOL: error: MESSAGE` and exit with `code`."""
+    print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread by run_command's handler (a BaseException, like Ctrl-C)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def run_command(tool, main, argv=None, errors=(), kept="nothing was written"):
+    """Run main(argv) as command `tool`: `errors` (the tool's bad-input exceptions, DataError always)
+    and OSErrors end as one line and exit 2; Ctrl-C and SIGTERM end as one line saying `kept` (what is
+    left on disk) and exit 130 / 143."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return main(argv)
+    except (DataError, *errors) as e:
+        fail(tool, e)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        fail(tool, f"{where}{e.strerror or e}")
+    except KeyboardInterrupt:
+        fail(tool, f"interrupted; {kept}", EXIT_INTERRUPTED)
+    except Terminated:
+        fail(tool, f"terminated; {kept}", EXIT_TERMINATED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- files
+def file_sha256(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path, data):
+    """Write data to path through a temporary name in the same folder, fsynced, then renamed: readers
+    see the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj):
+    """obj as indented UTF-8 JSON, atomically (atomic_write_bytes)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def write_jsonl(path, rows):
+    """One JSON object per line, UTF-8, atomically."""
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+
+
+def read_jsonl(path):
+    """Yield (line number, object) for every non-blank line of a JSONL file (.gz read transparently);
+    DataError naming the file and line for one that is not a JSON object."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not JSON ({e.msg})")
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
+
+
+# ----------------------------------------------------------------------------- post-processing contract
+LINTSEQ_DIFF_TOKEN = "<|diff|>"   # separates LintSeq edits (lintseq.py writes it, eval.py decodes it)
+EDIT_FORMATS = (None, "lintseq")
+COMPLETION_FORMATS = (None, "intent")
+
+
+@dataclass
+class Postprocess:
+    """How a model's generations become code, stored in config.json["postprocess"] of every checkpoint
+    (and meta.json of SFT data): written by data.py (sft, intent) and sugar.py (apply), read by eval.py.
+    edit_format 'lintseq': completions are LintSeq edit sequences (prompt + "\n<|diff|>", decoded).
+    completion_format 'intent': <reasoning>, <intention>, then <code>...</code> holds the completion.
+    sugar: the Token Sugar table when the tokenizer has shorthand tokens (expanded before judging)."""
+    edit_format: str | None = None
+    completion_format: str | None = None
+    sugar: dict | None = None
+
+    @classmethod
+    def from_dict(cls, d, where="postprocess"):
+        """Validated; DataError naming `where` and the key for an unknown key or mode."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise DataError(f"{where}: postprocess must be an object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise DataError(f"{where}: unknown postprocess key(s) {unknown} (known: {sorted(cls.__dataclass_fields__)})")
+        pp = cls(**d)
+        if pp.edit_format not in EDIT_FORMATS:
+            raise DataError(f"{where}: unknown edit_format {pp.edit_format!r} (known: {EDIT_FORMATS})")
+        if pp.completion_format not in COMPLETION_FORMATS:
+            raise DataError(f"{where}: unknown completion_format {pp.completion_format!r} (known: {COMPLETION_FORMATS})")
+        if pp.sugar is not None and not isinstance(pp.sugar, dict):
+            raise DataError(f"{where}: postprocess.sugar must be a sugar table (object), got {type(pp.sugar).__name__}")
+        return pp
+
+    def to_dict(self):
+        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -256,19 +391,11 @@ def train_tokenizer(texts, out_path, vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_
         raise DataError(f"tokenizer training failed: {e}")
     if seen == 0:
         raise DataError("tokenizer training: the corpus has no text")
-    _atomic_write_bytes(out_path, model.getvalue())
+    atomic_write_bytes(out_path, model.getvalue())
     return out_path
 
 
 # ----------------------------------------------------------------------------- the Tokenizer
-def file_sha256(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Tokenizer:
     """SentencePiece plus added tokens. Added strings (special tokens such as '<|diff|>', sugar tokens)
     are split out of the text before SentencePiece sees it, so they are atomic and ordinary text never
@@ -335,7 +462,7 @@ class Tokenizer:
         """Copy the SentencePiece model into folder/tokenizer.model (added tokens go in the config)."""
         dst = Path(folder) / "tokenizer.model"
         if Path(self.model_path).resolve() != dst.resolve():
-            _atomic_write_bytes(dst, Path(self.model_path).read_bytes())
+            atomic_write_bytes(dst, Path(self.model_path).read_bytes())
         return dst
 
     def to_config(self):
@@ -529,20 +656,6 @@ def _hf_added_tokens(path, model_file=None):
 
 
 # ----------------------------------------------------------------------------- writing corpora
-def _atomic_write_bytes(path, data):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path, obj):
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def _publish_folder(tmp, out_dir):
     """Put a completely written folder in place of out_dir (the old one, if any, goes only after)."""
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -685,7 +798,7 @@ def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, m
                 "val": val, "chars_per_token_val": round(val["characters"] / max(1, val["tokens"] - val["documents"]), 4),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta.update(meta_extra or {})
-        _atomic_write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta)
         _publish_folder(tmp, out_dir)
         return meta
     except BaseException:
@@ -835,7 +948,6 @@ INTENT_TAGS = ("<reasoning>", "</reasoning>", "<intention>", "</intention>", "<c
 # record fields of `python data.py intent` (override with --fields left_context=ctx,code=body)
 INTENT_FIELDS = {"left_context": "left_context", "signature": "signature", "reasoning": "reasoning",
                  "intention": "intention", "code": "code"}
-LINTSEQ_DIFF_TOKEN = "<|diff|>"
 
 
 class SkipLog:
@@ -978,7 +1090,7 @@ def write_sft(examples, tokenizer, out_dir, val_fraction=SFT_VAL_FRACTION, seed=
                 "train": stats["train"], "val": dict(stats["val"], same_as_train=same),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta.update(meta_extra or {})
-        _atomic_write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta)
         _publish_folder(tmp, out_dir)
         return meta
     except BaseException:
