@@ -564,7 +564,7 @@ _LINTSEQ_MODULES = ("bisect.py", "colorsys.py", "shlex.py", "textwrap.py")
 
 
 def _lintseq_args(p):
-    p.add_argument("--mbpp", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "mbpp.jsonl"),
+    p.add_argument("--mbpp", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "mbpp.jsonl"),
                    help="MBPP jsonl (reference solutions in field 'code')")
     p.add_argument("--limit", type=int, default=0, help="MBPP programs to use (0 = all 974)")
     p.add_argument("--pylint_n", type=int, default=40, help="MBPP programs (evenly spaced) timed with pylint; the rest is extrapolated")
@@ -732,7 +732,7 @@ def _sugar_args(p):
     p.add_argument("--holdout", type=float, default=0.1, help="share of stdlib files left out of mining and measured")
     p.add_argument("--workers", type=int, default=None, help="mining processes (default: all cores)")
     p.add_argument("--configs", default="0.01:2,3:0.3", help="sugar sets to report, THRESHOLD:MIN_REWARD,... (mined once at the loosest)")
-    p.add_argument("--mbpp", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "mbpp.jsonl"))
+    p.add_argument("--mbpp", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "mbpp.jsonl"))
     p.add_argument("--max_heldout", type=int, default=0, help="held-out stdlib files measured (0 = all)")
 
 

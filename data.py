@@ -7,7 +7,7 @@ token shards for pretraining, and random training windows read back from them.
     python data.py corpus --src the_stack_python.jsonl.gz --out data/stack --text_field content
     python data.py corpus --src more.jsonl --out data/more --tokenizer data/stack   # reuse a tokenizer
     python data.py sft --src train.jsonl --tokenizer out/ --out data/sft --max_len 1024   # prompt/completion
-    python data.py intent --src intent.jsonl --tokenizer out/ --out data/intent --max_len 2048  # seed 003 recipe
+    python data.py intent --src intent.jsonl --tokenizer out/ --out data/intent --max_len 2048  # reasoning-augmented recipe
 
 A corpus folder holds train_000000.bin ... (raw token ids, uint16 or uint32 above 65,535 ids, one
 end-of-text id after every document), val_000000.bin, tokenizer.model and meta.json. Re-running
@@ -1192,7 +1192,7 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
     return meta
 
 
-# -- the reasoning-augmented completion recipe (Li et al. 2025; seed 003)
+# -- the reasoning-augmented completion recipe (Li et al. 2025)
 _IMPORT_RE = re.compile(r"(import\s|from\s+\S+\s+import\s)")
 
 

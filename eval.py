@@ -46,7 +46,7 @@ STOP_HUMANEVAL = ["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n@"]  # bigcod
 STOP_MBPP = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]  # bigcode harness (mbpp)
 STOP_TAIL_TOKENS = 12         # the stop check decodes only this many last tokens per step
 MBPP_TEST_IDS = range(11, 511)
-MBPP_SEARCH = ("../shared/data/mbpp.jsonl", "data/mbpp.jsonl", "mbpp.jsonl")  # relative to the repo root
+MBPP_PATH = Path(__file__).resolve().parent / "benchmarks" / "mbpp.jsonl"  # shipped (CC BY 4.0, see its README)
 DIFF_TOKEN = "<|diff|>"
 INTENT_CODE = ("<code>", "</code>")  # the intent recipe's code block (data.INTENT_TAGS)
 
@@ -87,17 +87,12 @@ def mbpp_prompt(doc):
 
 
 def find_mbpp(path=None):
-    if path:
-        if not Path(path).is_file():
-            raise EvalError(f"--mbpp_path {path}: no such file")
-        return Path(path)
-    root = Path(__file__).resolve().parent
-    tried = [(root / p).resolve() for p in MBPP_SEARCH]
-    for p in tried:
-        if p.is_file():
-            return p
-    raise EvalError("mbpp.jsonl not found (looked at " + ", ".join(map(str, tried)) + "); pass --mbpp_path FILE "
-                    "(google-research/google-research, folder mbpp)")
+    """--mbpp_path, or the MBPP file that ships with the project."""
+    path = Path(path) if path else MBPP_PATH
+    if not path.is_file():
+        raise EvalError(f"MBPP file {path}: no such file (pass --mbpp_path FILE: mbpp.jsonl from "
+                        "google-research/google-research, folder mbpp)")
+    return path
 
 
 def load_mbpp(path=None):

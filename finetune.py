@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from model import GPT, GPTConfig, ModelError, load_model, load_state
+from model import GPT, GPTConfig, ModelError, load_model, load_state, without_tied_head
 
 @torch.no_grad()
 def grow_vocab(model, vocab_size, init_ids=None, mean_of=None):
@@ -190,8 +190,7 @@ def load_adapter_checkpoint(folder, config, device="cpu", dtype=None):
     state = merge_lora_state(state, lora["alpha"] / lora["r"])
     with torch.device("meta"):
         plain = GPT(cfg)
-    if cfg.tie_embeddings:
-        state.pop("head.weight", None)
+    state = without_tied_head(state, cfg)
     load_state(plain, state, where=str(folder))
     plain.reset_rope(device)
     return plain.eval(), config

@@ -158,9 +158,7 @@ def load_hf_model(folder, device="cpu", dtype=None):
     files = hf_weight_files(folder)
     with torch.device("meta"):
         model = GPT(cfg)
-    expected = dict(model.state_dict())
-    if cfg.tie_embeddings:
-        expected.pop("head.weight")
+    expected = model_state_dict(model)
     unmapped = sorted(k for k in files if hf_to_ours(k) is None and not k.endswith(_HF_IGNORED))
     if cfg.tie_embeddings and "lm_head.weight" in files:
         unmapped.append("lm_head.weight (tie_word_embeddings is true)")

@@ -4,7 +4,7 @@ Synthesis", ICLR 2025): refactor programs into sequences of linter-clean inserti
 data, and decode a model's edit sequence back into a program at eval time.
 
     python lintseq.py --src data.jsonl --out lintseq.jsonl                  # instruction/response records
-    python lintseq.py --src ../shared/data/mbpp.jsonl --prompt_field text --code_field code --out mbpp_ls.jsonl
+    python lintseq.py --src benchmarks/mbpp.jsonl --prompt_field text --code_field code --out mbpp_ls.jsonl
     python lintseq.py --src data.jsonl --out plain.jsonl --baseline         # same programs, plain SFT format
     python lintseq.py --src data.jsonl --out randseq.jsonl --random         # RandSeq ablation (no linter)
     python data.py sft --src lintseq.jsonl --edit_format lintseq ...        # then tokenize as SFT data

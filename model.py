@@ -420,7 +420,7 @@ def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state
     partial.mkdir()
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if config.get("model", {}).get("tie_embeddings"):
-        tensors.pop("head.weight", None)
+        tensors.pop("head.weight", None)  # the config is a plain dict here; see without_tied_head
     written = []
     save_file(tensors, partial / weights_name, metadata={"format": "pt", "step": str(config.get("step", 0))})
     written.append(weights_name)
@@ -488,9 +488,7 @@ def load_model(folder, device="cpu", dtype=None):
 
 def load_state(model, state, where="weights"):
     """Assign a full state dict to a model, strictly: every tensor present, nothing extra, shapes equal."""
-    expected = {k: v for k, v in model.state_dict().items()}
-    if model.cfg.tie_embeddings:
-        expected.pop("head.weight", None)
+    expected = model_state_dict(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in expected
@@ -505,9 +503,14 @@ def load_state(model, state, where="weights"):
         model.head.weight = model.embed.weight
 
 
+def without_tied_head(state, cfg):
+    """state without "head.weight" when cfg ties it to the embedding: a checkpoint stores the tied matrix
+    once, as embed.weight (the one place that rule lives)."""
+    if cfg.tie_embeddings:
+        state = {k: v for k, v in state.items() if k != "head.weight"}
+    return state
+
+
 def model_state_dict(model):
     """Plain-named full state dict of a (possibly wrapped) GPT, without the tied head copy."""
-    state = model.state_dict()
-    if model.cfg.tie_embeddings:
-        state.pop("head.weight", None)
-    return state
+    return without_tied_head(model.state_dict(), model.cfg)

@@ -39,7 +39,8 @@ from data import (DataError, SFTData, SFTSchedule, Tokenizer, collate_sft, load_
                   prepare_corpus, sample_windows)
 from finetune import add_lora, grow_vocab, lora_state_dict, merge_lora_state, parse_lora_targets
 from hf import checkpoint_config
-from model import (GPT, GPTConfig, ModelError, estimate_mfu, load_model, make_config, peak_flops, save_checkpoint)
+from model import (GPT, GPTConfig, ModelError, estimate_mfu, load_model, make_config, peak_flops, save_checkpoint,
+                   without_tied_head)
 from optim import AdamW8bit
 
 # ----------------------------------------------------------------------------- defaults
@@ -179,9 +180,7 @@ def full_state(raw_model, opt=None):
     """Full (unsharded) model and optimizer state dicts with plain parameter names, on CPU; a collective
     under FSDP (every rank must call it)."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(raw_model, options=options)
-    if raw_model.cfg.tie_embeddings:
-        state.pop("head.weight", None)
+    state = without_tied_head(get_model_state_dict(raw_model, options=options), raw_model.cfg)
     return state, (get_optimizer_state_dict(raw_model, opt, options=options) if opt is not None else None)
 
 

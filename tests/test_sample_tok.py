@@ -298,8 +298,8 @@ def small_config(tmp_path):
     train.mkdir()
     py = [p.read_text(encoding="utf-8") for p in _stdlib_files() if p.parent.name == "json"]
     write_jsonl(train / "python.jsonl", py * 3 + ["short"])
-    mbpp = REPO.parent / "shared" / "data" / "mbpp.jsonl"
-    other = [json.loads(x)["code"] for x in mbpp.read_text().splitlines()[:300]] if mbpp.is_file() else stdlib_texts(50)
+    mbpp = REPO / "benchmarks" / "mbpp.jsonl"
+    other = [json.loads(x)["code"] for x in mbpp.read_text().splitlines()[:300]]
     write_jsonl(train / "mbpp.jsonl", other)
     (tmp_path / "langs.txt").write_text("python,2\n# comment\nmbpp,1\n")
     cfg = {"train_directory": str(train), "langs": str(tmp_path / "langs.txt"), "valid_directory": "/nowhere",
