@@ -1,10 +1,9 @@
-"""Triton FlashAttention-2 (model.triton_attention) on CPU under the Triton interpreter, against a
+"""Triton FlashAttention-2 (flash_attention.triton_attention) on CPU under the Triton interpreter, against a
 float64 reference. The interpreter runs every kernel program in numpy, so shapes stay tiny."""
-import math
 import os
 import sys
 
-# The interpreter must be on before triton is first imported (model.py imports it): tests/conftest.py
+# The interpreter must be on before triton is first imported (model.py imports flash_attention.py, which imports it): tests/conftest.py
 # should set it for the whole session; setting it here covers running this file alone.
 _TRITON_TOO_EARLY = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ["TRITON_INTERPRET"] = "1"
@@ -15,6 +14,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 import flash_attention as FA  # noqa: E402
 import model as M  # noqa: E402
+from flash_reference import make, poison, reference, rel_err  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -27,51 +27,9 @@ def _interpreter_on():
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
-def reference(q, k, v, causal):
-    """Plain softmax attention in float64; GQA by repeating each kv head over its group."""
-    g = q.shape[1] // k.shape[1]
-    q, k, v = q.double(), k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if causal:
-        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
-    return s.softmax(-1) @ v
-
-
-def rel_err(got, ref):
-    """||got - ref|| / ||ref||, with ||ref|| floored at RMS 0.1: some exact grads are 0 (T=1: dq, dk)."""
-    assert torch.isfinite(got).all(), "non-finite values (an element the kernel did not write?)"
-    floor = 0.1 * math.sqrt(ref.numel())
-    return ((got.double() - ref).norm() / max(ref.norm().item(), floor)).item()
-
-
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every buffer the kernels allocate (O, LSE, delta, dQ, dK, dV) starts as NaN."""
-    calls = []
-
-    def empty(shape, dtype, device):
-        calls.append(shape)
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-
-    def empty_like(t):
-        calls.append(t.shape)
-        return torch.full_like(t, float("nan"))
-
-    monkeypatch.setattr(FA, "_flash_empty", empty)
-    monkeypatch.setattr(FA, "_flash_empty_like", empty_like)
-    return calls
-
-
-def make(shape, dtype, layout, gen):
-    """Fresh N(0, 1) values (never zeros) in one of three memory layouts, as a leaf needing grad."""
-    B, H, T, D = shape
-    if layout == "bthd":  # what the model passes: (B, T, H, D) memory seen as (B, H, T, D)
-        x = torch.randn(B, T, H, D, generator=gen).to(dtype).transpose(1, 2)
-    elif layout == "strided":  # every other element of the last dim: stride(-1) == 2
-        x = torch.randn(B, H, T, 2 * D, generator=gen).to(dtype)[..., ::2]
-    else:
-        x = torch.randn(B, H, T, D, generator=gen).to(dtype)
-    return x.requires_grad_()
+    return poison(monkeypatch, FA)
 
 
 CASES = [  # B, H, Hkv, Tq, Tk, D, causal, dtype, layout

@@ -4,7 +4,6 @@ on a GPU machine on its own, with the interpreter off:
 
     TRITON_INTERPRET=0 python -m pytest -q tests/test_flash_attention_cuda.py
 """
-import math
 import os
 
 import pytest
@@ -15,24 +14,10 @@ if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "
 pytest.importorskip("triton")
 import flash_attention as FA  # noqa: E402
 import model as M  # noqa: E402
+from flash_reference import make as make_on, poison, reference, rel_err  # noqa: E402
 
 DEV = "cuda"
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 2e-2}  # ||err|| / ||ref||
-
-
-def reference(q, k, v, causal, sm_scale=None):
-    g = q.shape[1] // k.shape[1]
-    q, k, v = q.double(), k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
-    s = q @ k.transpose(-1, -2) * (sm_scale or 1 / math.sqrt(q.shape[-1]))
-    if causal:
-        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
-    return s.softmax(-1) @ v
-
-
-def rel_err(got, ref):
-    assert torch.isfinite(got).all(), "non-finite values (an element the kernel did not write?)"
-    floor = 0.1 * math.sqrt(ref.numel())
-    return ((got.double() - ref).norm() / max(ref.norm().item(), floor)).item()
 
 
 @pytest.fixture(autouse=True)
@@ -44,19 +29,11 @@ def one_config(monkeypatch):
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every buffer the kernels allocate starts as NaN, so an unwritten element fails."""
-    monkeypatch.setattr(FA, "_flash_empty", lambda s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
-                                                                               device=device))
-    monkeypatch.setattr(FA, "_flash_empty_like", lambda t: torch.full_like(t, float("nan")))
+    return poison(monkeypatch, FA)
 
 
 def make(shape, dtype, layout, gen):
-    B, H, T, D = shape
-    if layout == "bthd":  # what the model passes
-        x = torch.randn(B, T, H, D, generator=gen, device=DEV).to(dtype).transpose(1, 2)
-    else:
-        x = torch.randn(B, H, T, D, generator=gen, device=DEV).to(dtype)
-    return x.requires_grad_()
+    return make_on(shape, dtype, layout, gen, device=DEV)
 
 
 CASES = [  # B, H, Hkv, Tq, Tk, D, causal, layout
