@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
 # ----------------------------------------------------------------------------- defaults
 VOCAB_SIZE = 32768
@@ -312,7 +313,7 @@ def iter_source_texts(src, ext=(".py",), text_field="text", stats=None):
             raise DataError(f"{src}: cannot read ({e})")
     elif src.endswith(".parquet"):
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # optional: only parquet sources need it
         except ImportError:
             raise DataError(f"{src}: reading parquet needs pyarrow (pip install pyarrow), or convert it to .jsonl")
         try:
@@ -363,7 +364,6 @@ def train_tokenizer(texts, out_path, vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_
     """Train a byte-fallback BPE SentencePiece model on an iterable of documents; write it to out_path.
     Options chosen for code: identity normalization, no dummy prefix, whitespace kept as is and allowed
     inside pieces (indentation runs, newline+indent, 'return▁self'), digits split."""
-    import sentencepiece as spm
 
     seen = 0
 
@@ -402,7 +402,6 @@ class Tokenizer:
     produces them. Lossless: decode(encode(s)) == s for any str."""
 
     def __init__(self, model_path, added_tokens=None):
-        import sentencepiece as spm
 
         self.model_path = str(model_path)
         try:
@@ -643,7 +642,6 @@ def _hf_added_tokens(path, model_file=None):
         raise DataError(f"{path}: not readable JSON ({e})")
     sp = None
     if model_file is not None:
-        import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(model_file))
     added = {}
@@ -674,6 +672,8 @@ _worker_tok = None
 
 def _init_worker(model_path, added):
     global _worker_tok
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool ends its workers with SIGTERM: die quietly
     _worker_tok = Tokenizer(model_path, added)
 
 
@@ -749,7 +749,8 @@ def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, m
                  total_chars=None, shard_tokens=SHARD_TOKENS):
     """Tokenize an iterable of documents (str) into out_dir: train/val shards, tokenizer.model and
     meta.json. Encoding runs in `workers` processes with a bounded number of jobs in flight, so memory
-    stays flat for any corpus size. The folder is built under a temporary name and renamed at the end."""
+    stays flat for any corpus size. The folder is built under a temporary name and renamed at the end.
+    meta_extra: a dict, or a function returning one after every document was read (counts)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out_dir.parent, os.W_OK):
@@ -797,7 +798,7 @@ def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, m
                 "eos_id": tokenizer.eos_id, "tokenizer": tokenizer.to_config(), "train": splits["train"],
                 "val": val, "chars_per_token_val": round(val["characters"] / max(1, val["tokens"] - val["documents"]), 4),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        meta.update(meta_extra or {})
+        meta.update((meta_extra() if callable(meta_extra) else meta_extra) or {})
         write_json(tmp / "meta.json", meta)
         _publish_folder(tmp, out_dir)
         return meta
@@ -847,7 +848,7 @@ def open_shards(data_dir, split, meta=None):
 def sample_windows(shards, batch_size, block_size, generator):
     """batch_size random windows of block_size+1 tokens from the shards (chosen in proportion to their
     length) as (x, y) int64 tensors. `generator` (a numpy Generator) makes it deterministic."""
-    import torch
+    import torch  # only the training reader needs torch: data.py's own commands and workers never load it
 
     lengths = np.array([len(s) for s in shards], dtype=np.int64)
     usable = np.maximum(lengths - block_size - 1, 0)
@@ -865,6 +866,8 @@ def prepare_corpus(src, out, vocab_size=VOCAB_SIZE, tokenizer=None, ext=(".py",)
                    val_fraction=VAL_FRACTION, seed=0, workers=None, force=False):
     """Everything `python data.py corpus` does; train.py calls it to prepare the quickstart data."""
     out = Path(out)
+    check_corpus_options(out, vocab_size, val_fraction, workers)
+    remove_stale_temps(out)
     source = describe_source(src, ext)
     options = {"vocab_size": vocab_size, "tokenizer": file_sha256(_tokenizer_file(tokenizer)) if tokenizer else None,
                "ext": list(ext), "text_field": text_field, "val_fraction": val_fraction, "seed": seed}
@@ -887,6 +890,8 @@ def prepare_corpus(src, out, vocab_size=VOCAB_SIZE, tokenizer=None, ext=(".py",)
     try:
         probe = next(first)
     except StopIteration:
+        if not stats["skipped"] and source["files"] == 0 and (src == "stdlib" or os.path.isdir(src)):
+            raise DataError(f"{src}: no files with suffix {', '.join(ext)} (choose others with --ext, e.g. --ext .py,.pyi or --ext all)")
         raise DataError(f"{src}: no usable documents ({_skip_summary(stats) or 'empty'})")
 
     def docs(it=first, head=probe):
@@ -909,8 +914,8 @@ def prepare_corpus(src, out, vocab_size=VOCAB_SIZE, tokenizer=None, ext=(".py",)
         folder = src == "stdlib" or os.path.isdir(src)
         total = source["bytes"] if folder else None  # for ETA: bytes ~ characters of code
         meta = write_corpus(docs(), tok, out, val_fraction, seed, workers=workers, total_chars=total,
-                            meta_extra={"request": request, "sources": {"src": str(src), "documents": stats["documents"],
-                                                                        "skipped": stats["skipped"]}})
+                            meta_extra=lambda: {"request": request, "sources": {"src": str(src), "documents": stats["documents"],
+                                                                                "skipped": stats["skipped"]}})
     finally:
         if not tokenizer:
             Path(tok.model_path).unlink(missing_ok=True)
@@ -919,6 +924,46 @@ def prepare_corpus(src, out, vocab_size=VOCAB_SIZE, tokenizer=None, ext=(".py",)
     print(f"{out}: {meta['train']['tokens']:,} train tokens, {meta['val']['tokens']:,} val tokens, "
           f"{stats['documents']:,} documents, {meta['chars_per_token_val']:.3f} chars/token on val", file=sys.stderr)
     return meta
+
+
+def check_corpus_options(out, vocab_size, val_fraction, workers):
+    """Bad options end here, before any work, with the allowed range."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a folder")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+    if vocab_size < 256 + len(SPECIAL_PIECES):
+        raise DataError(f"--vocab_size must be at least {256 + len(SPECIAL_PIECES)} (byte fallback needs 256 pieces), got {vocab_size}")
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
+    parent = out.parent if not out.exists() else out
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise DataError(f"--out {out}: {parent} is not writable")
+
+
+def remove_stale_temps(out):
+    """Delete the temporary folder and tokenizer file a killed run (its pid no longer alive) left
+    beside `out`, saying so."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.glob(f".{out.name}.*"):
+        m = re.fullmatch(rf"\.{re.escape(out.name)}\.(?:tmp|old|tokenizer)-(\d+)(?:\.model)?", p.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        print(f"removing {p} (left by a run that was killed)", file=sys.stderr)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tokenizer_file(path):
@@ -1506,16 +1551,13 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="rebuild even if the output matches its inputs")
     _add_sft_commands(sub)
     args = parser.parse_args(argv)
-    try:
-        if args.cmd == "corpus":
-            ext = tuple(e if e.startswith(".") or e == "all" else "." + e for e in args.ext.split(","))
-            prepare_corpus(args.src, args.out, args.vocab_size, args.tokenizer, ext, args.text_field,
-                           args.val_fraction, args.seed, args.workers, args.force)
-        elif args.cmd in ("sft", "intent"):
-            _run_sft_command(args)
-    except DataError as e:
-        sys.exit(f"data.py: error: {e}")
+    if args.cmd == "corpus":
+        ext = tuple(e if e.startswith(".") or e == "all" else "." + e for e in args.ext.split(","))
+        prepare_corpus(args.src, args.out, args.vocab_size, args.tokenizer, ext, args.text_field,
+                       args.val_fraction, args.seed, args.workers, args.force)
+    elif args.cmd in ("sft", "intent"):
+        _run_sft_command(args)
 
 
 if __name__ == "__main__":
-    main()
+    run_command("data.py", main, kept="the output folder was not touched (work is built under a temporary name)")

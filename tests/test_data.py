@@ -2,6 +2,7 @@
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -134,6 +135,7 @@ def test_corpus_on_a_small_folder(tmp_path, tokenizer_path):
     out = tmp_path / "data" / "small"
     meta = prepare_corpus(str(src), out, tokenizer=str(tokenizer_path), workers=2)
     assert meta["sources"]["skipped"] == {"not UTF-8": 1}
+    assert meta["sources"]["documents"] == len(texts)  # counted after every document was read
     assert meta["train"]["documents"] + meta["val"]["documents"] == len(texts)
     assert meta["val"]["documents"] >= 1 and meta["dtype"] == "uint16"
     tok = Tokenizer.load(out)
@@ -236,3 +238,59 @@ def test_cli_errors_are_one_line(tmp_path):
     r = run_cli("corpus", "--src", str(empty), "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "no usable documents" in r.stderr and not (tmp_path / "o").exists()
     assert run_cli("--help").returncode == 0 and "corpus" in run_cli("corpus", "--help").stdout
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("val_fraction above 1", ["--val_fraction", "1.5"], "--val_fraction must be in [0, 1), got 1.5"),
+    ("negative val_fraction", ["--val_fraction", "-0.5"], "--val_fraction must be in [0, 1), got -0.5"),
+    ("tiny vocabulary", ["--vocab_size", "10"], "--vocab_size must be at least 260"),
+    ("no workers", ["--workers", "0"], "--workers must be >= 1, got 0"),
+    ("out is a file", ["--out", "{tmp}/afile"], "afile: exists and is not a folder"),
+    ("suffix with no files", ["--ext", ".rs"], "no files with suffix .rs"),
+])
+def test_corpus_bad_options_fail_before_any_work(tmp_path, case, args, message):
+    src = write_folder(tmp_path / "src", {"a.py": "x = 1\n", "b.py": "y = 2\n"})
+    (tmp_path / "afile").write_text("keep me")
+    out = tmp_path / "out"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    base = ["corpus", "--src", str(src)] + ([] if "--out" in args else ["--out", str(out)])
+    r = run_cli(*base, *args)
+    assert r.returncode == 2, (case, r.stderr)
+    assert r.stderr.startswith("data.py: error: ") and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not out.exists() and (tmp_path / "afile").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "src"]
+
+
+def test_corpus_removes_what_a_killed_run_left(tmp_path, tokenizer_path):
+    src = write_folder(tmp_path / "src", {f"m{i}.py": t for i, t in enumerate(stdlib_sample(30_000))})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as a SIGKILLed data.py's would be
+    (tmp_path / f".out.tmp-{dead.pid}").mkdir()
+    (tmp_path / f".out.tmp-{dead.pid}" / "train_000000.bin").write_bytes(b"\0" * 64)
+    (tmp_path / f".out.tokenizer-{dead.pid}.model").write_bytes(b"x")
+    live = tmp_path / f".out.tmp-{os.getpid()}"  # a running process's temp folder is left alone
+    live.mkdir()
+    r = run_cli("corpus", "--src", str(src), "--out", str(tmp_path / "out"), "--tokenizer", str(tokenizer_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("left by a run that was killed") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out", "src"])
+
+
+def test_corpus_ctrl_c_ends_in_one_line_and_leaves_nothing(tmp_path, tokenizer_path):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, str(REPO / "data.py"), "corpus", "--src", "stdlib", "--out", str(out),
+                          "--tokenizer", str(tokenizer_path), "--workers", "1"], cwd=REPO, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = []
+    for line in p.stderr:  # the first progress line means encoding is under way
+        lines.append(line)
+        if line.startswith("[encode]"):
+            p.send_signal(signal.SIGINT)
+            break
+    rest = p.stderr.read()
+    p.wait(timeout=60)
+    if not any(line.startswith("[encode]") for line in lines):
+        pytest.skip("encoding finished before a progress line: nothing to interrupt")
+    assert p.returncode == 130, rest
+    assert rest.startswith("data.py: error: interrupted;") and rest.count("\n") == 1 and "Traceback" not in rest, rest
+    assert not out.exists() and not list(tmp_path.iterdir())
