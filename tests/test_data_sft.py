@@ -96,9 +96,10 @@ def test_no_usable_line_is_fatal_with_line_numbers(tmp_path, tokenizer_path, cap
     src = tmp_path / "bad.jsonl"
     src.write_text('{"prompt": "a"}\nnot json\n{"prompt": "a", "completion": ""}\n')
     with pytest.raises(SystemExit) as e:
-        data.main(["sft", "--src", str(src), "--tokenizer", str(tokenizer_path), "--out", str(tmp_path / "d"), "--max_len", "64"])
-    msg = str(e.value.code)
-    assert msg.startswith("data.py: error:") and "\n" not in msg
+        data.run_command("data.py", data.main, ["sft", "--src", str(src), "--tokenizer", str(tokenizer_path),
+                                                "--out", str(tmp_path / "d"), "--max_len", "64"])
+    msg = capsys.readouterr().err.splitlines()[-1]  # after the progress line
+    assert e.value.code == 2 and msg.startswith("data.py: error:")
     assert "no usable examples" in msg and "line 2" in msg and "line 1" in msg and "empty completion (line 3)" in msg
     assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.tmp-*"))  # nothing half-written
 
