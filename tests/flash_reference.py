@@ -50,3 +50,17 @@ def poison(monkeypatch, flash_attention):
     monkeypatch.setattr(flash_attention, "_flash_empty", empty)
     monkeypatch.setattr(flash_attention, "_flash_empty_like", empty_like)
     return calls
+
+
+def compiled_and_eager(loss_fn, inputs, **compile_kw):
+    """(compiled loss, its input grads, eager loss, its input grads) of loss_fn(*inputs), with
+    torch.compile(fullgraph=True) so a graph break fails."""
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, **compile_kw)(*inputs)
+    compiled.backward()
+    compiled_grads = [x.grad.clone() for x in inputs]
+    for x in inputs:
+        x.grad = None
+    eager = loss_fn(*inputs)
+    eager.backward()
+    return compiled, compiled_grads, eager, [x.grad for x in inputs]

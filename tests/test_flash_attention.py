@@ -14,7 +14,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 import flash_attention as FA  # noqa: E402
 import model as M  # noqa: E402
-from flash_reference import make, poison, reference, rel_err  # noqa: E402
+from flash_reference import compiled_and_eager, make, poison, reference, rel_err  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -139,18 +139,10 @@ def test_torch_compile_no_graph_break():
 
     explained = torch._dynamo.explain(loss_fn)(q, k, v)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    loss = compiled(q, k, v)
-    loss.backward()
-    grads = [x.grad.clone() for x in (q, k, v)]
-    for x in (q, k, v):
-        x.grad = None
-    eager = loss_fn(q, k, v)
-    eager.backward()
+    loss, grads, eager, eager_grads = compiled_and_eager(loss_fn, (q, k, v), backend="aot_eager")
     torch.testing.assert_close(loss, eager)
-    for g, x in zip(grads, (q, k, v)):
-        torch.testing.assert_close(g, x.grad)
+    for g, e in zip(grads, eager_grads):
+        torch.testing.assert_close(g, e)
 
 
 def test_model_forward_backward_triton_matches_sdpa():

@@ -14,7 +14,7 @@ if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "
 pytest.importorskip("triton")
 import flash_attention as FA  # noqa: E402
 import model as M  # noqa: E402
-from flash_reference import make as make_on, poison, reference, rel_err  # noqa: E402
+from flash_reference import compiled_and_eager, make as make_on, poison, reference, rel_err  # noqa: E402
 
 DEV = "cuda"
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 2e-2}  # ||err|| / ||ref||
@@ -104,18 +104,10 @@ def test_torch_compile_fullgraph_inductor():
     def loss_fn(q, k, v):
         return (FA.triton_attention(q * 2, k, v, causal=True).float() ** 2).sum()
 
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    loss = compiled(q, k, v)
-    loss.backward()
-    grads = [x.grad.clone() for x in (q, k, v)]
-    for x in (q, k, v):
-        x.grad = None
-    eager = loss_fn(q, k, v)
-    eager.backward()
+    loss, grads, eager, eager_grads = compiled_and_eager(loss_fn, (q, k, v))
     torch.testing.assert_close(loss, eager, rtol=1e-3, atol=1e-3)
-    for g, x in zip(grads, (q, k, v)):
-        assert rel_err(g, x.grad.double()) < 1e-2
+    for g, e in zip(grads, eager_grads):
+        assert rel_err(g, e.double()) < 1e-2
 
 
 def test_model_bf16_triton_matches_sdpa():
