@@ -7,6 +7,7 @@ data, and decode a model's edit sequence back into a program at eval time.
     python lintseq.py --src benchmarks/mbpp.jsonl --prompt_field text --code_field code --out mbpp_ls.jsonl
     python lintseq.py --src data.jsonl --out plain.jsonl --baseline         # same programs, plain SFT format
     python lintseq.py --src data.jsonl --out randseq.jsonl --random         # RandSeq ablation (no linter)
+    python lintseq.py --src data.jsonl --out paper.jsonl --reference        # the paper's sampler (needs pylint)
     python data.py sft --src lintseq.jsonl --edit_format lintseq ...        # then tokenize as SFT data
 
 Backward sampling. A program is cut into deletion units: its logical lines (tokenize's NEWLINE-terminated
@@ -31,6 +32,12 @@ are identical with incremental=False, which lints every state in full): no lint 
 removed no binding of a name still looked up; otherwise only functions that mention such a name are
 checked in full. `--linter pylint`: pylint's error mode (E, F, W0311, W0231) as in the paper, in process
 on a temp file for every state (much slower; optional dependency).
+
+--reference: the paper's sampler step for step (reference_backward_sample): physical lines are the
+units; a pick takes the rows indented deeper below it; pylint (its message set above) lints each
+state with nothing ignored, so errors already in the program (an uninstalled import, MBPP's tab
+indentation as W0311) are swept into the first deletion; blank lines, comment lines and the bodies of
+upper-case global definitions are never picked and arrive in the first forward edit.
 
 Normalization (what the edits rebuild exactly): normalize_program(src) turns CRLF / CR line endings into
 LF (as Python reads source files) and drops leading and trailing blank lines and the final newline (as
