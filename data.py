@@ -993,6 +993,11 @@ INTENT_TAGS = ("<reasoning>", "</reasoning>", "<intention>", "</intention>", "<c
 # record fields of `python data.py intent` (override with --fields left_context=ctx,code=body)
 INTENT_FIELDS = {"left_context": "left_context", "signature": "signature", "reasoning": "reasoning",
                  "intention": "intention", "code": "code"}
+# --reference: the reasoning-augmented recipe's own data files, text layout, cut and filter
+REFERENCE_INTENT_FIELDS = dict(INTENT_FIELDS, signature="function_signature", code="solution")
+INTENT_CUT_MARKER = "\n#...\n"   # stands where the left context was cut
+INTENT_MAX_IMPORT_LINES = 50      # leading import/comment/blank lines kept when the context is cut
+INTENT_MARGIN = 200               # --reference drops records whose signature + completion exceed max_len - this
 
 
 class SkipLog:
@@ -1058,13 +1063,22 @@ def iter_records(src, skips):
         raise DataError(f"{src}: cannot read ({e})")
 
 
+TRUNCATE_MODES = ("drop", "left", "right")
+
+
 def sft_example(prompt_ids, completion_ids, eos_id, max_len, truncate="drop"):
-    """(ids, mask) of one example, or (None, reason). Over max_len: 'drop' it, or 'left': cut the prompt
-    from the left (dropped anyway when completion + eos alone do not fit). mask is 1 on completion + eos."""
+    """(ids, mask) of one example, or (None, reason). Over max_len: 'drop' it; 'left': cut the prompt
+    from the left (dropped anyway when completion + eos alone do not fit); 'right': keep the first
+    max_len tokens, cutting the completion's end and its eos (what Hugging Face truncation=True does,
+    the LintSeq reference's behaviour; dropped when not one completion token fits). mask is 1 on
+    completion + eos."""
     n = len(prompt_ids) + len(completion_ids) + 1
     truncated = False
     if n > max_len:
         room = max_len - len(completion_ids) - 1
+        if truncate == "right" and len(prompt_ids) < max_len:
+            ids = (list(prompt_ids) + list(completion_ids))[:max_len]
+            return (ids, [0] * len(prompt_ids) + [1] * (max_len - len(prompt_ids))), "truncated"
         if truncate != "left" or room < 0:
             return None, "longer than max_len"
         prompt_ids = prompt_ids[len(prompt_ids) - room:] if room else []
@@ -1186,8 +1200,8 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
     """Everything `python data.py sft` does. Returns meta.json's dict."""
     if max_len < 2:
         raise DataError(f"--max_len must be at least 2, got {max_len}")
-    if truncate not in ("drop", "left"):
-        raise DataError(f"--truncate must be 'drop' or 'left', got {truncate!r}")
+    if truncate not in TRUNCATE_MODES:
+        raise DataError(f"--truncate must be one of {', '.join(TRUNCATE_MODES)}, got {truncate!r}")
     if edit_format not in (None, "lintseq"):
         raise DataError(f"--edit_format must be 'lintseq', got {edit_format!r}")
     _check_out(out)
@@ -1293,18 +1307,84 @@ def cut_context(tok, context, budget):
     return [], True
 
 
-def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_VAL_FRACTION, seed=0, bos=True):
+def reference_import_block(context):
+    """(block, rest) as the reasoning-augmented recipe splits a left context: its leading lines, at most
+    INTENT_MAX_IMPORT_LINES, that are blank or start (after indentation) with `import `, `from `, `#`,
+    `/*` or a triple quote; the rest is everything after them."""
+    lines = context.splitlines(keepends=True)
+    i = 0
+    while i < len(lines) and i < INTENT_MAX_IMPORT_LINES:
+        s = lines[i].lstrip()
+        if s.strip() and not s.startswith(("import ", "from ", "#", "/*", '"""', "'''")):
+            break
+        i += 1
+    return "".join(lines[:i]), "".join(lines[i:])
+
+
+def reference_intent_text(left_context, signature, reasoning, intention, code):
+    """The recipe's training text; the loss starts at <reasoning>."""
+    return (f"{left_context}\n{signature}\n<reasoning>\n{reasoning}\n</reasoning>\n<intention>\n{intention}\n"
+            f"</intention>\n<code>\n{code}\n</code>")
+
+
+def _intent_example_ours(tok, vals, head, max_len):
+    """([bos] + left context + signature, <reasoning>R</reasoning><intention>I</intention><code>C</code>):
+    the context cut from the left at line boundaries, keeping its import block (cut_context)."""
+    completion = tok.encode(f"<reasoning>{vals['reasoning']}</reasoning><intention>{vals['intention']}"
+                            f"</intention><code>{vals['code']}</code>")
+    signature = tok.encode(vals["signature"])
+    context, cut = cut_context(tok, vals["left_context"], max_len - len(head) - len(signature) - len(completion) - 1)
+    if context is None:
+        return None, "does not fit max_len"
+    ex, _ = sft_example(head + context + signature, completion, tok.eos_id, max_len, "drop")
+    return ex, cut
+
+
+def _intent_example_reference(tok, vals, head, max_len, margin, marker):
+    """The recipe's example: text reference_intent_text; dropped when [bos] + its tail (the text without
+    the left context) exceeds max_len - margin; a context that does not fit keeps the token prefix of its
+    import block and the token suffix of the rest, joined by the `#...` marker (token-level cuts)."""
+    tail = reference_intent_text("", vals["signature"], vals["reasoning"], vals["intention"], vals["code"])
+    cut_at = tail.index("<reasoning>")
+    prompt_tail, completion = tok.encode(tail[:cut_at]), tok.encode(tail[cut_at:])
+    n_tail = len(prompt_tail) + len(completion)
+    if len(head) + n_tail > max_len - margin:
+        return None, "longer than max_len - margin"
+    remain = max_len - n_tail - len(head) - 1                  # bos and eos
+    if remain < len(marker) + 20:                             # the recipe asserts this room
+        return None, "longer than max_len - margin"
+    block, rest = reference_import_block(vals["left_context"])
+    imports = tok.encode(block)[:remain - len(marker) - 20]
+    remain -= len(imports)
+    rest_ids = tok.encode(rest)
+    cut = len(rest_ids) > remain
+    if cut and remain > len(marker):
+        context = imports + marker + rest_ids[len(rest_ids) - (remain - len(marker)):]
+    else:
+        context = imports + (rest_ids[len(rest_ids) - remain:] if remain > 0 else [])
+    ex, _ = sft_example(head + context + prompt_tail, completion, tok.eos_id, max_len, "drop")
+    return ex, cut
+
+
+def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_VAL_FRACTION, seed=0, bos=True,
+                   reference=False, margin=None):
     """Everything `python data.py intent` does: records with left context, signature, reasoning,
     intention and code become prompt = [bos] + left_context + signature and completion =
     <reasoning>R</reasoning><intention>I</intention><code>C</code> (+ eos), the six tags added to the
-    tokenizer; over-long contexts are cut from the left keeping their import block."""
+    tokenizer; over-long contexts are cut from the left keeping their import block. reference=True: the
+    recipe's own field names, text layout (newlines around the signature and every tag), `#...` cut
+    marker, 50-line import block and max_len - margin filter (margin default INTENT_MARGIN)."""
     if max_len < 2:
         raise DataError(f"--max_len must be at least 2, got {max_len}")
+    margin = (INTENT_MARGIN if reference else 0) if margin is None else margin
+    if margin < 0 or margin >= max_len:
+        raise DataError(f"--margin must be in [0, max_len), got {margin}")
     _check_out(out)
-    names = dict(INTENT_FIELDS, **(fields or {}))
-    unknown = sorted(set(names) - set(INTENT_FIELDS))
+    known = REFERENCE_INTENT_FIELDS if reference else INTENT_FIELDS
+    names = dict(known, **(fields or {}))
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise DataError(f"--fields: unknown field {unknown[0]!r} (known: {', '.join(INTENT_FIELDS)})")
+        raise DataError(f"--fields: unknown field {unknown[0]!r} (known: {', '.join(known)})")
     tok = Tokenizer.load(tokenizer)
     missing = [t for t in INTENT_TAGS if t not in tok.added_tokens]
     if missing:
@@ -1312,6 +1392,7 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
     skips = SkipLog()
     counts = {"records": 0, "kept": 0, "dropped": 0, "truncated": 0}
     head = [tok.bos_id] if bos and tok.bos_id is not None else []
+    marker = tok.encode(INTENT_CUT_MARKER)
 
     def examples():
         for lineno, rec in progress(iter_records(src, skips), label="intent", unit="records"):
@@ -1326,22 +1407,21 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
                 if not vals["code"].strip():
                     skips(f"empty '{names['code']}'", lineno)
                     continue
-                completion = tok.encode(f"<reasoning>{vals['reasoning']}</reasoning><intention>{vals['intention']}"
-                                        f"</intention><code>{vals['code']}</code>")
-                signature = tok.encode(vals["signature"])
-                budget = max_len - len(head) - len(signature) - len(completion) - 1
-                context, cut = cut_context(tok, vals["left_context"], budget)
-                if context is None:
+                if reference:
+                    ex, cut = _intent_example_reference(tok, vals, head, max_len, margin, marker)
+                else:
+                    ex, cut = _intent_example_ours(tok, vals, head, max_len)
+                if ex is None:
                     counts["dropped"] += 1
                     continue
-                ex, _ = sft_example(head + context + signature, completion, tok.eos_id, max_len, "drop")
                 counts["truncated"] += cut
                 counts["kept"] += 1
                 yield ex + (_group_key(vals["left_context"] + vals["signature"]),)
         counts["records"] = counts["kept"] + counts["dropped"] + sum(skips.counts.values())
 
-    extra = {"recipe": "intent", "max_len": max_len, "truncate": "left (keeping imports)", "bos": bool(head),
-             "fields": names, "tags": list(INTENT_TAGS), "counts": counts, "skipped": skips.counts,
+    extra = {"recipe": "intent", "layout": "reference" if reference else "ours", "max_len": max_len,
+             "margin": margin, "truncate": ("left, token-level, #... marker" if reference else "left (keeping imports)"),
+             "bos": bool(head), "fields": names, "tags": list(INTENT_TAGS), "counts": counts, "skipped": skips.counts,
              "skipped_lines": skips.lines,
              "postprocess": dict(_source_postprocess(tokenizer), edit_format=None, completion_format="intent"),
              "source": {"src": str(src), "sha256": file_sha256(src) if os.path.isfile(src) else None}}
@@ -1402,36 +1482,57 @@ class SFTData:
         return self.tokens[a:b], self.mask[a:b]
 
 
-def sft_batches(lengths, seed, epoch, batch_size=0, batch_tokens=0, pool_batches=64):
+BATCH_BUDGETS = ("padded", "unpadded")
+
+
+def _fill_batches(order, cost, batch_tokens, unpadded):
+    """Consecutive examples of `order` into batches while rows x longest cost (padded) or the sum of the
+    costs (unpadded) stays within batch_tokens; an example over the budget goes alone."""
+    batches, cur, longest, total = [], [], 0, 0
+    for i in order:
+        c = int(cost[i])
+        size = total + c if unpadded else max(longest, c) * (len(cur) + 1)
+        if cur and size > batch_tokens:
+            batches.append(np.asarray(cur))
+            cur, longest, total = [], 0, 0
+        cur.append(i)
+        longest, total = max(longest, c), total + c
+    if cur:
+        batches.append(np.asarray(cur))
+    return batches
+
+
+def sft_batches(lengths, seed, epoch, batch_size=0, batch_tokens=0, pool_batches=64, budget="padded",
+                longest_first=False):
     """One epoch of micro-batches (arrays of example indices), a pure function of (seed, epoch).
     batch_tokens > 0: shuffle, cut into pools of about pool_batches budgets, sort each pool by length
-    and fill a batch while its padded size (rows x longest, counted in training positions = length - 1)
-    stays within batch_tokens; an example longer than the budget goes alone; the batches are shuffled.
-    Else shuffled batches of batch_size examples (the last one may be smaller)."""
+    and fill a batch while its size stays within batch_tokens; an example longer than the budget goes
+    alone; the batches are shuffled. budget 'padded': rows x longest, counted in training positions
+    (length - 1); 'unpadded': the sum of the examples' token counts (the reasoning-augmented recipe's
+    budget). longest_first: one pool, longest examples first, batches in that order (the recipe's;
+    ties in a seeded order). Else shuffled batches of batch_size examples (the last one may be smaller)."""
+    if budget not in BATCH_BUDGETS:
+        raise DataError(f"batch budget must be one of {', '.join(BATCH_BUDGETS)}, got {budget!r}")
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if batch_tokens <= 0:
         if batch_size <= 0:
             raise DataError("SFT batching needs batch_size > 0 or batch_tokens > 0")
+        if longest_first:
+            order = order[np.argsort(-np.asarray(lengths)[order], kind="stable")]
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    positions = np.maximum(np.asarray(lengths, dtype=np.int64) - 1, 1)
-    cum = np.cumsum(positions[order])
+    unpadded = budget == "unpadded"
+    lengths = np.asarray(lengths, dtype=np.int64)
+    cost = lengths if unpadded else np.maximum(lengths - 1, 1)
+    if longest_first:
+        return _fill_batches(order[np.argsort(-cost[order], kind="stable")], cost, batch_tokens, unpadded)
+    cum = np.cumsum(cost[order])
     batches, start = [], 0
     while start < len(order):
         before = int(cum[start - 1]) if start else 0
         end = max(start + 1, int(np.searchsorted(cum, before + pool_batches * batch_tokens, side="right")))
         pool = order[start:end]
-        pool = pool[np.argsort(positions[pool], kind="stable")]
-        cur, longest = [], 0
-        for i in pool:
-            m = max(longest, positions[i])
-            if cur and m * (len(cur) + 1) > batch_tokens:
-                batches.append(np.asarray(cur))
-                cur, m = [], positions[i]
-            cur.append(i)
-            longest = m
-        if cur:
-            batches.append(np.asarray(cur))
+        batches += _fill_batches(pool[np.argsort(cost[pool], kind="stable")], cost, batch_tokens, unpadded)
         start = end
     return [batches[j] for j in rng.permutation(len(batches))]
 
@@ -1442,8 +1543,9 @@ def _add_sft_commands(sub):
     p.add_argument("--tokenizer", required=True, help="checkpoint folder (ours or Hugging Face), data folder or tokenizer.model")
     p.add_argument("--out", required=True, help="output folder, e.g. data/NAME")
     p.add_argument("--max_len", type=int, required=True, help="longest example in tokens (prompt + completion + eos)")
-    p.add_argument("--truncate", choices=("drop", "left"), default="drop",
-                   help="over-long examples: drop them, or cut the prompt from the left (default: drop)")
+    p.add_argument("--truncate", choices=TRUNCATE_MODES, default="drop",
+                   help="over-long examples: drop them (default), cut the prompt from the left, or keep the first "
+                   "max_len tokens (right: the LintSeq reference's behaviour, the completion's end and eos are lost)")
     p.add_argument("--edit_format", choices=("lintseq",), help="LintSeq edit sequences: adds <|diff|>, marks the checkpoint")
     p.add_argument("--prompt_field", default="prompt")
     p.add_argument("--completion_field", default="completion")
@@ -1456,6 +1558,12 @@ def _add_sft_commands(sub):
     p.add_argument("--out", required=True, help="output folder, e.g. data/intent")
     p.add_argument("--max_len", type=int, required=True, help="longest example in tokens; longer left contexts are cut")
     p.add_argument("--fields", default="", help="field names if yours differ: left_context=ctx,code=body,...")
+    p.add_argument("--reference", action="store_true", help="the recipe's own layout: fields function_signature and "
+                   "solution, newlines around the signature and tags, `#...` where the context is cut, an import "
+                   "block of at most 50 lines, records over max_len - margin dropped")
+    p.add_argument("--margin", type=int, default=None,
+                   help=f"drop records whose signature + completion exceed max_len - margin (default {INTENT_MARGIN} "
+                   "with --reference, else 0)")
     p.add_argument("--no_bos", action="store_true", help="do not start examples with the bos token")
     p.add_argument("--val_fraction", type=float, default=SFT_VAL_FRACTION)
     p.add_argument("--seed", type=int, default=0)
@@ -1472,7 +1580,8 @@ def _run_sft_command(args):
         if not eq or not value:
             raise DataError(f"--fields: expected key=value, got {item!r}")
         fields[key.strip()] = value.strip()
-    prepare_intent(args.src, args.tokenizer, args.out, args.max_len, fields, args.val_fraction, args.seed, not args.no_bos)
+    prepare_intent(args.src, args.tokenizer, args.out, args.max_len, fields, args.val_fraction, args.seed, not args.no_bos,
+                   args.reference, args.margin)
 
 
 class SFTSchedule:
@@ -1482,15 +1591,17 @@ class SFTSchedule:
     so a resumed run replays the same batches and any world size sees the same global batch: rank r of
     W takes micro-batches r*group/W ... (r+1)*group/W - 1 of the step (the same count on every rank)."""
 
-    def __init__(self, lengths, group, seed, batch_size=0, batch_tokens=0):
+    def __init__(self, lengths, group, seed, batch_size=0, batch_tokens=0, budget="padded", longest_first=False):
         self.lengths, self.group, self.seed = lengths, group, seed
         self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.budget, self.longest_first = budget, longest_first
         self.cum = [0]          # cum[e] = steps before epoch e
         self._plan = (None, None)
 
     def plan(self, epoch):
         if self._plan[0] != epoch:
-            self._plan = (epoch, sft_batches(self.lengths, self.seed, epoch, self.batch_size, self.batch_tokens))
+            self._plan = (epoch, sft_batches(self.lengths, self.seed, epoch, self.batch_size, self.batch_tokens,
+                                             budget=self.budget, longest_first=self.longest_first))
         return self._plan[1]
 
     def steps_in_epoch(self, epoch):

@@ -7,6 +7,7 @@ data, and decode a model's edit sequence back into a program at eval time.
     python lintseq.py --src benchmarks/mbpp.jsonl --prompt_field text --code_field code --out mbpp_ls.jsonl
     python lintseq.py --src data.jsonl --out plain.jsonl --baseline         # same programs, plain SFT format
     python lintseq.py --src data.jsonl --out randseq.jsonl --random         # RandSeq ablation (no linter)
+    python lintseq.py --src data.jsonl --out paper.jsonl --reference        # the paper's sampler (needs pylint)
     python data.py sft --src lintseq.jsonl --edit_format lintseq ...        # then tokenize as SFT data
 
 Backward sampling. A program is cut into deletion units: its logical lines (tokenize's NEWLINE-terminated
@@ -31,6 +32,12 @@ are identical with incremental=False, which lints every state in full): no lint 
 removed no binding of a name still looked up; otherwise only functions that mention such a name are
 checked in full. `--linter pylint`: pylint's error mode (E, F, W0311, W0231) as in the paper, in process
 on a temp file for every state (much slower; optional dependency).
+
+--reference: the paper's sampler step for step (reference_backward_sample): physical lines are the
+units; a pick takes the rows indented deeper below it; pylint (its message set above) lints each
+state with nothing ignored, so errors already in the program (an uninstalled import, MBPP's tab
+indentation as W0311) are swept into the first deletion; blank lines, comment lines and the bodies of
+upper-case global definitions are never picked and arrive in the first forward edit.
 
 Normalization (what the edits rebuild exactly): normalize_program(src) turns CRLF / CR line endings into
 LF (as Python reads source files) and drops leading and trailing blank lines and the final newline (as
@@ -59,8 +66,11 @@ import tokenize
 import unicodedata
 import warnings
 
-DIFF_TOKEN = "<|diff|>"
-SEP = "\n" + DIFF_TOKEN              # between instruction and edits, and between edits
+from pyflakes.checker import Checker
+
+from data import LINTSEQ_DIFF_TOKEN, format_eta, run_command
+
+SEP = "\n" + LINTSEQ_DIFF_TOKEN             # between instruction and edits, and between edits
 END = SEP + SEP                      # after the last edit: an empty edit marks the end
 DEFAULT_SAMPLES = 5                  # s: edit sequences per program (the paper's TinyCodeLM data)
 
@@ -350,8 +360,6 @@ class PyflakesLinter:
     name = "pyflakes"
 
     def __init__(self):
-        from pyflakes.checker import Checker   # a dependency of lintseq.py only
-
         class _Checker(Checker):
             def __init__(self, tree, names=None, **kw):
                 self._names = names
@@ -418,12 +426,13 @@ class PylintLinter:
     name = "pylint"
 
     def __init__(self):
-        try:
+        try:  # optional dependency, only for --linter pylint / --reference
             import astroid
             from pylint.lint import Run
             from pylint.reporters import CollectingReporter
         except ImportError as e:
-            raise LintseqError("--linter pylint needs pylint, which is not installed: pip install pylint") from e
+            raise LintseqError("--reference and --linter pylint need the package pylint, which is not installed: "
+                               "pip install pylint") from e
         self._astroid, self._run, self._reporter = astroid, Run, CollectingReporter
         self._module = f"lintseq_state_{os.getpid()}"
 
@@ -591,6 +600,73 @@ def backward_sample(prog, rng, linter=None, baseline=frozenset(), incremental=Tr
     return rounds
 
 
+# -- the paper's sampler (--reference): physical lines, indentation blocks, pylint, nothing ignored
+def _reference_candidates(lines):
+    """Rows the paper's sampler may pick: not blank, not a comment, and not inside the bracketed body of
+    an upper-case global (`NAMES = [` ... `]`, its `ignore_global_defs`)."""
+    out, closer = [], None
+    for i, line in enumerate(lines):
+        code = line.strip()
+        if not code or code.startswith("#"):
+            continue
+        if closer is not None:                      # inside a global definition's brackets
+            if code[-1] == closer:
+                closer = None
+            continue
+        out.append(i)
+        head = line[:line.find("=")].replace(" ", "") if "=" in line else ""
+        if head.isupper() and code[-1] in "([":
+            closer = ")" if code[-1] == "(" else "]"
+    return out
+
+
+def _reference_indents(lines):
+    """Indentation per row in characters; a blank or one-character row takes the previous row's."""
+    out, ind = [], 0
+    for line in lines:
+        if len(line.lstrip()) > 1:
+            ind = len(line) - len(line.lstrip())
+        out.append(ind)
+    return out
+
+
+def reference_backward_sample(lines, rng, linter):
+    """The paper's backward pass (its children_per_round = top_k = population = 1 settings): pick a
+    candidate row with weight 1 at indent 0 and indent / (first indent seen) deeper, delete it and the
+    rows indented under it, lint what is left and delete every flagged row with the rows under it until
+    pylint is quiet; errors already in the program are not ignored (the first round sweeps them up).
+    Rows never picked or flagged (comments, blank lines, global-definition bodies) are the last round,
+    i.e. the first forward edit. Returns rounds of sorted rows (full program -> empty)."""
+    n = len(lines)
+    indents = _reference_indents(lines)
+    tab = next((d for d in indents if d > 0), 1)
+    weight = {i: 1.0 if indents[i] == 0 else indents[i] / tab for i in _reference_candidates(lines)}
+    gone, rounds = set(), []
+    remaining = list(weight)
+    while remaining:
+        pick = rng.choices(remaining, [weight[i] for i in remaining])[0]
+        edit, affected = set(), [pick]
+        while affected:
+            for r in list(affected):
+                j = r + 1
+                while j < n and indents[j] > indents[r]:
+                    affected.append(j)
+                    j += 1
+            edit.update(r for r in affected if r not in gone)
+            live = [i for i in range(n) if i not in gone and i not in edit]
+            if not live:
+                break
+            errors = linter.errors("\n".join(lines[i] for i in live))
+            affected = sorted({live[ln - 1] if 1 <= ln <= len(live) else live[-1] for ln, _ in errors})
+        gone |= edit
+        rounds.append(sorted(edit))
+        remaining = [i for i in remaining if i not in gone]
+    leftover = [i for i in range(n) if i not in gone]
+    if leftover:
+        rounds.append(leftover)
+    return rounds
+
+
 def random_chunks(n_rows, rng):
     """RandSeq ablation (as the reference): each round deletes a random subset of the remaining rows, of
     size uniform in 1..remaining-1 (the last row alone at the end); no linter, no structure."""
@@ -714,9 +790,10 @@ def _rng(seed):
     return seed if isinstance(seed, random.Random) else random.Random(seed)
 
 
-def sample_rounds(program, seed=0, linter="pyflakes", s=1, random_mode=False, incremental=True):
+def sample_rounds(program, seed=0, linter="pyflakes", s=1, random_mode=False, incremental=True, reference=False):
     """(normalized program, lines, [rounds] * s) for one program. linter: 'pyflakes' | 'pylint' | a
-    linter object | None (structure only). Raises SkipProgram."""
+    linter object | None (structure only). reference=True: the paper's sampler (physical lines, no
+    baseline errors ignored; linter None means pylint). Raises SkipProgram."""
     text = normalize_program(program)
     rng = _rng(seed)
     if random_mode:
@@ -724,26 +801,32 @@ def sample_rounds(program, seed=0, linter="pyflakes", s=1, random_mode=False, in
             raise SkipProgram("no code lines")
         lines = text.split("\n")
         return text, lines, [random_chunks(len(lines), rng) for _ in range(s)]
+    if reference:
+        lines = text.split("\n")
+        if not _reference_candidates(lines):
+            raise SkipProgram("no code lines")
+        lint = make_linter(linter or "pylint") if isinstance(linter, str) or linter is None else linter
+        return text, lines, [reference_backward_sample(lines, rng, lint) for _ in range(s)]
     prog = Program(text)
     lint = make_linter(linter) if isinstance(linter, str) else linter
     baseline = frozenset(key for _, key in lint.errors(text, names=prog.all_words)) if lint is not None else frozenset()
     return text, prog.rows, [backward_sample(prog, rng, lint, baseline, incremental) for _ in range(s)]
 
 
-def sample_edits(program, seed=0, linter="pyflakes", random_mode=False, incremental=True):
+def sample_edits(program, seed=0, linter="pyflakes", random_mode=False, incremental=True, reference=False):
     """One edit sequence (list of edit strings, empty program first) for a program."""
-    _, lines, (rounds,) = sample_rounds(program, seed, linter, 1, random_mode, incremental)
+    _, lines, (rounds,) = sample_rounds(program, seed, linter, 1, random_mode, incremental, reference)
     return edits_from_rounds(rounds, lines)
 
 
-def sample_states(program, seed=0, linter="pyflakes", random_mode=False, incremental=True):
+def sample_states(program, seed=0, linter="pyflakes", random_mode=False, incremental=True, reference=False):
     """One sequence of program states, "" first and normalize_program(program) last."""
-    _, lines, (rounds,) = sample_rounds(program, seed, linter, 1, random_mode, incremental)
+    _, lines, (rounds,) = sample_rounds(program, seed, linter, 1, random_mode, incremental, reference)
     return states_from_rounds(rounds, lines)
 
 
 def make_records(instruction, program, seed=0, s=DEFAULT_SAMPLES, linter="pyflakes", random_mode=False,
-                 baseline=False):
+                 baseline=False, reference=False):
     """SFT records for one (instruction, program): s edit sequences ({"prompt": instruction + "\\n<|diff|>",
     "completion": edits + end marker}; identical sequences are kept, so s * epochs stays the step count),
     or with baseline=True one {"prompt": instruction + "\\n", "completion": program}. Trailing newlines of
@@ -751,9 +834,10 @@ def make_records(instruction, program, seed=0, s=DEFAULT_SAMPLES, linter="pyflak
     instruction = instruction.rstrip("\n")   # eval.py builds its prompts the same way: exactly one newline
     if baseline:
         text = normalize_program(program)
-        Program(text)                       # the same programs are skipped as in the edit data
+        if not reference:
+            Program(text)                   # the same programs are skipped as in the edit data
         return [{"prompt": instruction + "\n", "completion": text}]
-    _, lines, runs = sample_rounds(program, seed, linter, s, random_mode)
+    _, lines, runs = sample_rounds(program, seed, linter, s, random_mode, reference=reference)
     return [{"prompt": instruction + SEP, "completion": format_completion(edits_from_rounds(r, lines))} for r in runs]
 
 
@@ -791,7 +875,8 @@ def _work(task):
     code = extract_code(rec[o["code_field"]])
     seed = f"lintseq:{o['seed']}:{lineno}"          # per record: same output for any --workers
     try:
-        recs = make_records(rec[o["prompt_field"]], code, seed, o["s"], o.get("lint"), o["random"], o["baseline"])
+        recs = make_records(rec[o["prompt_field"]], code, seed, o["s"], o.get("lint"), o["random"], o["baseline"],
+                            o["reference"])
     except SkipProgram as e:
         return "skip", lineno, str(e)
     except RecursionError:
@@ -821,11 +906,6 @@ def _ordered_results(pool, tasks, window, chunk=16):
         yield from pending.popleft().get()
 
 
-def _fmt_time(sec):
-    sec = int(sec)
-    return f"{sec // 3600}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
-
-
 def _lines_list(nums, limit=10):
     return ", ".join(map(str, nums[:limit])) + (f", ... ({len(nums) - limit} more)" if len(nums) > limit else "")
 
@@ -840,6 +920,7 @@ def run(args):
         raise LintseqError(f"{args.src}: no such file")
     if os.path.isdir(args.out):
         raise LintseqError(f"{args.out}: is a folder; --out names the output .jsonl file")
+    args.linter = args.linter or ("pylint" if args.reference else "pyflakes")
     if args.linter == "pylint" and not args.baseline and not args.random:
         make_linter("pylint")                          # fail now, with the install hint, not in a worker
     with open(args.src, "rb") as f:
@@ -861,7 +942,7 @@ def run(args):
                 yield lineno, line
 
     opts = {"prompt_field": args.prompt_field, "code_field": args.code_field, "seed": args.seed, "s": args.s,
-            "linter": args.linter, "random": args.random, "baseline": args.baseline}
+            "linter": args.linter, "random": args.random, "baseline": args.baseline, "reference": args.reference}
     workers = max(1, args.workers or os.cpu_count() or 1)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
@@ -895,7 +976,7 @@ def run(args):
                     last = now
                     rate = n_done / (now - t0)
                     print(f"[lintseq] {n_done:,}/{total:,} ({100 * n_done / total:.1f}%) {rate:,.1f} programs/s "
-                          f"ETA {_fmt_time((total - n_done) / max(rate, 1e-9))}", file=sys.stderr, flush=True)
+                          f"ETA {format_eta((total - n_done) / max(rate, 1e-9))}", file=sys.stderr, flush=True)
         if pool is not None:
             pool.close()
             pool.join()
@@ -911,9 +992,10 @@ def run(args):
         if os.path.exists(tmp):
             os.remove(tmp)
     elapsed = time.time() - t0
-    mode = "baseline" if args.baseline else "randseq" if args.random else f"lintseq ({args.linter})"
+    mode = ("baseline" if args.baseline else "randseq" if args.random
+            else f"lintseq ({'reference, ' if args.reference else ''}{args.linter})")
     print(f"[lintseq] done: {n_done:,} records read, {n_ok:,} programs -> {n_records:,} {mode} examples in "
-          f"{args.out} in {_fmt_time(elapsed)} ({n_done / max(elapsed, 1e-9):,.1f} programs/s, {workers} workers)",
+          f"{args.out} in {format_eta(elapsed)} ({n_done / max(elapsed, 1e-9):,.1f} programs/s, {workers} workers)",
           file=sys.stderr)
     for reason, nums in sorted(skipped.items()):
         print(f"[lintseq] skipped ({reason}): {len(nums)} (lines {_lines_list(nums)})", file=sys.stderr)
@@ -934,17 +1016,17 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.add_argument("--seed", type=int, default=1, help="base seed; each record's seed is (seed, line number)")
     p.add_argument("--limit", type=int, default=0, help="process at most this many records (0 = all)")
-    p.add_argument("--linter", choices=("pyflakes", "pylint"), default="pyflakes",
-                   help="pyflakes: compile + pyflakes errors, in process (default); pylint: the paper's error mode")
+    p.add_argument("--linter", choices=("pyflakes", "pylint"), default=None,
+                   help="pyflakes: compile + pyflakes errors, in process (default); pylint: the paper's error mode "
+                   "(the default with --reference)")
+    p.add_argument("--reference", action="store_true",
+                   help="the paper's sampler: physical-line units, pylint, errors already in the program swept into "
+                   "the first deletion, comment/blank lines left for the first edit (needs pip install pylint)")
     p.add_argument("--random", action="store_true", help="RandSeq ablation: random chunked deletions, no linter")
     p.add_argument("--baseline", action="store_true",
                    help="plain SFT records: prompt = instruction + newline, completion = program")
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except LintseqError as e:
-        raise SystemExit(f"codelm: {e}")
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    run_command("lintseq.py", main, errors=(LintseqError,), kept="the output file was not written")

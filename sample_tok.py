@@ -2,11 +2,16 @@
 Tokenizer sampling from ZeTT (Minixhofer et al., "Zero-Shot Tokenizer Transfer", NeurIPS 2024,
 Algorithm 1) and its token-statistics tool, in plain Python + numpy (no compiled extension).
 
-Per batch: pick a language, take its next texts, pre-tokenize them the GPT-2 way, count substrings of
-1-15 byte-level characters starting at offsets 0, 4, 8, ... of each pre-token (an occurrence scores its
-length), keep a running total over the language's last 16 batches, add Gaussian noise to the
-probabilities and keep the top-ranked substrings next to the 256 byte characters and 135 whitespace
-runs. A UnigramLM over the sampled pieces (`UnigramTokenizer`) makes the sampled tokenizer usable.
+Per batch: pick a language, take its next texts (documents joined with the eos token until they reach
+16 x block_size = 2,048 characters, then a random 2,048-character span, as ZeTT's data loader packs
+them), pre-tokenize them the GPT-2 way, count substrings of 1-15 byte-level characters starting at
+offsets 0, 4, 8, ... of each pre-token (an occurrence scores the UTF-8 byte length of the byte-level
+piece, as ZeTT's Rust sampler does: `str::len()`, so Ġ, Ċ and every non-ASCII byte count 2), keep a
+running total over the language's last 16 batches, add Gaussian noise to the probabilities and keep
+the top-ranked substrings next to the 256 byte characters and 135 whitespace runs, with the special
+tokens of the config's tokenizer at their ids. A UnigramLM over the sampled pieces (`UnigramTokenizer`)
+makes the sampled tokenizer usable. The older behaviour (texts used whole when shorter than a span, a
+piece scoring its length in characters): "do_sequence_packing": false in the config and --score chars.
 
     python sample_tok.py --demo                                   # local files only, no download
     python sample_tok.py CONFIG.json [--num_batches 1000] [--output_file token_frequencies.json]
@@ -18,17 +23,21 @@ runs. A UnigramLM over the sampled pieces (`UnigramTokenizer`) makes the sampled
 """
 import argparse
 import collections
-import gzip
+import importlib.util
 import json
 import math
+import multiprocessing as mp
 import os
 import re
+import signal
 import sys
 import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
+
+from data import SPECIAL_PIECES, DataError, Tokenizer, iter_source_texts, progress, read_jsonl, run_command, write_json
 
 # ----------------------------------------------------------------------------- defaults
 MAX_PIECE_LEN = 15          # substrings of 1..15 byte-level characters
@@ -39,12 +48,27 @@ CHARS_PER_TOKEN = 16        # ZeTT's MAX_CHARS_PER_TOKEN: span length = 16 * blo
 MAX_IDS = 1_500_000         # intern table size that triggers a compaction (bounds memory)
 CACHE_SIZE = 300_000        # distinct pre-tokens whose substring ids are kept (then the table starts over)
 SHUFFLE_BUFFER = 10_000     # texts held per language to shuffle the file order
-CONFIG_DEFAULTS = {         # the seed's config keys that this tool reads (others are accepted, ignored)
+SCORES = ("bytes", "chars")  # what one occurrence of a piece scores: UTF-8 bytes (ZeTT) or characters
+CONFIG_DEFAULTS = {         # ZeTT's config keys that this tool reads (others are accepted, ignored)
     "langs": None, "train_directory": None,                     # required
     "tokenizer_sample_mean": 32768, "tokenizer_sample_std": 0, "tokenizer_sample_min": 16384,
     "tokenizer_sample_max": 32768, "tokenizer_batch_size": 2048, "train_batch_size": 128,
     "tokenizer_noise_mean": 1e-5, "tokenizer_noise_std": 4, "block_size": 128,
     "model_name_or_path": None, "do_tokenizer_sampling": True, "sample_text_span": True,
+    "do_sequence_packing": True,
+}
+CONFIG_HELP = {             # for --help
+    "langs": "file of `lang,weight` lines, or languages separated by spaces (required)",
+    "train_directory": "folder with {lang}.jsonl(.gz) or {lang}.parquet files of {\"text\": ...} (required)",
+    "tokenizer_sample_mean/std/min/max": "vocabulary size of each sampled tokenizer (normal, clipped)",
+    "tokenizer_batch_size": "texts in the running total (a queue of tokenizer_batch_size / train_batch_size batches)",
+    "train_batch_size": "texts per batch",
+    "tokenizer_noise_mean/std": "noise std per batch: lognormal(log(mean), std); 0 = no noise",
+    "block_size": "span length = 16 x block_size characters",
+    "model_name_or_path": "local tokenizer (tokenizer.model, checkpoint or Hugging Face folder): its special "
+                          "tokens keep their ids and its eos joins packed documents; a hub name adds none",
+    "sample_text_span": "true: a random span of each text; false: its start",
+    "do_sequence_packing": "true: join documents with eos up to the span length (ZeTT); false: texts used whole",
 }
 
 
@@ -252,14 +276,17 @@ class TokenizerSampler:
     the substrings still in some queue when it passes `max_ids`."""
 
     def __init__(self, queue_batches=16, special_tokens=None, max_piece_len=MAX_PIECE_LEN, stride=STRIDE,
-                 count_selected=False, max_ids=MAX_IDS, cache_size=CACHE_SIZE):
+                 count_selected=False, max_ids=MAX_IDS, cache_size=CACHE_SIZE, score="bytes"):
         if queue_batches < 1:
             raise ValueError("queue_batches must be >= 1")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, not {score!r}")
+        self.score = score
         self.queue_batches, self.max_piece_len, self.stride = queue_batches, max_piece_len, stride
         self.special_tokens = dict(special_tokens or {})  # piece -> id in the base vocabulary
         self._id = {}                       # substring -> id
         self._str = []                      # id -> substring
-        self._len = np.zeros(1024, np.int64)  # id -> length (its score per occurrence)
+        self._len = np.zeros(1024, np.int64)  # id -> its score per occurrence (UTF-8 bytes or characters)
         self._ok = np.zeros(1024, bool)     # id -> may be ranked (> 1 char, < 2 of Ġ/Ċ/ĉ, not special)
         self.cache_size, self.max_ids = cache_size, max_ids
         self._reset_pretokens()
@@ -333,7 +360,8 @@ class TokenizerSampler:
         return rows
 
     def _add_properties(self, new):
-        """Length and rankability of new substrings (ids from len(_str) on), vectorised."""
+        """Score per occurrence and rankability of new substrings (ids from len(_str) on), vectorised.
+        Byte scores: a byte-level character is one UTF-8 byte below U+0080 and two above (Ġ, Ċ, ĉ, ...)."""
         n0, n1 = len(self._str), len(self._str) + len(new)
         codes = np.frombuffer("".join(new).encode("utf-32-le"), np.uint32)
         lens = np.fromiter(map(len, new), np.int64, len(new))
@@ -342,8 +370,11 @@ class TokenizerSampler:
         ok = (lens > 1) & (np.add.reduceat(is_ws, starts) < 2)
         if self.special_tokens:
             ok &= np.array([x not in self.special_tokens for x in new], bool)
+        score = lens
+        if self.score == "bytes":
+            score = lens + np.add.reduceat((codes >= 0x80).astype(np.int64), starts)
         self._len, self._ok = _fit(self._len, n1), _fit(self._ok, n1)
-        self._len[n0:n1], self._ok[n0:n1] = lens, ok
+        self._len[n0:n1], self._ok[n0:n1] = score, ok
 
     # -- the queue
     def push(self, texts, lang="default"):
@@ -466,12 +497,12 @@ class TokenizerSampler:
 
 
 def sample_tokenizer(texts, vocab_size=32768, noise_std=0.0, rng=None, sampler=None, lang="default",
-                     special_tokens=None):
+                     special_tokens=None, score="bytes"):
     """One step of Algorithm 1: add `texts` (one batch) to the sampler's queue for `lang` (a fresh
     sampler, so a queue of just this batch, when none is given) and sample a vocabulary of `vocab_size`
     pieces, the special tokens included at their ids. Returns (pieces, scores); see TokenizerSampler."""
     if sampler is None:
-        sampler = TokenizerSampler(special_tokens=special_tokens)
+        sampler = TokenizerSampler(special_tokens=special_tokens, score=score)
     elif special_tokens is not None and dict(special_tokens) != sampler.special_tokens:
         raise ValueError("special_tokens differ from the sampler's; set them when creating the sampler")
     sampler.push(texts, lang)
@@ -679,8 +710,6 @@ def read_langs(spec, path):
 
 def find_language_file(directory, lang):
     """directory/{lang}.parquet (when pyarrow is installed), else {lang}.jsonl or {lang}.jsonl.gz."""
-    import importlib.util
-
     d = Path(directory)
     if not d.is_dir():
         _fail(f"train_directory {d} is not a folder")
@@ -698,54 +727,49 @@ def find_language_file(directory, lang):
 
 
 def iter_file_texts(path):
-    """The `text` fields of a .jsonl(.gz) or .parquet file, in file order (empty texts skipped)."""
+    """The `text` fields of a .jsonl(.gz) or .parquet file, in file order (empty texts skipped). A JSONL
+    line that is not a record with a `text` string is an error naming the file and line."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        try:
-            f = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow raises several types for a bad file
-            _fail(f"{path}: not a readable parquet file ({e})")
-        if "text" not in f.schema_arrow.names:
-            _fail(f"{path}: no 'text' column (columns: {', '.join(f.schema_arrow.names)})")
-        for batch in f.iter_batches(columns=["text"], batch_size=1024):
-            for t in batch.column(0).to_pylist():
-                if t:
-                    yield t
-        return
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    _fail(f"{path}:{lineno}: not valid JSON ({e.msg})")
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    _fail(f"{path}:{lineno}: record has no 'text' string field")
-                if rec["text"]:
-                    yield rec["text"]
-        except UnicodeDecodeError as e:
-            _fail(f"{path}: not UTF-8 ({e.reason} at byte {e.start} of a read block)")
+    try:
+        if path.suffix == ".parquet":
+            for _, text in iter_source_texts(path):
+                yield text
+            return
+        for lineno, rec in read_jsonl(path):
+            if not isinstance(rec.get("text"), str):
+                _fail(f"{path}:{lineno}: record has no 'text' string field")
+            if rec["text"]:
+                yield rec["text"]
+    except DataError as e:
+        _fail(str(e))
+    except UnicodeDecodeError as e:
+        _fail(f"{path}: not UTF-8 ({e.reason} at byte {e.start} of a read block)")
 
 
 class TextStream:
-    """A language's persistent text iterator: file order through a seeded shuffle buffer (a random span
-    of each text is cut as it enters), the file started over at its end (the next epoch). take(n)
-    continues where the last call stopped and returns (spans, how many texts were shorter than span)."""
+    """A language's persistent text iterator: file order through a seeded shuffle buffer, the file
+    started over at its end (the next epoch). take(n) continues where the last call stopped and returns
+    (spans, how many were shorter than span).
 
-    def __init__(self, path, rng, span, random_span=True, buffer=SHUFFLE_BUFFER):
+    pack_eos None: each text is one item, a random span of it cut as it enters the buffer (shorter texts
+    are used whole). pack_eos a string (ZeTT's sequence packing): the buffer holds stripped non-empty
+    documents; an item joins the next documents with pack_eos until it reaches span characters, and a
+    random span of the joined text is taken."""
+
+    def __init__(self, path, rng, span, random_span=True, buffer=SHUFFLE_BUFFER, pack_eos=None):
         self.path, self.rng, self.span, self.random_span, self.buffer_size = path, rng, span, random_span, buffer
+        self.pack_eos = pack_eos
         self.buf, self.epoch = [], 0
         self._it = iter_file_texts(path)
 
     def _next_from_file(self):
         for _ in range(2):
-            t = next(self._it, None)
-            if t is not None:
-                return t
+            for t in self._it:
+                if self.pack_eos is None:
+                    return t
+                t = t.strip()                       # ZeTT strips each document and skips empty ones
+                if t:
+                    return t
             self.epoch += 1
             self._it = iter_file_texts(self.path)
         _fail(f"{self.path}: no non-empty 'text' records")
@@ -757,26 +781,64 @@ class TextStream:
         s = int(self.rng.integers(len(t) - span + 1)) if self.random_span else 0
         return t[s:s + span], False
 
+    def _pop(self, n):
+        """One buffered item, uniformly at random; refills the buffer from the file first."""
+        while len(self.buf) < self.buffer_size:
+            t = self._next_from_file()
+            self.buf.append(self._cut(t) if self.pack_eos is None else t)
+            if self.epoch and len(self.buf) >= n:  # a small file: don't hold many copies of it
+                break
+        j = int(self.rng.integers(len(self.buf)))
+        self.buf[j], self.buf[-1] = self.buf[-1], self.buf[j]
+        return self.buf.pop()
+
     def take(self, n):
         out, short = [], 0
         while len(out) < n:
-            while len(self.buf) < self.buffer_size:
-                self.buf.append(self._cut(self._next_from_file()))
-                if self.epoch and len(self.buf) >= n:  # a small file: don't hold many copies of it
-                    break
-            j = int(self.rng.integers(len(self.buf)))
-            self.buf[j], self.buf[-1] = self.buf[-1], self.buf[j]
-            text, is_short = self.buf.pop()
+            if self.pack_eos is None:
+                text, is_short = self._pop(n)
+            else:
+                docs = [self._pop(n)]
+                while sum(map(len, docs)) + len(self.pack_eos) * (len(docs) - 1) < self.span:
+                    docs.append(self._pop(n))
+                text, is_short = self._cut(self.pack_eos.join(docs))
             out.append(text)
             short += is_short
         return out, short
 
 
-def load_special_tokens(path):
-    """piece -> id of a base tokenizer's special tokens (unk, bos, eos, pad and added tokens), read with
-    data.Tokenizer from a tokenizer.model file, a checkpoint folder or a corpus folder."""
-    from data import Tokenizer, DataError  # lazy: only needed when the config names a tokenizer
+def _hf_special_tokens(folder):
+    """piece -> id and the eos piece of a Hugging Face tokenizer folder without a tokenizer.model: the
+    added tokens tokenizer.json marks special, eos from tokenizer_config.json or special_tokens_map.json."""
+    try:
+        data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _fail(f"{folder / 'tokenizer.json'}: cannot read ({e})")
+    added = data.get("added_tokens") if isinstance(data, dict) else None
+    if not isinstance(added, list):
+        _fail(f"{folder / 'tokenizer.json'}: no 'added_tokens' list")
+    out = {t["content"]: t["id"] for t in added
+           if isinstance(t, dict) and t.get("special") and isinstance(t.get("content"), str) and _is_int(t.get("id"))}
+    eos = None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            cfg = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        eos = cfg.get("eos_token") if isinstance(cfg, dict) else None
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        if isinstance(eos, str):
+            break
+    return out, eos if isinstance(eos, str) else None
 
+
+def load_special_tokens(path):
+    """(piece -> id, eos piece) of a base tokenizer's special tokens (unk, bos, eos, pad and added tokens),
+    from a tokenizer.model file, a checkpoint or corpus folder (read with data.Tokenizer), or a Hugging
+    Face tokenizer folder that only has tokenizer.json."""
+    path = Path(path)
+    if path.is_dir() and not (path / "tokenizer.model").is_file() and (path / "tokenizer.json").is_file():
+        return _hf_special_tokens(path)
     try:
         tok = Tokenizer.load(path)
     except DataError as e:
@@ -788,23 +850,26 @@ def load_special_tokens(path):
             if piece:
                 out[piece] = i
     out.update(tok.added_tokens)
-    return out
+    eos = tok.id_to_piece(tok.eos_id) if tok.eos_id is not None and tok.eos_id >= 0 else None
+    return out, eos
 
 
 def _special_tokens_for(cfg, override=None):
+    """(special tokens, eos piece, where they came from) for the config's model_name_or_path (or --tokenizer)."""
     name = override or cfg["model_name_or_path"]
     if not name:
-        return {}, None
+        return {}, None, None
     p = _resolve(name, Path(cfg["config_path"]).resolve().parent)
     if p.exists():
-        return load_special_tokens(p), str(p)
+        special, eos = load_special_tokens(p)
+        return special, eos, str(p)
     looks_local = name.startswith((".", "/", "~")) or name.endswith(".model") or override
     if looks_local:
         _fail(f"{'--tokenizer' if override else 'model_name_or_path'}: {name} not found "
-              "(a tokenizer.model file or a checkpoint folder)")
-    print(f"sample_tok: model_name_or_path {name!r} is not a local tokenizer.model or checkpoint folder "
+              "(a tokenizer.model file, a checkpoint folder or a Hugging Face tokenizer folder)")
+    print(f"sample_tok: model_name_or_path {name!r} is not a local tokenizer.model or tokenizer folder "
           "(hub names are not fetched): no special tokens added", file=sys.stderr)
-    return {}, None
+    return {}, None, None
 
 
 # ----------------------------------------------------------------------------- the statistics tool
@@ -821,37 +886,37 @@ def plan_reads(probs, num_batches, queue_batches, seed):
     return reads
 
 
-def produce_batches(files, reads, batch_size, span, seed, random_span=True):
+def produce_batches(files, reads, batch_size, span, seed, random_span=True, pack_eos=None):
     """For each read: ({pre-token: count}, texts, texts shorter than span). Runs in a worker process
     or inline; the result is the same either way."""
     streams = {}
     for li, _ in reads:
         if li not in streams:
-            streams[li] = TextStream(files[li], np.random.default_rng([seed, li + 1]), span, random_span)
+            streams[li] = TextStream(files[li], np.random.default_rng([seed, li + 1]), span, random_span,
+                                     pack_eos=pack_eos)
         texts, short = streams[li].take(batch_size)
         yield pretoken_counts(texts), len(texts), short
 
 
 def _producer_process(queue, args):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's run_command handler is not for this reader
     try:
         for item in produce_batches(*args):
             queue.put(item)
         queue.put(None)
-    except SampleTokError as e:
+    except (SampleTokError, DataError) as e:
         queue.put(("error", str(e)))
     except BaseException as e:  # anything else: report it in the parent, then stop
         queue.put(("error", f"batch reader failed: {type(e).__name__}: {e}"))
 
 
-def read_batches(files, reads, batch_size, span, seed, random_span=True, workers=0):
+def read_batches(files, reads, batch_size, span, seed, random_span=True, workers=0, pack_eos=None):
     """produce_batches, in a separate process when workers > 0 (reading and pre-tokenizing then overlap
     with sampling: about 2x on 2 cores)."""
-    args = (files, reads, batch_size, span, seed, random_span)
+    args = (files, reads, batch_size, span, seed, random_span, pack_eos)
     if workers <= 0:
         yield from produce_batches(*args)
         return
-    import multiprocessing as mp
-
     ctx = mp.get_context()  # the platform's default start method (the arguments are plain data)
     queue = ctx.Queue(maxsize=8)  # bounded: the reader can't run far ahead (memory)
     proc = ctx.Process(target=_producer_process, args=(queue, args), daemon=True)
@@ -867,11 +932,10 @@ def read_batches(files, reads, batch_size, span, seed, random_span=True, workers
         proc.join()
 
 
-def collect_stats(cfg, num_batches, seed=0, special_tokens=None, workers=1):
+def collect_stats(cfg, num_batches, seed=0, special_tokens=None, workers=1, score="bytes", eos=None):
     """Simulate ZeTT's training batches and count, per piece, in how many sampled vocabularies it was.
-    Returns a dict with the counts and run facts (see print_summary)."""
-    from data import progress  # the project's progress lines (rate, ETA)
-
+    eos: the string that joins packed documents (do_sequence_packing; default the project's
+    <|endoftext|>). Returns a dict with the counts and run facts (see print_summary)."""
     langs = read_langs(cfg["langs"], cfg["langs_path"])
     names, probs = [lang for lang, _ in langs], np.array([p for _, p in langs])
     files = [str(find_language_file(cfg["train_directory"], lang)) for lang in names]
@@ -881,11 +945,12 @@ def collect_stats(cfg, num_batches, seed=0, special_tokens=None, workers=1):
     span = CHARS_PER_TOKEN * cfg["block_size"]
     reads = plan_reads(probs, num_batches, queue_batches, seed)
     rng = np.random.default_rng([seed, 1])  # vocabulary sizes and noise
-    sampler = TokenizerSampler(queue_batches, special_tokens, count_selected=True)
+    sampler = TokenizerSampler(queue_batches, special_tokens, count_selected=True, score=score)
+    pack_eos = (eos if eos is not None else SPECIAL_PIECES["eos"]) if cfg["do_sequence_packing"] else None
     per_lang = collections.Counter()
     texts_total = texts_short = 0
     t0 = time.time()
-    batches = zip(reads, read_batches(files, reads, bs, span, seed, cfg["sample_text_span"], workers))
+    batches = zip(reads, read_batches(files, reads, bs, span, seed, cfg["sample_text_span"], workers, pack_eos))
     for (li, sampled), (counts, n_texts, n_short) in progress(
             batches, total=len(reads), label="sample_tok", unit="batches",
             stream=sys.stderr):  # (the stream given at call time: pytest swaps sys.stderr)
@@ -906,22 +971,11 @@ def collect_stats(cfg, num_batches, seed=0, special_tokens=None, workers=1):
     return {"counts": counts, "num_batches": num_batches, "languages": names, "per_language": per_lang,
             "reads": len(reads), "texts": texts_total, "texts_short": texts_short, "span": span,
             "random_span": cfg["sample_text_span"], "seconds": seconds, "files": dict(zip(names, files)),
-            "compactions": sampler.compactions}
+            "compactions": sampler.compactions, "pack_eos": pack_eos, "score": score}
 
 
 def sorted_counts(counts):
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
-def write_json_atomic(path, obj):
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _show(piece):
@@ -945,9 +999,11 @@ def print_summary(stats, items, top=20, left_out=0, out=None):
     print(f"Average tokens per batch: {total / max(n, 1):.2f}", file=out)
     print(f"Languages: {', '.join(stats['languages'])}", file=out)
     print(f"Batches per language: {', '.join(f'{k} {v}' for k, v in sorted(stats['per_language'].items()))}", file=out)
+    packed = f" of documents joined with {stats['pack_eos']!r}" if stats.get("pack_eos") is not None else ""
     print(f"Texts: {stats['texts']} in {stats['reads']} batches ({stats['reads'] - n} to fill the queues first), "
-          f"{'random ' if stats.get('random_span', True) else ''}{stats['span']:,}-character spans; "
-          f"{stats['texts_short']} texts were shorter and used whole", file=out)
+          f"{'random ' if stats.get('random_span', True) else ''}{stats['span']:,}-character spans{packed}; "
+          f"{stats['texts_short']} texts were shorter and used whole; pieces scored by "
+          f"{'UTF-8 bytes' if stats.get('score', 'bytes') == 'bytes' else 'characters'}", file=out)
     print(f"Time: {stats['seconds']:.1f} s ({1000 * stats['seconds'] / max(n, 1):.1f} ms per sampled batch)", file=out)
     print(bar, file=out)
     print(file=out)
@@ -961,21 +1017,33 @@ def print_summary(stats, items, top=20, left_out=0, out=None):
               file=out)
 
 
+def check_output_file(path):
+    """Fail before any sampling when the output cannot be written."""
+    p = Path(path)
+    if p.is_dir():
+        _fail(f"--output_file {p}: is a folder; give a .json file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and (not parent.is_dir() or not os.access(parent, os.W_OK)):
+        _fail(f"--output_file {p}: {parent} is not a writable folder")
+
+
 def run_stats(config_path, num_batches, output_file, seed=0, exclude_always_present=False, top=20, tokenizer=None,
-              workers=1):
+              workers=1, score="bytes"):
+    check_output_file(output_file)
     cfg = load_config(config_path)
-    special, source = _special_tokens_for(cfg, tokenizer)
+    special, eos, source = _special_tokens_for(cfg, tokenizer)
     if source:
         print(f"sample_tok: {len(special)} special tokens from {source} keep their ids: "
               + ", ".join(f"{p}={i}" for p, i in sorted(special.items(), key=lambda kv: kv[1])), file=sys.stderr)
-    stats = collect_stats(cfg, num_batches, seed=seed, special_tokens=special, workers=workers)
+    stats = collect_stats(cfg, num_batches, seed=seed, special_tokens=special, workers=workers, score=score, eos=eos)
     items = sorted_counts(stats["counts"])
     left_out = 0
     if exclude_always_present:
         kept = [(p, c) for p, c in items if c < num_batches]
         left_out = len(items) - len(kept)
         items = kept
-    write_json_atomic(output_file, dict(items))
+    Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+    write_json(output_file, dict(items))
     print_summary(stats, items, top=top, left_out=left_out)
     print(f"\nWrote {len(items)} tokens to {output_file}")
     return stats
@@ -1040,15 +1108,22 @@ def build_demo(folder, max_chars=6_000_000, min_chars=300_000, max_files=4000):
               "model_name_or_path": None, "tokenizer_sample_mean": 32768, "tokenizer_sample_std": 0,
               "tokenizer_sample_min": 16384, "tokenizer_sample_max": 32768, "tokenizer_batch_size": 2048,
               "train_batch_size": 128, "tokenizer_noise_mean": 1e-5, "tokenizer_noise_std": 4, "block_size": 128}
-    write_json_atomic(folder / "config.json", config)
+    write_json(folder / "config.json", config)
     return found
 
 
 # ----------------------------------------------------------------------------- main
+def _epilog():
+    keys = "\n".join(f"  {k:<34} {v}" for k, v in CONFIG_HELP.items())
+    return (f"CONFIG.json keys (ZeTT's names; others are accepted and ignored):\n{keys}\n\n"
+            "--demo writes DEMO_DIR/train/{lang}.jsonl, DEMO_DIR/langs.txt, DEMO_DIR/config.json and "
+            "DEMO_DIR/token_frequencies.json (DEMO_DIR: --demo_dir, default out_sample_tok_demo).")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", nargs="?",
-                    help="JSON config with the seed's keys (langs, train_directory, tokenizer_sample_*, ...)")
+                    help="JSON config with ZeTT's keys (listed below)")
     ap.add_argument("--num_batches", type=int, default=None,
                     help="batches to sample (default 1000; 200 with --demo)")
     ap.add_argument("--output_file", default=None, help="output JSON, tokens sorted by count "
@@ -1057,42 +1132,41 @@ def main(argv=None):
     ap.add_argument("--exclude_always_present", action="store_true",
                     help="leave the tokens present in every sampled vocabulary out of the top list and the JSON")
     ap.add_argument("--top", type=int, default=20, help="tokens listed in the summary")
-    ap.add_argument("--tokenizer", default=None, help="tokenizer.model or checkpoint folder whose special tokens keep "
-                    "their ids (overrides the config's model_name_or_path)")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer.model, checkpoint or Hugging Face tokenizer folder "
+                    "whose special tokens keep their ids (overrides the config's model_name_or_path)")
+    ap.add_argument("--score", choices=SCORES, default="bytes", help="what an occurrence of a piece scores: its "
+                    "UTF-8 byte length as a byte-level string (ZeTT, default) or its length in characters (older)")
     ap.add_argument("--workers", type=int, choices=(0, 1), default=1 if (os.cpu_count() or 1) > 1 else 0,
                     help="1: read and pre-tokenize in a second process, ahead of the sampler (default with 2+ "
                     "cores); 0: all in this process. The results are identical")
     ap.add_argument("--demo", action="store_true", help="build a small multi-language config from local files "
                     "(stdlib Python, C headers, JavaScript, docs: whatever this machine has) and run it with "
                     "--exclude_always_present")
-    ap.add_argument("--demo_dir", default="out_sample_tok_demo", help="where --demo writes its data and config")
+    ap.add_argument("--demo_dir", default="out_sample_tok_demo", help="where --demo writes its data, config and output")
     args = ap.parse_args(argv)
-    try:
-        if args.num_batches is not None and args.num_batches < 1:
-            _fail("--num_batches must be >= 1")
-        if args.demo:
-            if args.config:
-                _fail("give either CONFIG or --demo, not both")
-            found = build_demo(args.demo_dir)
-            if not found:
-                _fail("--demo: found no local text to sample from")
-            print(f"sample_tok --demo: wrote {args.demo_dir}/config.json with " + ", ".join(
-                f"{lang} ({docs} files, {chars / 1e6:.1f}M chars)" for lang, docs, chars in found)
-                + f"; run it again with: python sample_tok.py {args.demo_dir}/config.json", file=sys.stderr)
-            config = str(Path(args.demo_dir) / "config.json")
-            output = args.output_file or str(Path(args.demo_dir) / "token_frequencies.json")
-            num = args.num_batches or 200
-        else:
-            if not args.config:
-                ap.error("give a CONFIG.json (or --demo)")
-            config, output, num = args.config, args.output_file or "token_frequencies.json", args.num_batches or 1000
-        run_stats(config, num, output, seed=args.seed, exclude_always_present=args.exclude_always_present or args.demo,
-                  top=args.top, tokenizer=args.tokenizer, workers=args.workers)
-    except SampleTokError as e:
-        print(f"sample_tok: {e}", file=sys.stderr)
-        return 2
+    if args.num_batches is not None and args.num_batches < 1:
+        _fail("--num_batches must be >= 1")
+    if args.demo:
+        if args.config:
+            _fail("give either CONFIG or --demo, not both")
+        output = args.output_file or str(Path(args.demo_dir) / "token_frequencies.json")
+        check_output_file(output)
+        found = build_demo(args.demo_dir)
+        if not found:
+            _fail("--demo: found no local text to sample from")
+        print(f"sample_tok --demo: wrote {args.demo_dir}/config.json with " + ", ".join(
+            f"{lang} ({docs} files, {chars / 1e6:.1f}M chars)" for lang, docs, chars in found)
+            + f"; run it again with: python sample_tok.py {args.demo_dir}/config.json", file=sys.stderr)
+        config = str(Path(args.demo_dir) / "config.json")
+        num = args.num_batches or 200
+    else:
+        if not args.config:
+            ap.error("give a CONFIG.json (or --demo)")
+        config, output, num = args.config, args.output_file or "token_frequencies.json", args.num_batches or 1000
+    run_stats(config, num, output, seed=args.seed, exclude_always_present=args.exclude_always_present or args.demo,
+              top=args.top, tokenizer=args.tokenizer, workers=args.workers, score=args.score)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command("sample_tok.py", main, errors=(SampleTokError,), kept="no output file was written")

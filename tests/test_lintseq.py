@@ -1,6 +1,7 @@
 """lintseq.py on real programs: MBPP reference solutions (CRLF + tabs as published) and stdlib modules."""
 import difflib
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -350,8 +351,10 @@ def test_pylint_missing_is_a_clear_error(monkeypatch, tmp_path):
         ls.make_linter("pylint")
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"instruction": "i", "response": "x = 1"}) + "\n")
-    with pytest.raises(SystemExit, match="codelm: .*pip install pylint"):
-        ls.main(["--src", str(src), "--out", str(tmp_path / "o.jsonl"), "--linter", "pylint", "--workers", "1"])
+    for flag in ("--reference", "--linter=pylint"):
+        with pytest.raises(ls.LintseqError, match="package pylint.*pip install pylint"):
+            ls.main(["--src", str(src), "--out", str(tmp_path / "o.jsonl"), flag, "--workers", "1"])
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_extract_code():
@@ -425,17 +428,82 @@ def test_cli_end_to_end(tmp_path, mbpp, capsys):
 def test_cli_bad_inputs(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(SystemExit, match="empty input"):
+    with pytest.raises(ls.LintseqError, match="empty input"):
         run_cli("--src", empty, "--out", tmp_path / "o.jsonl", "--workers", 1)
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(ls.LintseqError, match="no such file"):
         run_cli("--src", tmp_path / "missing.jsonl", "--out", tmp_path / "o.jsonl")
     allbad = tmp_path / "bad.jsonl"
     allbad.write_text("nope\n" + json.dumps({"instruction": "x", "response": "def (:"}) + "\n")
-    with pytest.raises(SystemExit, match="no usable records"):
+    with pytest.raises(ls.LintseqError, match="no usable records"):
         run_cli("--src", allbad, "--out", tmp_path / "o.jsonl", "--workers", 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty.jsonl"]   # nothing half-written
 
 
-def test_cli_help(repo_root):
+def test_cli_help_and_bad_input_line(repo_root, tmp_path):
     r = subprocess.run([sys.executable, str(repo_root / "lintseq.py"), "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--linter" in r.stdout and "--baseline" in r.stdout
+    assert r.returncode == 0 and "--linter" in r.stdout and "--baseline" in r.stdout and "--reference" in r.stdout
+    r = subprocess.run([sys.executable, str(repo_root / "lintseq.py"), "--src", str(tmp_path / "missing.jsonl"),
+                        "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == f"lintseq.py: error: {tmp_path / 'missing.jsonl'}: no such file\n"
+
+
+def test_reference_pylint_missing_exits_2_naming_the_package(repo_root, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"instruction": "i", "response": "x = 1"}) + "\n")
+    hide = tmp_path / "hide"                       # a pylint package that cannot be imported shadows the real one
+    (hide / "pylint").mkdir(parents=True)
+    (hide / "pylint" / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    r = subprocess.run([sys.executable, str(repo_root / "lintseq.py"), "--src", str(src), "--out",
+                        str(tmp_path / "o.jsonl"), "--reference"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": f"{hide}{os.pathsep}{repo_root}"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("lintseq.py: error: ") and "package pylint" in r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- the paper's sampler (--reference)
+def test_reference_candidates_and_indents():
+    lines = ["import os", "# a comment", "", "NAMES = [", "    'a',", "]", "def f(x):", "    if x:",
+             "        return 1", "    )", "    return 2"]
+    assert ls._reference_candidates(lines) == [0, 3, 6, 7, 8, 9, 10]     # no comment, blank or global-def body
+    assert ls._reference_indents(lines) == [0, 0, 0, 0, 4, 4, 0, 4, 8, 8, 4]  # "]", ")" keep the previous indent
+
+
+@pytest.fixture(scope="module")
+def pylint_linter():
+    pytest.importorskip("pylint")
+    return ls.make_linter("pylint")
+
+
+def test_reference_mode_on_mbpp(mbpp, pylint_linter):
+    """Every intermediate state compiles and is pylint-clean (the paper's message set) with nothing
+    ignored, edits only insert and rebuild the program; comments and blank lines come in the first edit."""
+    edits_ref, edits_ours = 0, 0
+    for rec in mbpp[:6]:
+        text, lines, (rounds,) = ls.sample_rounds(rec["code"], 3, pylint_linter, 1, reference=True)
+        states = ls.states_from_rounds(rounds, lines)
+        for state in states[1:-1]:
+            ls._compile(state)
+            assert pylint_linter.errors(state) == [], state
+        edits = ls.edits_from_rounds(rounds, lines)
+        for e in edits:
+            assert all(row.startswith(("@@ ", "+")) for row in e.split("\n"))
+        assert ls.decode_edits(ls.format_completion(edits)) == text
+        assert sorted(r for rd in rounds for r in rd) == list(range(len(lines)))
+        edits_ref += len(edits)
+        edits_ours += len(ls.sample_edits(rec["code"], 3))
+    assert edits_ref < edits_ours          # MBPP's tab indentation is pylint's W0311: blocks go in one edit
+    code = "import os\n# set up\n\ndef f(x):\n    # double\n    return 2 * x\n"
+    text, lines, (rounds,) = ls.sample_rounds(code, 0, pylint_linter, 1, reference=True)
+    first = ls.states_from_rounds(rounds, lines)[1]
+    assert first == "# set up\n"     # never sampled: left for the first forward edit (the indented comment
+    assert any(4 in rd and 3 in rd for rd in rounds)  # goes with `def f`, the block it is indented under)
+
+
+def test_reference_sweeps_existing_errors_into_the_first_deletion(pylint_linter):
+    code = "import not_a_module_anywhere\nx = 1\ny = x + 1\nprint(y)"
+    for seed in range(3):
+        text, lines, (rounds,) = ls.sample_rounds(code, seed, pylint_linter, 1, reference=True)
+        assert 0 in rounds[0]                              # the unresolvable import goes with the first deletion
+    _, _, (ours,) = ls.sample_rounds(code, 0, "pyflakes", 1)
+    assert [0] in ours                                    # the default ignores errors already there

@@ -70,9 +70,10 @@ def ref_byte_level(s):
     return "".join(_TABLE[b] for b in s.encode("utf-8"))
 
 
-def ref_counts(texts, max_len=15, stride=4):
+def ref_counts(texts, max_len=15, stride=4, by="bytes"):
     """Algorithm 1's substring scores, literally: every substring of 1..15 byte-level characters starting
-    at offsets 0, 4, 8, ... of every pre-token of ' ' + text scores its length."""
+    at offsets 0, 4, 8, ... of every pre-token of ' ' + text scores its length: as ZeTT's Rust code
+    measures it (str::len(), UTF-8 bytes of the byte-level string), or in characters (by="chars")."""
     c = collections.Counter()
     for t in texts:
         for pt in ref_pretokenize(" " + t):
@@ -80,7 +81,8 @@ def ref_counts(texts, max_len=15, stride=4):
             for s in range(0, len(b), stride):
                 for length in range(1, max_len + 1):
                     if s + length <= len(b):
-                        c[b[s:s + length]] += length
+                        piece = b[s:s + length]
+                        c[piece] += len(piece.encode("utf-8")) if by == "bytes" else length
     return c
 
 
@@ -164,6 +166,23 @@ def test_counts_match_reference():
     assert as_dict(sampler.count(texts), sampler) == ref_counts(texts)
     # per-pre-token rows are reused: a second count of the same batch gives the same answer
     assert as_dict(sampler.count(texts[::-1]), sampler) == ref_counts(texts)
+    chars = st.TokenizerSampler(score="chars")      # the older scoring, kept behind --score chars
+    assert as_dict(chars.count(texts), chars) == ref_counts(texts, by="chars") != ref_counts(texts)
+
+
+def test_byte_length_scoring_of_non_ascii_pieces():
+    """ZeTT scores an occurrence by the UTF-8 byte length of the byte-level piece: 'é' is the two bytes
+    C3 A9, byte-level 'Ã©' (U+00C3 U+00A9), 4 UTF-8 bytes; the space before it is Ġ (U+0120), 2 bytes."""
+    sampler = st.TokenizerSampler()
+    counts = as_dict(sampler.count(["café"]), sampler)
+    assert st.to_byte_level(" café") == "ĠcafÃ©"
+    assert counts["ĠcafÃ©"] == 2 + 3 + 4 and counts["Ã©"] == 4 and counts["Ġ"] == 2 and counts["Ġc"] == 3
+    chars = st.TokenizerSampler(score="chars")
+    assert as_dict(chars.count(["café"]), chars)["ĠcafÃ©"] == 6
+    # the ranking moves: 5 x 'ĠÃ©' (3 characters, 5 bytes) against 4 x 'Ġqqq' (4 characters, 5 bytes)
+    texts = ["é"] * 5 + ["qqq"] * 4
+    top = lambda score: st.sample_tokenizer(texts, vocab_size=st.N_FIXED + 1, score=score)[0][-1]  # noqa: E731
+    assert (top("bytes"), top("chars")) == ("ĠÃ©", "Ġqqq")
 
 
 def test_queue_running_total_equals_resummed_queue():
@@ -334,8 +353,9 @@ def test_stats_tool_output_and_summary(small_config, tmp_path, capsys):
     assert f"Unique tokens sampled: {len(freq)}\n" in console
     assert f"Average tokens per batch: {total / 12:.2f}\n" in console
     assert "Languages: python, mbpp\n" in console
-    m = re.search(r"Texts: (\d+) in (\d+) batches \((\d+) to fill the queues first\), random 256-character spans; "
-                  r"(\d+) texts were shorter and used whole", console)
+    m = re.search(r"Texts: (\d+) in (\d+) batches \((\d+) to fill the queues first\), random 256-character spans "
+                  r"of documents joined with '<\|endoftext\|>'; (\d+) texts were shorter and used whole; pieces scored "
+                  r"by UTF-8 bytes", console)
     assert m and int(m[1]) == 8 * int(m[2]) and int(m[2]) - int(m[3]) == 12
     top = re.findall(r"^ ?(\d+)\. .*: +(\d+) \((\d+\.\d\d)%\)$", console, re.M)
     assert [int(r) for r, _, _ in top] == list(range(1, 21))
@@ -377,13 +397,48 @@ def test_text_stream_is_persistent(tmp_path):
     assert len({re.search(r"doc(\d{3})", s).group(1) for s in seen}) == 50
 
 
+def test_text_stream_packs_documents_like_zett(tmp_path):
+    """do_sequence_packing: stripped documents joined with eos until the span length, then a random span."""
+    texts = [f"  doc{i:03d} " + "x" * (10 + 7 * (i % 5)) + "\n" for i in range(60)] + ["   "]
+    write_jsonl(tmp_path / "t.jsonl", texts)
+    stream = st.TextStream(tmp_path / "t.jsonl", np.random.default_rng(0), span=100, buffer=20, pack_eos="<E>")
+    spans, short = stream.take(30)
+    assert short == 0 and all(len(t) == 100 for t in spans)          # nothing shorter than a span any more
+    assert all("<E>" in t for t in spans)                              # every span crosses a document boundary
+    for t in spans:
+        for part in t.split("<E>")[1:-1]:                              # whole documents in the middle, stripped
+            assert part.strip() == part and re.fullmatch(r"doc\d{3} x+", part)
+    old = st.TextStream(tmp_path / "t.jsonl", np.random.default_rng(0), span=100, buffer=20)
+    spans, short = old.take(30)
+    assert short == 30 and not any("<E>" in t for t in spans)        # the older behaviour: texts used whole
+
+
+def test_special_tokens_from_a_hugging_face_tokenizer_folder(small_config, tmp_path):
+    folder = tmp_path / "hf_tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(json.dumps({"added_tokens": [
+        {"id": 0, "content": "<unk>", "special": True}, {"id": 1, "content": "<s>", "special": True},
+        {"id": 2, "content": "</s>", "special": True}, {"id": 32000, "content": "<tool>", "special": False}]}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>"}}))
+    special, eos = st.load_special_tokens(folder)
+    assert special == {"<unk>": 0, "<s>": 1, "</s>": 2} and eos == "</s>"
+    path, cfg = small_config
+    cfg["model_name_or_path"] = str(folder)
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "f.json"
+    r = run_cli(path, "--num_batches", "2", "--output_file", out, "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert "3 special tokens from" in r.stderr and "joined with '</s>'" in r.stdout
+    assert json.loads(out.read_text())["</s>"] == 2
+
+
 def test_special_tokens_from_tokenizer(small_config, tokenizer_path, tmp_path):
     from data import Tokenizer
 
     path, cfg = small_config
     tok = Tokenizer.load(tokenizer_path)
-    special = st.load_special_tokens(tokenizer_path)
-    assert special[tok.id_to_piece(tok.eos_id)] == tok.eos_id and len(special) >= 2
+    special, eos = st.load_special_tokens(tokenizer_path)
+    assert special[tok.id_to_piece(tok.eos_id)] == tok.eos_id and len(special) >= 2 and eos == tok.id_to_piece(tok.eos_id)
     cfg["model_name_or_path"] = str(tokenizer_path)
     path.write_text(json.dumps(cfg))
     stats = st.collect_stats(st.load_config(path), 4, special_tokens=special, workers=0)
@@ -420,7 +475,7 @@ def test_bad_input_cli(small_config, tmp_path):
     path, cfg = small_config
     (tmp_path / "langs.txt").write_text("python,2\nrust,1\n")
     r = run_cli(path, "--num_batches", "2", "--output_file", tmp_path / "x.json")
-    assert r.returncode != 0 and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("sample_tok.py: error: ")
     assert "rust.parquet" in r.stderr and "'rust'" in r.stderr
     assert not (tmp_path / "x.json").exists()
 
@@ -431,7 +486,7 @@ def test_bad_input_cli(small_config, tmp_path):
     (tmp_path / "langs.txt").write_text("python,2\n")
     (tmp_path / "train" / "python.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     r = run_cli(path, "--num_batches", "2", "--workers", "1")
-    assert r.returncode != 0 and "python.jsonl:2: not valid JSON" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "python.jsonl:2: not JSON" in r.stderr and r.stderr.count("\n") == 1
 
     path.write_text('{"langs": "x.txt",\n "train_directory": }')
     r = run_cli(path)
@@ -472,6 +527,19 @@ def test_demo_builds_a_config_from_local_files(tmp_path):
         assert len(texts) == docs and sum(map(len, texts)) == chars
 
 
+def test_output_file_folder_fails_before_sampling(small_config, tmp_path):
+    path, cfg = small_config
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    r = run_cli(path, "--num_batches", "500", "--output_file", folder, "--workers", "0")
+    assert r.returncode == 2 and r.stderr == f"sample_tok.py: error: --output_file {folder}: is a folder; give a .json file name\n"
+    assert list(folder.iterdir()) == []
+
+
 def test_cli_help():
     r = run_cli("--help")
-    assert r.returncode == 0 and "--num_batches" in r.stdout and "--demo" in r.stdout
+    assert r.returncode == 0 and "--num_batches" in r.stdout and "--demo" in r.stdout and "--score" in r.stdout
+    for key in ("langs", "train_directory", "tokenizer_batch_size", "block_size", "model_name_or_path",
+                "do_sequence_packing", "sample_text_span"):
+        assert f"\n  {key}" in r.stdout                     # every CONFIG.json key is listed
+    assert "DEMO_DIR/token_frequencies.json" in r.stdout and "out_sample_tok_demo" in r.stdout

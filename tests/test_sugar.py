@@ -555,3 +555,78 @@ def test_apply_writes_a_corpus_that_desugars_back(tmp_path, tokenizer_path, mine
     assert sorted(desugarize(d, post) for d in docs) == sorted(programs)
     sugared = [d for d in docs if tokens_in(d)]
     assert 0 < len(sugared) < len(docs)  # a mix: some programs stay plain
+
+
+# ----------------------------------------------------------------------------- the paper's sugars and matching
+PAPER_SUGARS = {  # the released mined_sugars.json format; templates in ast.unparse spelling, like the paper's
+    "dataset_name": "leetcode", "num_sugar": 7,
+    "sugar": [dict(e, id=sugar.sugar_id(e["code"]), saved=e["reward"] * e["freq"], file_freq=e["freq"] // 2) for e in [
+        {"code": "for SUGARWILDCARD_0 in range(len(SUGARWILDCARD_1)):", "type": "stmt_head", "reward": 4, "freq": 1591},
+        {"code": "SUGARWILDCARD_0 = []", "type": "stmt", "reward": 2, "freq": 2900},
+        {"code": "SUGARWILDCARD_0 += 1", "type": "stmt", "reward": 2, "freq": 2500},
+        {"code": "len(SUGARWILDCARD_0) - 1", "type": "expr", "reward": 3, "freq": 1203},
+        {"code": "SUGARWILDCARD_0.split()", "type": "expr", "reward": 2, "freq": 300},
+        {"code": "return ''.join(SUGARWILDCARD_0)", "type": "stmt", "reward": 4, "freq": 350},
+        {"code": "if SUGARWILDCARD_0 % 2 == 0:", "type": "stmt_head", "reward": 5, "freq": 700}]]}
+
+
+def test_paper_format_round_trips_in_both_matching_modes(tmp_path):
+    path = tmp_path / "mined_sugars.json"
+    path.write_text(json.dumps(PAPER_SUGARS))
+    table = load_sugars(path)
+    assert len(table) == 7 and [s.id for s in table.sugars] == [e["id"] for e in PAPER_SUGARS["sugar"]]
+    code = ('def f(words, n):\n    out=[]\n    for i in range(len(words)):\n        if i%2 == 0:\n'
+            '            n+=1\n    return "".join(words[len(words)-1:])  # the last\n')
+    info = {}
+    s = sugarize(code, table, info=info)                        # text mode: exact, only the `for` head matches
+    assert desugarize(s, table) == code and info["matches"] == 1
+    n = sugarize(code, table, info=info, match="normalized")    # the reference's mode
+    norm = sugar.normalize_code(code)
+    assert norm == ('def f(words, n):\n    out = []\n    for i in range(len(words)):\n        if i % 2 == 0:\n'
+                    "            n += 1\n    return ''.join(words[len(words) - 1:])")
+    assert desugarize(n, table) == norm and info["matches"] == 6      # every sugar, one nested in another
+    assert sugarize("def f(:\n", table, match="normalized") == "def f(:\n"
+
+
+def test_normalized_matching_applies_at_least_as_many_sugars_on_humaneval():
+    table = load_sugars(PAPER_SUGARS)
+    per_mode = {}
+    for mode in sugar.MATCH_MODES:
+        total = 0
+        for _, code in sugar.humaneval_programs(docstrings=False):
+            info = {}
+            out = sugarize(code, table, info=info, match=mode)
+            assert desugarize(out, table) == (code if mode == "text" else sugar.normalize_code(code))
+            total += info["matches"]
+        per_mode[mode] = total / 164
+    assert per_mode["normalized"] >= per_mode["text"] > 0
+
+
+def test_markdown_sources_take_the_first_python_fence(tmp_path, tokenizer_path):
+    posts = [f"# Intuition\nCount.\n\n# Code\n```python3 []\nclass Solution:\n    def f{i}(self, nums):\n"
+             f"        ans = []\n        for i in range(len(nums)):\n            ans.append(nums[i])\n        return ans\n```\n"
+             "```python\nprint('second fence')\n```\n" for i in range(6)] + ["no code here", "```java\nint x;\n```"]
+    src = tmp_path / "leetcode.jsonl"
+    src.write_text("".join(json.dumps({"content": p}) + "\n" for p in posts))
+    st = {}
+    texts = [t for _, t in sugar.iter_texts(str(src), "content", st, markdown=True)]
+    assert len(texts) == 6 and all(t.startswith("class Solution:\n") and "second fence" not in t for t in texts)
+    assert st["skipped"]["no ```python fence"] == 2
+    out = tmp_path / "sugars.json"
+    r = subprocess.run([sys.executable, str(REPO / "sugar.py"), "mine", "--src", str(src), "--text_field", "content",
+                        "--markdown", "--out", str(out), "--tokenizer", str(tokenizer_path), "--threshold", "3",
+                        "--min_reward", "0", "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    mined_ = load_sugars(out)
+    assert any(s.code == "for SUGARWILDCARD_0 in range(len(SUGARWILDCARD_1)):" for s in mined_.sugars)
+    assert json.loads(out.read_text())["mined"]["markdown"] is True
+
+
+@pytest.mark.parametrize("content", ['{"patterns": []}', '"just a string"'])
+def test_a_file_in_neither_format_exits_2_in_one_line(tmp_path, content):
+    bad = tmp_path / "sugars.json"
+    bad.write_text(content)
+    r = subprocess.run([sys.executable, str(REPO / "sugar.py"), "stats", "--sugars", str(bad), "--src", "humaneval"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith(f"sugar.py: error: {bad}: not a sugars file")
+    assert r.stderr.count("\n") == 1
