@@ -527,8 +527,9 @@ def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     written.append("config.json")
     if tokenizer_file is not None:
-        shutil.copyfile(tokenizer_file, partial / "tokenizer.model")
-        written.append("tokenizer.model")
+        tok_name = "tokenizer.json" if str(tokenizer_file).endswith(".json") else "tokenizer.model"  # as it came
+        shutil.copyfile(tokenizer_file, partial / tok_name)
+        written.append(tok_name)
     if train_state is not None:
         torch.save(train_state, partial / "train_state.pt")
         written.append("train_state.pt")
