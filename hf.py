@@ -73,9 +73,7 @@ def is_hf_config(config):
 def hf_family(hf, where="config.json"):
     """model_type of a Hugging Face config we can run; ModelError naming the architecture otherwise."""
     arch = hf.get("architectures") or []
-    mtype = hf.get("model_type")
-    if mtype is None:
-        mtype = next((t for t, f in FAMILIES.items() if f.arch in arch), None)
+    mtype = next((t for t, f in FAMILIES.items() if f.arch in arch), hf.get("model_type"))  # the class decides
     name = arch[0] if arch else repr(mtype)
     if mtype in REFUSED:
         raise ModelError(f"{where}: unsupported architecture {name}: codelm lacks {REFUSED[mtype]}")
@@ -510,6 +508,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def main(argv=None):
+    """Run the command line (one line `hf.py: error: ...` and exit 2 on bad input, nothing written)."""
+    return run_command("hf.py", _main, argv, errors=(ModelError,))
+
+
+def _main(argv=None):
     """python hf.py export --ckpt out/ --to hf/      a checkpoint as a Hugging Face folder of its family
     python hf.py import --hf pythia/ --to out/pythia  a Hugging Face folder as a checkpoint
     python hf.py info --ckpt out/                      what a model folder is (or why it is refused)
@@ -517,7 +520,7 @@ def main(argv=None):
     Families: LlamaForCausalLM (rope_scaling linear / llama3), MistralForCausalLM, Qwen2ForCausalLM,
     OlmoForCausalLM, GPTNeoXForCausalLM; tokenizer.model (SentencePiece) or a byte-level BPE tokenizer.json
     (needs the tokenizers package)."""
-    parser = argparse.ArgumentParser(prog="hf.py", description=inspect.cleandoc(main.__doc__),
+    parser = argparse.ArgumentParser(prog="hf.py", description=inspect.cleandoc(_main.__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("export", help="write a checkpoint (LoRA adapters are merged) as a Hugging Face folder of its family")
@@ -544,4 +547,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command("hf.py", main, errors=(ModelError, DataError))
+    main()
