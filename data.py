@@ -460,9 +460,12 @@ class SentencePieceBase:
 def tokenizer_base(path, specials=None):
     """The backend for a tokenizer file: SentencePiece for tokenizer.model, Hugging Face for a .json."""
     if str(path).endswith(".json"):
-        from hf_tokenizer import HFTokenizerBase  # hf_tokenizer imports this file; needs the optional tokenizers
+        from hf_tokenizer import HFTokenizerBase, TokenizerFileError  # only tokenizer.json models need it
 
-        return HFTokenizerBase(path, specials)
+        try:
+            return HFTokenizerBase(path, specials)
+        except TokenizerFileError as e:
+            raise DataError(str(e))
     return SentencePieceBase(path)
 
 

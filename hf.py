@@ -492,12 +492,16 @@ def import_hf(src, to, dtype=None, force=False):
 
 
 def folder_info(folder):
-    """What `hf.py info` prints: format, family, parameters, model config, tokenizer facts."""
-    config = checkpoint_config(folder)
-    cfg = GPTConfig.from_dict(config["model"])
-    with torch.device("meta"):
-        n = GPT(cfg).num_params()
-    tok = Tokenizer.load(folder)
+    """What `hf.py info` prints: format, family, parameters, model config, tokenizer facts (only those for
+    a folder that holds just a tokenizer)."""
+    tok_only = not (Path(folder) / "config.json").is_file() and any((Path(folder) / n).is_file() for n in ("tokenizer.model", "tokenizer.json"))
+    tok = Tokenizer.load(folder) if tok_only else None
+    config = {"format": "tokenizer", "model": None} if tok_only else checkpoint_config(folder)
+    n = None
+    if config["model"]:
+        with torch.device("meta"):
+            n = GPT(GPTConfig.from_dict(config["model"])).num_params()
+        tok = Tokenizer.load(folder)
     return {"format": config.get("format"), "architecture": FAMILIES[config["hf_family"]].arch if config.get("hf_family") else "codelm GPT",
             "params": n, "model": config["model"], "lora": config.get("lora"), "postprocess": config.get("postprocess"),
             "tokenizer": {"file": tok.file_name, "kind": tok.kind, "vocab_size": tok.vocab_size, "base_vocab_size": tok.base_vocab_size,

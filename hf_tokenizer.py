@@ -15,13 +15,16 @@ refused naming the component.
 import json
 from pathlib import Path
 
-from data import DataError
-
 FILE = "tokenizer.json"
 # end-of-text names, tried in order when neither tokenizer_config.json nor the checkpoint says which id is eos
 EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
 PRE_TOKENIZERS = ("ByteLevel", "Split", "Digits")   # Sequence members that keep every character
 NORMALIZERS = ("NFC",)                             # lossless on NFC text (source code nearly always is)
+
+
+class TokenizerFileError(ValueError):
+    """A tokenizer.json we cannot load or cannot reproduce; data.Tokenizer reports it as a DataError. (Not
+    data.DataError itself: this file stays importable without data.py, which imports it.)"""
 
 
 def byte_symbols():
@@ -48,31 +51,31 @@ def _components(node, key):
 
 
 def check_reproducible(spec, path):
-    """DataError naming the first part of a parsed tokenizer.json that breaks data.Tokenizer's promises."""
+    """TokenizerFileError naming the first part of a parsed tokenizer.json that breaks data.Tokenizer's promises."""
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
-        raise DataError(f"{path}: model type {model.get('type')!r} is not supported (only byte-level BPE tokenizer.json)")
+        raise TokenizerFileError(f"{path}: model type {model.get('type')!r} is not supported (only byte-level BPE tokenizer.json)")
     for n in _components(spec.get("normalizer"), "normalizers"):
         if n.get("type") not in NORMALIZERS:
-            raise DataError(f"{path}: normalizer {n.get('type')!r} changes the text (decode(encode(s)) != s); "
+            raise TokenizerFileError(f"{path}: normalizer {n.get('type')!r} changes the text (decode(encode(s)) != s); "
                             "only byte-level BPE without normalizer or with NFC is supported "
                             "(a SentencePiece-style tokenizer.json: give its tokenizer.model)")
     pre = _components(spec.get("pre_tokenizer"), "pretokenizers")
     kinds = [p.get("type") for p in pre]
     if "ByteLevel" not in kinds:
-        raise DataError(f"{path}: pre_tokenizer {kinds or None} has no ByteLevel step (only byte-level BPE is supported)")
+        raise TokenizerFileError(f"{path}: pre_tokenizer {kinds or None} has no ByteLevel step (only byte-level BPE is supported)")
     for p in pre:
         if p.get("type") not in PRE_TOKENIZERS:
-            raise DataError(f"{path}: pre_tokenizer {p.get('type')!r} is not supported (only {', '.join(PRE_TOKENIZERS)})")
+            raise TokenizerFileError(f"{path}: pre_tokenizer {p.get('type')!r} is not supported (only {', '.join(PRE_TOKENIZERS)})")
         if p.get("type") == "ByteLevel" and p.get("add_prefix_space"):
-            raise DataError(f"{path}: ByteLevel add_prefix_space=true adds a space decode keeps (decode(encode(s)) != s)")
+            raise TokenizerFileError(f"{path}: ByteLevel add_prefix_space=true adds a space decode keeps (decode(encode(s)) != s)")
     dec = [d.get("type") for d in _components(spec.get("decoder"), "decoders")]
     if dec != ["ByteLevel"]:
-        raise DataError(f"{path}: decoder {dec or None} is not supported (only ByteLevel)")
+        raise TokenizerFileError(f"{path}: decoder {dec or None} is not supported (only ByteLevel)")
     vocab = model.get("vocab") or {}
     missing = [b for b, ch in byte_symbols().items() if ch not in vocab]
     if missing:
-        raise DataError(f"{path}: {len(missing)} of the 256 byte symbols are not in the vocabulary (e.g. byte "
+        raise TokenizerFileError(f"{path}: {len(missing)} of the 256 byte symbols are not in the vocabulary (e.g. byte "
                         f"0x{missing[0]:02X}); some text could not be encoded")
 
 
@@ -92,7 +95,7 @@ def special_ids(path, vocab):
         try:
             cfg = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{f}: not readable JSON ({e})")
+            raise TokenizerFileError(f"{f}: not readable JSON ({e})")
         for kind in ("eos", "bos", "pad"):
             if kind in found:
                 continue
@@ -107,7 +110,7 @@ def special_ids(path, vocab):
     if "eos" not in found:
         found["eos"] = next((vocab[n] for n in EOS_NAMES if n in vocab), None)
         if found["eos"] is None:
-            raise DataError(f"{path}: no end-of-text token (no eos_token in tokenizer_config.json and none of {', '.join(EOS_NAMES)})")
+            raise TokenizerFileError(f"{path}: no end-of-text token (no eos_token in tokenizer_config.json and none of {', '.join(EOS_NAMES)})")
     return {k: found.get(k) for k in ("eos", "bos", "pad")}
 
 
@@ -121,18 +124,18 @@ class HFTokenizerBase:
         try:  # optional dependency: only tokenizer.json models need it
             from tokenizers import Tokenizer as RustTokenizer
         except ImportError:
-            raise DataError(f"{path}: reading a tokenizer.json needs the 'tokenizers' package (pip install tokenizers)")
+            raise TokenizerFileError(f"{path}: reading a tokenizer.json needs the 'tokenizers' package (pip install tokenizers)")
         try:
             spec = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: not a readable tokenizer.json ({e})")
+            raise TokenizerFileError(f"{path}: not a readable tokenizer.json ({e})")
         if not isinstance(spec, dict):
-            raise DataError(f"{path}: not a tokenizer.json (expected a JSON object)")
+            raise TokenizerFileError(f"{path}: not a tokenizer.json (expected a JSON object)")
         check_reproducible(spec, path)
         try:
             self.tk = RustTokenizer.from_str(json.dumps(spec))
         except Exception as e:  # the Rust library raises a bare Exception on bad files
-            raise DataError(f"{path}: tokenizers could not load it ({e})")
+            raise TokenizerFileError(f"{path}: tokenizers could not load it ({e})")
         vocab = self.tk.get_vocab(with_added_tokens=True)
         self.size = max(vocab.values()) + 1
         self.specials = {k: v for k, v in (specials or special_ids(path, vocab)).items()}
