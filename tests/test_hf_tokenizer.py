@@ -22,9 +22,14 @@ pytest.importorskip("tokenizers")
 from data import DataError, Tokenizer, stdlib_files  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=["neox", "llama3"])
-def style_dir(request, tmp_path_factory):
-    return request.param, train_bpe(tmp_path_factory.mktemp("bpe") / request.param, request.param)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return {s: train_bpe(tmp_path_factory.mktemp("bpe") / s, s) for s in STYLES}
+
+
+@pytest.fixture(params=list(STYLES))
+def style_dir(request, trained):
+    return request.param, trained[request.param]
 
 
 def humaneval_prompts():
@@ -47,7 +52,7 @@ def corpus(mbpp_path):
     for p in stdlib_files():  # files with non-ASCII text, tabs or CRLF first
         if p.parent.name in ("email", "encodings", "idlelib", "json", "unittest"):
             texts.append(p.read_text(encoding="utf-8", errors="surrogateescape").encode("utf-8", "replace").decode("utf-8"))
-        if len(texts) > 900:
+        if len(texts) > 450:
             break
     return texts
 
@@ -143,30 +148,32 @@ def _spec_edit(spec, what):
     ("normalizer", "normalizer 'Lowercase' changes the text"), ("model", "model type 'WordPiece' is not supported"),
     ("metaspace", "has no ByteLevel step"), ("prefix space", "add_prefix_space=true"),
     ("byte missing", "1 of the 256 byte symbols are not in the vocabulary (e.g. byte 0x00)"), ("decoder", "decoder ['Fuse']")])
-def test_tokenizer_json_it_cannot_reproduce_is_refused_by_name(tmp_path, style_dir, what, expect):
-    _, folder = style_dir
+def test_tokenizer_json_it_cannot_reproduce_is_refused_by_name(tmp_path, trained, what, expect, capsys):
+    import hf
+
     bad = tmp_path / "bad"
-    shutil.copytree(folder, bad)
+    shutil.copytree(trained["llama3"], bad)
     spec = json.loads((bad / "tokenizer.json").read_text())
     _spec_edit(spec, what)
     (bad / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(DataError) as e:
         Tokenizer.load(bad)
     assert expect in str(e.value) and "tokenizer.json" in str(e.value)
-    r = subprocess.run([sys.executable, str(REPO / "data.py"), "corpus", "--src", "stdlib", "--out", str(tmp_path / "out"),
-                        "--tokenizer", str(bad)], capture_output=True, text=True, cwd=REPO) if what == "normalizer" else None
-    if r is not None:  # as a user meets it: one line, nothing written (data.py exits 1 until it uses run_command)
+    with pytest.raises(SystemExit) as e:
+        hf.main(["info", "--ckpt", str(bad)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and expect in err and err.count("\n") == 1
+    if what == "normalizer":  # as a user meets it in data.py: one line, nothing written
+        r = subprocess.run([sys.executable, str(REPO / "data.py"), "corpus", "--src", "stdlib", "--out", str(tmp_path / "out"),
+                            "--tokenizer", str(bad)], capture_output=True, text=True, cwd=REPO)
         assert r.returncode in (1, 2) and expect in r.stderr and r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
-    r = subprocess.run([sys.executable, str(REPO / "hf.py"), "info", "--ckpt", str(bad)], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 2 and expect in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_missing_tokenizers_package_is_one_line(tmp_path, style_dir):
+def test_missing_tokenizers_package_is_one_line(trained):
     """`tokenizers` hidden from a fresh interpreter: loading names the package; nothing else needs it."""
-    _, folder = style_dir
     code = ("import sys; sys.modules['tokenizers'] = None\n"
             "import hf; hf.main(['info', '--ckpt', sys.argv[1]])")
-    r = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run([sys.executable, "-c", code, str(trained["neox"])], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "needs the 'tokenizers' package (pip install tokenizers)" in r.stderr
 
