@@ -288,16 +288,31 @@ def _check_names(folder, files, family, cfg, expected):
     return mapped
 
 
-def _checked(t, ours, hf_name, path, cfg, expected):
-    """One tensor read from the file, shape-checked against our model (embedding rows padded)."""
+def _check_shape(shape, ours, hf_name, path, cfg, expected):
+    """ModelError unless a Hugging Face tensor has the shape our model needs for it."""
     if ours in ("embed.weight", "head.weight"):
-        if t.dim() != 2 or t.shape[0] != cfg.vocab_size or t.shape[1] != cfg.n_embd:
-            raise ModelError(f"{path}: {hf_name} has shape {tuple(t.shape)}, config says ({cfg.vocab_size}, {cfg.n_embd})")
-        return pad_vocab_rows(t, cfg.padded_vocab_size)
-    want = tuple(expected[ours].shape)
-    if tuple(t.shape) != want:
-        raise ModelError(f"{path}: {hf_name} has shape {tuple(t.shape)}, config.json implies {want}")
-    return t
+        want = (cfg.vocab_size, cfg.n_embd)
+    elif ".attn.qkv." in ours:  # GPT-NeoX: q, k, v of every head stacked
+        want = (3 * cfg.n_embd, cfg.n_embd)[:len(expected[ours.replace(".qkv.", ".q.")].shape)]
+    else:
+        want = tuple(expected[ours].shape)
+    if tuple(shape) != want:
+        raise ModelError(f"{path}: {hf_name} has shape {tuple(shape)}, config.json implies {want}")
+
+
+def check_hf_folder(folder):
+    """Everything load_hf_model checks, from the safetensors headers only (no tensor is read): what
+    `hf.py info` says about a Hugging Face folder. Returns checkpoint_config()."""
+    folder = Path(folder)
+    config = checkpoint_config(folder)
+    cfg = GPTConfig.from_dict(config["model"])
+    files = hf_weight_files(folder)
+    with torch.device("meta"):
+        expected = model_state_dict(GPT(cfg))
+    for ours, hf_name in _check_names(folder, files, config["hf_family"], cfg, expected).items():
+        with safe_open(files[hf_name], "pt") as f:
+            _check_shape(f.get_slice(hf_name).get_shape(), ours, hf_name, files[hf_name], cfg, expected)
+    return config
 
 
 def load_hf_model(folder, device="cpu", dtype=None):
@@ -323,15 +338,15 @@ def load_hf_model(folder, device="cpu", dtype=None):
                 t = f.get_tensor(hf_name)
                 if dtype is not None:
                     t = t.to(dtype)
+                _check_shape(t.shape, ours, hf_name, path, cfg, expected)
                 if ".attn.qkv." in ours:
-                    want = 3 * cfg.n_embd
-                    if t.shape[0] != want or (t.dim() == 2 and t.shape[1] != cfg.n_embd):
-                        raise ModelError(f"{path}: {hf_name} has shape {tuple(t.shape)}, config.json implies ({want}, {cfg.n_embd})")
                     for x, part in zip("qkv", split_neox_qkv(t, cfg.n_head)):
                         state[ours.replace(".qkv.", f".{x}.")] = part
                     del t
+                elif ours in ("embed.weight", "head.weight"):
+                    state[ours] = pad_vocab_rows(t, cfg.padded_vocab_size)
                 else:
-                    state[ours] = _checked(t, ours, hf_name, path, cfg, expected)
+                    state[ours] = t
     load_state(model, state, where=str(folder))
     model.reset_rope(device)
     return model.eval(), config
@@ -497,6 +512,8 @@ def folder_info(folder):
     tok_only = not (Path(folder) / "config.json").is_file() and any((Path(folder) / n).is_file() for n in ("tokenizer.model", "tokenizer.json"))
     tok = Tokenizer.load(folder) if tok_only else None
     config = {"format": "tokenizer", "model": None} if tok_only else checkpoint_config(folder)
+    if config.get("format") == "hf":
+        check_hf_folder(folder)
     n = None
     if config["model"]:
         with torch.device("meta"):
