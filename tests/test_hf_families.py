@@ -269,3 +269,40 @@ def test_finetune_each_family_with_a_grown_vocabulary(folders, sft_data, tmp_pat
     assert not torch.equal(a["blocks.0.attn.o.weight"], b["blocks.0.attn.o.weight"])  # it trained
     recs = [json.loads(line) for line in open(out / "log.jsonl")]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in recs if r["event"] == "train")
+
+
+# ---- the published settings on these families, at toy scale
+def test_lintseq_config_on_an_olmo_folder(folders, sft_data, tmp_path):
+    """LintSeq (2 epochs) and its baseline (10 epochs) on an OLMo (TinyCodeLM-shaped) folder: the configs'
+    keys all exist in train.py and their epoch counts set the steps."""
+    examples = json.loads((sft_data["olmo"] / "meta.json").read_text())["train"]["examples"]
+    for cfg, epochs in (("lintseq_tinycodelm_hf.py", 2), ("lintseq_tinycodelm_hf_baseline.py", 10)):
+        out = tmp_path / cfg
+        train(REPO / "config" / cfg, f"--init_from={folders['olmo']}", f"--data_dir={sft_data['olmo']}", f"--out_dir={out}",
+              "--block_size=128", "--batch_size=4", "--gradient_accumulation_steps=1", "--eval_interval=1000",
+              "--eval_iters=1", "--device=cpu")
+        config = json.loads((out / "config.json").read_text())
+        assert config["train"]["lr_schedule"] == "linear" and config["train"]["weight_decay"] == 0.01
+        assert config["postprocess"]["edit_format"] == "lintseq" and config["step"] == epochs * -(-examples // 4)
+
+
+def test_sugar_config_continues_a_pythia_folder(folders, tmp_path):
+    """Continued pretraining (task=pretrain) of a GPT-NeoX folder on a corpus its tokenizer.json encoded,
+    then exported back as GPT-NeoX."""
+    import data
+    from hf import export_hf
+
+    src = tmp_path / "src"
+    src.mkdir()
+    from conftest import stdlib_sample
+    for i, t in enumerate(stdlib_sample(60_000)):
+        (src / f"m{i}.py").write_text(t)
+    data.main(["corpus", "--src", str(src), "--out", str(tmp_path / "corpus"), "--tokenizer", str(folders["gpt_neox"]), "--workers", "1"])
+    out = tmp_path / "sugar"
+    train(REPO / "config" / "sugar_pythia.py", f"--init_from={folders['gpt_neox']}", f"--data_dir={tmp_path / 'corpus'}",
+          f"--out_dir={out}", "--block_size=64", "--batch_size=2", "--gradient_accumulation_steps=1", "--max_iters=3",
+          "--warmup_iters=1", "--eval_interval=3", "--eval_iters=1", "--eval_humaneval_interval=0", "--device=cpu")
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["learning_rate"] == 1.8e-4 and config["train"]["lr_schedule"] == "cosine" and config["step"] == 3
+    hf = export_hf(out, tmp_path / "hf")
+    assert json.loads((hf / "config.json").read_text())["architectures"] == ["GPTNeoXForCausalLM"]
