@@ -7,14 +7,12 @@ nothing written), and train.py fine-tunes each folder (full and LoRA) with a gro
 import importlib
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO
+from conftest import REPO, stdlib_sample
 from hf_families import make_family_folder, train_bpe, transformers_logits
 
 pytest.importorskip("transformers")
@@ -294,7 +292,6 @@ def test_sugar_config_continues_a_pythia_folder(folders, tmp_path):
 
     src = tmp_path / "src"
     src.mkdir()
-    from conftest import stdlib_sample
     for i, t in enumerate(stdlib_sample(60_000)):
         (src / f"m{i}.py").write_text(t)
     data.main(["corpus", "--src", str(src), "--out", str(tmp_path / "corpus"), "--tokenizer", str(folders["gpt_neox"]), "--workers", "1"])
