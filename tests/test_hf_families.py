@@ -7,6 +7,8 @@ nothing written), and train.py fine-tunes each folder (full and LoRA) with a gro
 import importlib
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -303,3 +305,13 @@ def test_sugar_config_continues_a_pythia_folder(folders, tmp_path):
     assert config["train"]["learning_rate"] == 1.8e-4 and config["train"]["lr_schedule"] == "cosine" and config["step"] == 3
     hf = export_hf(out, tmp_path / "hf")
     assert json.loads((hf / "config.json").read_text())["architectures"] == ["GPTNeoXForCausalLM"]
+
+
+def test_eval_runs_on_a_family_folder(folders, tmp_path):
+    """eval.py takes a tokenizer.json folder as it is (HumanEval and MBPP prompts, generation, scoring)."""
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--ckpt", str(folders["qwen2"]), "--limit", "1",
+                        "--max_new_tokens", "4", "--tasks", "humaneval,mbpp", "--out", str(tmp_path / "eval")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tasks = json.loads((tmp_path / "eval" / "metrics.json").read_text())["tasks"]
+    assert tasks["humaneval"]["n_samples"] == 1 and tasks["mbpp"]["n_samples"] == 1
