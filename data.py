@@ -396,30 +396,24 @@ def train_tokenizer(texts, out_path, vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_
 
 
 # ----------------------------------------------------------------------------- the Tokenizer
-class Tokenizer:
-    """SentencePiece plus added tokens. Added strings (special tokens such as '<|diff|>', sugar tokens)
-    are split out of the text before SentencePiece sees it, so they are atomic and ordinary text never
-    produces them. Lossless: decode(encode(s)) == s for any str."""
+class SentencePieceBase:
+    """A SentencePiece model under Tokenizer: plain-text encoding (literal '▁' characters byte-encoded,
+    since SentencePiece would turn them into spaces), decoding, the piece table, and what start_id reuse
+    needs (byte ids, reserved ids, piece bytes)."""
+    FILE = "tokenizer.model"
+    KIND = "sentencepiece"
 
-    def __init__(self, model_path, added_tokens=None):
+    def __init__(self, path, specials=None):
 
-        self.model_path = str(model_path)
         try:
-            self.sp = spm.SentencePieceProcessor(model_file=self.model_path)
+            self.sp = spm.SentencePieceProcessor(model_file=str(path))
         except (OSError, RuntimeError) as e:
-            raise DataError(f"{model_path}: not a SentencePiece model ({e})")
-        self.base_vocab_size = self.sp.get_piece_size()
-        self.eos_id = self._special("eos", 2)
-        self.pad_id = self._special("pad", None)
-        self.bos_id = self._special("bos", None)
+            raise DataError(f"{path}: not a SentencePiece model ({e})")
+        self.size = self.sp.get_piece_size()
+        self.specials = {"eos": self._special("eos", 2), "pad": self._special("pad", None), "bos": self._special("bos", None)}
         self.unk_id = self.sp.unk_id()
-        self._byte_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
-        self._has_bytes = all(self.sp.is_byte(i) for i in self._byte_ids)
-        self.added_tokens = {}
-        self._reused = {}  # base id taken over by an added token (start_id) -> that token
-        self._pattern = self._by_id = None
-        for tok, i in sorted((added_tokens or {}).items(), key=lambda kv: kv[1]):
-            self._add(tok, int(i))
+        byte_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+        self.byte_ids = byte_ids if all(self.sp.is_byte(i) for i in byte_ids) else None
 
     def _special(self, kind, default):
         i = self.sp.piece_to_id(SPECIAL_PIECES[kind])
@@ -428,15 +422,83 @@ class Tokenizer:
         sp_id = {"eos": self.sp.eos_id(), "pad": self.sp.pad_id(), "bos": self.sp.bos_id()}[kind]
         return sp_id if sp_id >= 0 else default
 
+    def encode(self, text):
+        if SP_SPACE not in text:
+            return self.sp.encode(text)
+        out = []
+        parts = text.split(SP_SPACE)
+        for j, part in enumerate(parts):
+            if part:
+                out += self.sp.encode(part)
+            if j < len(parts) - 1:
+                out += [self.byte_ids[b] for b in SP_SPACE.encode()]
+        return out
+
+    def encode_batch(self, texts):
+        if not any(SP_SPACE in t for t in texts):
+            return self.sp.encode(list(texts))  # fast path: one C++ call
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids):
+        return self.sp.decode(ids)
+
+    def id_to_piece(self, i):
+        return self.sp.id_to_piece(i)
+
+    def piece_to_id(self, piece):
+        i = self.sp.piece_to_id(piece)
+        return None if (i == self.unk_id and piece != self.sp.id_to_piece(self.unk_id)) else i
+
+    def piece_bytes(self, i):
+        return self.sp.id_to_piece(i).replace(SP_SPACE, " ").encode()
+
+    def reserved(self, i):
+        return self.sp.is_control(i) or self.sp.is_byte(i) or self.sp.is_unknown(i)
+
+
+def tokenizer_base(path, specials=None):
+    """The backend for a tokenizer file: SentencePiece for tokenizer.model, Hugging Face for a .json."""
+    if str(path).endswith(".json"):
+        from hf_tokenizer import HFTokenizerBase, TokenizerFileError  # only tokenizer.json models need it
+
+        try:
+            return HFTokenizerBase(path, specials)
+        except TokenizerFileError as e:
+            raise DataError(str(e))
+    return SentencePieceBase(path)
+
+
+class Tokenizer:
+    """A base tokenizer (SentencePiece tokenizer.model, or a Hugging Face byte-level BPE tokenizer.json via
+    hf_tokenizer.py) plus added tokens. Added strings (special tokens such as '<|diff|>', sugar tokens)
+    are split out of the text before the base tokenizer sees it, so they are atomic (longest match first)
+    and ordinary text never produces them. Lossless: decode(encode(s)) == s for any str (any NFC str
+    for a tokenizer.json with an NFC normalizer)."""
+
+    def __init__(self, model_path, added_tokens=None, specials=None):
+        self.model_path = str(model_path)
+        self.base = tokenizer_base(model_path, specials)
+        self.sp = getattr(self.base, "sp", None)  # the SentencePieceProcessor, for SentencePiece models
+        self.kind, self.file_name = self.base.KIND, self.base.FILE
+        self.base_vocab_size = self.base.size
+        self.eos_id, self.pad_id, self.bos_id = (self.base.specials[k] for k in ("eos", "pad", "bos"))
+        self.unk_id = self.base.unk_id
+        self.added_tokens = {}
+        self._reused = {}  # base id taken over by an added token (start_id) -> that token
+        self._pattern = self._by_id = None
+        for tok, i in sorted((added_tokens or {}).items(), key=lambda kv: kv[1]):
+            self._add(tok, int(i))
+
     # -- loading and saving
     @classmethod
     def load(cls, path):
-        """path: a tokenizer.model file, a checkpoint folder (config.json) or a corpus folder (meta.json)."""
+        """path: a tokenizer.model / tokenizer.json file, a checkpoint folder (config.json; ours or Hugging
+        Face) or a corpus folder (meta.json)."""
         path = Path(path)
         if path.is_file():
             return cls(path)
         if not path.is_dir():
-            raise DataError(f"{path}: no tokenizer here (expected tokenizer.model or a folder holding one)")
+            raise DataError(f"{path}: no tokenizer here (expected tokenizer.model, tokenizer.json or a folder holding one)")
         info = None
         for name in ("config.json", "meta.json"):
             if (path / name).is_file():
@@ -447,25 +509,32 @@ class Tokenizer:
                 if isinstance(cfg, dict) and isinstance(cfg.get("tokenizer"), dict):
                     info = cfg["tokenizer"]
                     break
-        model_file = path / (info or {}).get("file", "tokenizer.model")
+        if info:
+            model_file = path / info.get("file", "tokenizer.model")
+        else:  # a Hugging Face folder: SentencePiece if it has one (Llama 2 folders carry both), else tokenizer.json
+            model_file = next((path / n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()), path / "tokenizer.model")
         if not model_file.is_file():
-            raise DataError(f"{path}: missing {model_file.name}")
+            raise DataError(f"{path}: missing {model_file.name}" + ("" if info else " (or tokenizer.json)"))
         if info and info.get("sha256") and file_sha256(model_file) != info["sha256"]:
             raise DataError(f"{model_file}: sha256 differs from the one recorded in {path}'s config (tokenizer replaced?)")
         added = (info or {}).get("added_tokens") or {}
-        if not info and (path / "tokenizer_config.json").is_file():  # a Hugging Face folder
+        specials = {k: info.get(f"{k}_id") for k in ("eos", "bos", "pad")} if info and "eos_id" in info else None
+        if not info and model_file.suffix == ".model" and (path / "tokenizer_config.json").is_file():
             added = _hf_added_tokens(path / "tokenizer_config.json", model_file)
-        return cls(model_file, added)
+        return cls(model_file, added, specials if model_file.suffix == ".json" else None)
 
     def save(self, folder):
-        """Copy the SentencePiece model into folder/tokenizer.model (added tokens go in the config)."""
-        dst = Path(folder) / "tokenizer.model"
+        """Copy the base tokenizer file into folder (added tokens go in the config)."""
+        dst = Path(folder) / self.file_name
         if Path(self.model_path).resolve() != dst.resolve():
             atomic_write_bytes(dst, Path(self.model_path).read_bytes())
         return dst
 
+    def specials(self):
+        return {"eos": self.eos_id, "bos": self.bos_id, "pad": self.pad_id}
+
     def to_config(self):
-        return {"file": "tokenizer.model", "sha256": file_sha256(self.model_path), "vocab_size": self.vocab_size,
+        return {"file": self.file_name, "kind": self.kind, "sha256": file_sha256(self.model_path), "vocab_size": self.vocab_size,
                 "base_vocab_size": self.base_vocab_size, "eos_id": self.eos_id, "pad_id": self.pad_id,
                 "bos_id": self.bos_id, "added_tokens": dict(self.added_tokens)}
 
@@ -477,13 +546,12 @@ class Tokenizer:
     def id_to_piece(self, i):
         if i in self._added_by_id:
             return self._added_by_id[i]
-        return self.sp.id_to_piece(i) if 0 <= i < self.base_vocab_size else None
+        return self.base.id_to_piece(i) if 0 <= i < self.base_vocab_size else None
 
     def piece_to_id(self, piece):
         if piece in self.added_tokens:
             return self.added_tokens[piece]
-        i = self.sp.piece_to_id(piece)
-        return None if (i == self.unk_id and piece != self.sp.id_to_piece(self.unk_id)) else i
+        return self.base.piece_to_id(piece)
 
     def add_tokens(self, tokens, start_id=None):
         """Add atomic tokens. Ids follow the current vocabulary, or run from start_id on, taking over
@@ -497,8 +565,8 @@ class Tokenizer:
                 raise DataError(f"add_tokens: {tok!r} is not a non-empty string")
             if tok in self.added_tokens:
                 raise DataError(f"add_tokens: {tok!r} already exists (id {self.added_tokens[tok]})")
-            base = self.sp.piece_to_id(tok)
-            if base != self.unk_id or tok == self.sp.id_to_piece(self.unk_id):
+            base = self.base.piece_to_id(tok)
+            if base is not None:
                 raise DataError(f"add_tokens: {tok!r} already exists in the base vocabulary (id {base})")
         if start_id is None:
             first = self.vocab_size
@@ -509,9 +577,9 @@ class Tokenizer:
             for i in ids:
                 if i in taken:
                     raise DataError(f"add_tokens: start_id range {ids[0]}..{ids[-1]} overlaps id {i} of added token {taken[i]!r}")
-                if i < self.base_vocab_size and (self.sp.is_control(i) or self.sp.is_byte(i) or self.sp.is_unknown(i)):
-                    raise DataError(f"add_tokens: start_id range {ids[0]}..{ids[-1]} would take over special or byte piece {i} ({self.sp.id_to_piece(i)!r})")
-            if any(i < self.base_vocab_size for i in ids) and not self._has_bytes:
+                if i < self.base_vocab_size and self.base.reserved(i):
+                    raise DataError(f"add_tokens: start_id range {ids[0]}..{ids[-1]} would take over special or byte piece {i} ({self.base.id_to_piece(i)!r})")
+            if any(i < self.base_vocab_size for i in ids) and self.base.byte_ids is None:
                 raise DataError("add_tokens: start_id reuse needs a byte-fallback tokenizer")
         for tok, i in zip(tokens, ids):
             self._add(tok, i)
@@ -536,41 +604,30 @@ class Tokenizer:
         return self._by_id
 
     # -- encoding
-    def _encode_plain(self, text):
-        """SentencePiece on text that holds no added token; literal '▁' characters are byte-encoded
-        (SentencePiece would turn them into spaces), as are pieces whose ids added tokens took over."""
-        if SP_SPACE in text:
-            out = []
-            parts = text.split(SP_SPACE)
-            for j, part in enumerate(parts):
-                if part:
-                    out += self.sp.encode(part)
-                if j < len(parts) - 1:
-                    out += [self._byte_ids[b] for b in SP_SPACE.encode()]
-        else:
-            out = self.sp.encode(text)
-        if self._reused:
-            fixed = []
-            for i in out:
-                if i in self._reused:
-                    fixed += [self._byte_ids[b] for b in self.sp.id_to_piece(i).replace(SP_SPACE, " ").encode()]
-                else:
-                    fixed.append(i)
-            out = fixed
-        return out
+    def _respell(self, ids):
+        """Pieces whose ids added tokens took over (start_id), spelled in byte pieces instead."""
+        if not self._reused:
+            return ids
+        fixed = []
+        for i in ids:
+            if i in self._reused:
+                fixed += [self.base.byte_ids[b] for b in self.base.piece_bytes(i)]
+            else:
+                fixed.append(i)
+        return fixed
 
     def encode(self, text, bos=False, eos=False):
         if not isinstance(text, str):
             raise TypeError(f"Tokenizer.encode takes a str, not {type(text).__name__}")
         if not self.added_tokens:
-            ids = self._encode_plain(text) if text else []
+            ids = self.base.encode(text) if text else []
         else:
             ids = []
             for j, part in enumerate(self._splitter.split(text)):
                 if j % 2:
                     ids.append(self.added_tokens[part])
                 elif part:
-                    ids += self._encode_plain(part)
+                    ids += self._respell(self.base.encode(part))
         if bos and self.bos_id is not None:
             ids = [self.bos_id] + ids
         if eos:
@@ -578,27 +635,27 @@ class Tokenizer:
         return ids
 
     def encode_batch(self, texts, eos=False):
-        if not self.added_tokens and not any(SP_SPACE in t for t in texts):
-            out = self.sp.encode(list(texts))  # fast path: one C++ call
+        if not self.added_tokens:
+            out = self.base.encode_batch(texts)
             return [ids + [self.eos_id] for ids in out] if eos else out
         return [self.encode(t, eos=eos) for t in texts]
 
     def decode(self, ids):
         ids = [int(i) for i in ids]
         if not self.added_tokens:
-            return self.sp.decode([i for i in ids if 0 <= i < self.base_vocab_size])
+            return self.base.decode([i for i in ids if 0 <= i < self.base_vocab_size])
         by_id = self._added_by_id
         out, run = [], []
         for i in ids:
             if i in by_id:
                 if run:
-                    out.append(self.sp.decode(run))
+                    out.append(self.base.decode(run))
                     run = []
                 out.append(by_id[i])
             elif 0 <= i < self.base_vocab_size:
                 run.append(i)
         if run:
-            out.append(self.sp.decode(run))
+            out.append(self.base.decode(run))
         return "".join(out)
 
 
@@ -670,11 +727,11 @@ def token_dtype(vocab_size):
 _worker_tok = None
 
 
-def _init_worker(model_path, added):
+def _init_worker(model_path, added, specials=None):
     global _worker_tok
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool ends its workers with SIGTERM: die quietly
-    _worker_tok = Tokenizer(model_path, added)
+    _worker_tok = Tokenizer(model_path, added, specials)
 
 
 def _encode_job(job):
@@ -779,7 +836,7 @@ def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, m
                 yield job
 
         ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer.model_path, tokenizer.added_tokens)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer.model_path, tokenizer.added_tokens, tokenizer.specials())) as pool:
             pending = deque()
             for job in jobs():
                 pending.append(pool.apply_async(_encode_job, (job,)))
@@ -968,7 +1025,9 @@ def _pid_alive(pid):
 
 def _tokenizer_file(path):
     p = Path(path)
-    return p if p.is_file() else p / "tokenizer.model"
+    if p.is_file():
+        return p
+    return next((p / n for n in ("tokenizer.model", "tokenizer.json") if (p / n).is_file()), p / "tokenizer.model")
 
 
 def _skip_summary(stats):

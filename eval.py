@@ -464,7 +464,7 @@ def check_ckpt(ckpt):
         config = json.loads((d / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise EvalError(f"{d / 'config.json'}: not readable JSON ({e})")
-    need = ["tokenizer.model"]
+    need = [] if (d / "tokenizer.json").is_file() else ["tokenizer.model"]  # Hugging Face BPE models carry tokenizer.json
     if config.get("format") == "codelm" and config.get("lora"):  # LoRA adapters, merged into their base on load
         need.append("adapters.safetensors")
     elif config.get("format") == "codelm" or not (d / "model.safetensors.index.json").is_file():

@@ -67,16 +67,16 @@ def merged_weight(W, A, B, scale):
 
 
 class LoRALinear(nn.Linear):
-    """A bias-free nn.Linear whose weight is frozen, plus trainable lora_A / lora_B."""
+    """An nn.Linear whose weight (and bias, Qwen2/GPT-NeoX) is frozen, plus trainable lora_A / lora_B."""
 
     def __init__(self, base, r, alpha, dropout=0.0):
         nn.Module.__init__(self)
-        if base.bias is not None:
-            raise ModelError("LoRA: linear layers with a bias are not supported")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight                     # the same Parameter: names and storage unchanged
         self.weight.requires_grad_(False)
-        self.register_parameter("bias", None)
+        self.bias = base.bias
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
         self.r, self.alpha, self.scale = int(r), float(alpha), float(alpha) / int(r)
         kw = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, **kw))
@@ -86,13 +86,15 @@ class LoRALinear(nn.Linear):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
-        y = F.linear(x, self.weight)
+        y = F.linear(x, self.weight, self.bias)
         return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
 
     def merged(self):
         """A plain nn.Linear holding W + s * B A (this module is left unchanged)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         out.weight = nn.Parameter(merged_weight(self.weight.detach(), self.lora_A.detach(), self.lora_B.detach(), self.scale))
+        if self.bias is not None:
+            out.bias = nn.Parameter(self.bias.detach())
         return out
 
 

@@ -25,6 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from flash_attention import flash_attention_usable, triton_attention
 
+NORMS = ("rmsnorm", "layernorm")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 VOCAB_MULTIPLE = 64          # embedding rows are padded to a multiple of this (faster matmuls)
 CHECKPOINT_FORMAT = "codelm"
 # Peak dense bf16 tensor-core throughput, FLOP/s, for MFU (vendor datasheets, SXM parts).
@@ -48,6 +51,23 @@ class GPTConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     attn_impl: str = "auto"          # 'auto' (Triton on CUDA, SDPA elsewhere) | 'triton' | 'sdpa'
+    # architecture variants of imported models (the defaults are ours: Llama blocks)
+    norm: str = "rmsnorm"            # 'rmsnorm' | 'layernorm'
+    norm_affine: bool = True         # False: no learned scale (OLMo's non-parametric LayerNorm)
+    norm_bias: bool = False          # learned shift (GPT-NeoX's LayerNorm)
+    qkv_bias: bool = False           # biases on the q/k/v projections (Qwen2, GPT-NeoX)
+    out_bias: bool = False           # bias on the attention output projection (GPT-NeoX)
+    mlp_bias: bool = False
+    mlp_gated: bool = True           # True: down(act(gate(x)) * up(x)) (SwiGLU); False: down(act(up(x)))
+    mlp_act: str = "silu"            # 'silu' | 'gelu' (exact erf) | 'gelu_tanh'
+    parallel_residual: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
+    rotary_fraction: float = 1.0     # RoPE on the first fraction of each head's dims (GPT-NeoX: 0.25)
+    rope_scaling: str = "none"       # 'none' | 'linear' | 'llama3'
+    rope_factor: float = 1.0         # linear / llama3: positions (or low frequencies) divided by this
+    rope_low_freq_factor: float = 1.0     # llama3 only
+    rope_high_freq_factor: float = 4.0    # llama3 only
+    rope_original_context: int = 8192     # llama3 only: the context the model was pretrained at
+    qkv_clip: float = 0.0            # > 0: q, k, v clamped to [-qkv_clip, qkv_clip] (OLMo's clip_qkv)
 
     def __post_init__(self):
         if self.n_kv_head == 0:
@@ -65,10 +85,29 @@ class GPTConfig:
             raise ModelError(f"GPTConfig: head size {self.n_embd // self.n_head} must be even for RoPE")
         if self.attn_impl not in ("auto", "triton", "sdpa"):
             raise ModelError(f"GPTConfig.attn_impl must be 'auto', 'triton' or 'sdpa', got {self.attn_impl!r}")
+        for name, allowed in (("norm", NORMS), ("mlp_act", ACTIVATIONS), ("rope_scaling", ROPE_SCALINGS)):
+            if getattr(self, name) not in allowed:
+                raise ModelError(f"GPTConfig.{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        if self.norm == "rmsnorm" and (self.norm_bias or not self.norm_affine):
+            raise ModelError("GPTConfig: rmsnorm has a scale and no bias (norm_affine=True, norm_bias=False)")
+        if self.norm_bias and not self.norm_affine:
+            raise ModelError("GPTConfig: norm_bias needs norm_affine")
+        if not 0 < self.rotary_fraction <= 1 or self.rotary_dim % 2:
+            raise ModelError(f"GPTConfig.rotary_fraction {self.rotary_fraction} must give an even number of rotary dims "
+                             f"in (0, head size {self.head_dim}], got {self.rotary_dim}")
+        if self.rope_scaling != "none" and self.rope_factor < 1:
+            raise ModelError(f"GPTConfig.rope_factor must be >= 1 with rope_scaling {self.rope_scaling!r}, got {self.rope_factor}")
+        if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor > 0:
+            raise ModelError("GPTConfig: llama3 RoPE needs rope_high_freq_factor > rope_low_freq_factor > 0")
 
     @property
     def head_dim(self):
         return self.n_embd // self.n_head
+
+    @property
+    def rotary_dim(self):
+        """Dims of each head that RoPE rotates (the first ones; the rest pass through)."""
+        return int(self.head_dim * self.rotary_fraction)
 
     @property
     def padded_vocab_size(self):
@@ -112,17 +151,59 @@ class RMSNorm(nn.Module):
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-def rope_cos_sin(positions, head_dim, theta, device=None):
-    """cos, sin of shape (*positions.shape, head_dim) for the rotate-half convention (Hugging Face Llama)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    angles = positions.to(device=device, dtype=torch.float32)[..., None] * inv_freq
+class LayerNorm(nn.Module):
+    """LayerNorm in fp32, with an optional learned scale and shift (OLMo has neither, GPT-NeoX both)."""
+
+    def __init__(self, dim, eps=1e-5, affine=True, bias=False):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), (self.dim,), w, b, self.eps).type_as(x)
+
+
+def make_norm(cfg):
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd, cfg.norm_eps)
+    return LayerNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_affine, cfg.norm_bias)
+
+
+def rope_inv_freq(cfg, device=None):
+    """Inverse frequencies of the rotary dims, with linear or llama3 scaling (as Hugging Face computes them)."""
+    dim = cfg.rotary_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    if cfg.rope_scaling == "linear":
+        inv_freq = inv_freq / cfg.rope_factor
+    elif cfg.rope_scaling == "llama3":  # long wavelengths slowed by rope_factor, short kept, a smooth ramp between
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen = cfg.rope_original_context / cfg.rope_low_freq_factor
+        high_wavelen = cfg.rope_original_context / cfg.rope_high_freq_factor
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
+        smooth = (cfg.rope_original_context / wavelen - cfg.rope_low_freq_factor) / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+        smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(positions, cfg, device=None):
+    """cos, sin of shape (*positions.shape, cfg.rotary_dim) for the rotate-half convention (Hugging Face Llama)."""
+    angles = positions.to(device=device, dtype=torch.float32)[..., None] * rope_inv_freq(cfg, device)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x, cos, sin):
-    """x (B, H, T, D); cos/sin (T, D) or (B, 1, T, D)."""
-    half = x.shape[-1] // 2
+    """x (B, H, T, D); cos/sin (T, R) or (B, 1, T, R): rotate-half RoPE on the first R dims of each head
+    (R = D but for partial rotary), the rest passed through."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :r], cos, sin), x[..., r:]], dim=-1)
+    half = r // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.float() * cos + rotated.float() * sin).type_as(x)
 
@@ -131,17 +212,20 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.attn_impl = cfg.attn_impl
-        self.q = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
-        self.k = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.v = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
+        self.attn_impl, self.qkv_clip = cfg.attn_impl, cfg.qkv_clip
+        self.q = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.out_bias)
 
     def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.qkv_clip > 0:
+            q, k, v = (t.clamp(-self.qkv_clip, self.qkv_clip) for t in (q, k, v))
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
             y = attention(q, k, v, causal=True, impl=self.attn_impl)
@@ -150,26 +234,40 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
+def activation(x, kind):
+    if kind == "silu":
+        return F.silu(x)
+    return F.gelu(x, approximate="tanh" if kind == "gelu_tanh" else "none")
+
+
 class MLP(nn.Module):
+    """SwiGLU (gated, ours and Llama's) or a plain two-layer MLP (GPT-NeoX's GeLU)."""
+
     def __init__(self, cfg):
         super().__init__()
-        self.gate = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
-        self.up = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
-        self.down = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+        self.act = cfg.mlp_act
+        self.gate = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=cfg.mlp_bias) if cfg.mlp_gated else None
+        self.up = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        if self.gate is None:
+            return self.down(activation(self.up(x), self.act))
+        return self.down(activation(self.gate(x), self.act) * self.up(x))
 
 
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.parallel = cfg.parallel_residual
+        self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, cache=None):
+        if self.parallel:  # both branches read the block's input
+            return x + self.attn(self.attn_norm(x), cos, sin, cache) + self.mlp(self.mlp_norm(x))
         x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -211,7 +309,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -226,10 +324,12 @@ class GPT(nn.Module):
     def _init_weights(self, m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
 
     def reset_rope(self, device=None):
         """(Re)build the RoPE tables; needed after loading weights onto a model built on 'meta'."""
-        cos, sin = rope_cos_sin(torch.arange(self.cfg.block_size), self.cfg.head_dim, self.cfg.rope_theta, device)
+        cos, sin = rope_cos_sin(torch.arange(self.cfg.block_size), self.cfg, device)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -304,7 +404,7 @@ class GPT(nn.Module):
         logits = torch.empty(B, self.cfg.vocab_size, device=device)
         for i, p in enumerate(prompts):  # prefill: one pass per prompt, shared by its samples
             T = len(p)
-            cos, sin = rope_cos_sin(torch.arange(T, device=device), self.cfg.head_dim, self.cfg.rope_theta, device)
+            cos, sin = rope_cos_sin(torch.arange(T, device=device), self.cfg, device)
             cache.rows, cache.col = slice(i * n, (i + 1) * n), L - T
             ids = torch.tensor([p], device=device)
             logits[i * n:(i + 1) * n] = self._forward_cached(ids, cos, sin, cache)
@@ -335,7 +435,7 @@ class GPT(nn.Module):
             col = L + step
             cache.col = col
             cache.mask = (col_ids[:col + 1][None, :] >= pad[:, None])[:, None, None, :]
-            cos, sin = rope_cos_sin((col - pad)[:, None], self.cfg.head_dim, self.cfg.rope_theta, device)
+            cos, sin = rope_cos_sin((col - pad)[:, None], self.cfg, device)
             logits = self._forward_cached(tokens[:, None].to(device), cos[:, None], sin[:, None], cache)
         self.train(was_training)
         if return_logits:
@@ -427,8 +527,9 @@ def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     written.append("config.json")
     if tokenizer_file is not None:
-        shutil.copyfile(tokenizer_file, partial / "tokenizer.model")
-        written.append("tokenizer.model")
+        tok_name = "tokenizer.json" if str(tokenizer_file).endswith(".json") else "tokenizer.model"  # as it came
+        shutil.copyfile(tokenizer_file, partial / tok_name)
+        written.append(tok_name)
     if train_state is not None:
         torch.save(train_state, partial / "train_state.pt")
         written.append("train_state.pt")

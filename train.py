@@ -552,7 +552,7 @@ def run():
                            "rng": {"torch": torch.get_rng_state()}, "config": config}
             ckpt_config = make_config(raw_model.cfg, tok.to_config(), config, step, meta.get("postprocess"))
             state, weights_name = finetune_checkpoint(state, ckpt_config, train_state, finetune)  # LoRA: merged or adapters
-            save_checkpoint(out, state, ckpt_config, tokenizer_file=Path(data_dir) / "tokenizer.model",
+            save_checkpoint(out, state, ckpt_config, tokenizer_file=tok.model_path,
                             train_state=train_state, weights_name=weights_name)
         if world > 1:
             dist.barrier()

@@ -212,7 +212,8 @@ def test_export_cli(tmp_path, tiny_ckpt, capsys):
     assert load_file(tmp_path / "hf" / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
     with pytest.raises(SystemExit) as e:
         hf.main(["export", "--ckpt", str(tiny_ckpt), "--to", str(tmp_path / "hf")])
-    assert "not empty" in str(e.value.code) and str(e.value.code).startswith("hf.py: error:")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "not empty" in err and err.startswith("hf.py: error:") and err.count("\n") == 1
     hf.main(["import", "--hf", str(tmp_path / "hf"), "--to", str(tmp_path / "back")])
     assert json.loads((tmp_path / "back" / "config.json").read_text())["format"] == "codelm"
     hf.main(["info", "--ckpt", str(tmp_path / "hf")])
@@ -258,7 +259,11 @@ def _break(folder, what):
         (folder / "pytorch_model.bin").write_bytes(b"")
     else:
         cfg.update({"qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"},
-                    "rope_scaling": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+                    "unknown model_type": {"architectures": ["FalconForCausalLM"], "model_type": "falcon"},
+                    "gemma2": {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2"},
+                    "phi3": {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"},
+                    "rope_scaling": {"rope_scaling": {"rope_type": "yarn", "factor": 8.0}},
+                    "llama3 incomplete": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
                     "sliding window": {"architectures": ["MistralForCausalLM"], "sliding_window": 64},
                     "attention bias": {"attention_bias": True},
                     "gelu": {"hidden_act": "gelu"}}[what])
@@ -269,8 +274,12 @@ def _break(folder, what):
     ("no config.json", "no config.json"), ("no tokenizer.model", "no tokenizer.model"),
     ("missing tensor", "model.layers.1.mlp.up_proj.weight"), ("unmapped tensor", "q_proj.bias"),
     ("wrong shape", "down_proj.weight has shape (64, 128)"), ("bin weights only", ".bin"),
-    ("qwen2", "unsupported architecture Qwen2ForCausalLM"), ("rope_scaling", "rope_scaling"),
-    ("sliding window", "sliding_window=64"), ("attention bias", "attention_bias"), ("gelu", "hidden_act='gelu'")])
+    ("qwen2", "missing ['model.layers.0.self_attn.k_proj.bias'"),  # Qwen2 has q/k/v biases
+    ("unknown model_type", "unsupported architecture FalconForCausalLM (model_type 'falcon'"),
+    ("gemma2", "Gemma2ForCausalLM: codelm lacks logit soft-capping"), ("phi3", "Phi3ForCausalLM: codelm lacks fused qkv_proj"),
+    ("rope_scaling", "rope_scaling 'yarn' (supported: linear, llama3)"), ("llama3 incomplete", "lacks 'low_freq_factor'"),
+    ("sliding window", "sliding_window=64"), ("attention bias", "missing ['model.layers.0.self_attn.k_proj.bias'"),
+    ("gelu", "hidden_act='gelu'")])
 def test_bad_hf_folders_are_refused_by_name(tmp_path, hf_dir, what, expect):
     from model import ModelError, load_model
 

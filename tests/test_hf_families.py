@@ -1,0 +1,317 @@
+"""The Hugging Face families end to end, each from a small random model that transformers itself builds and
+saves (GPT-NeoX/Pythia and OLMo/TinyCodeLM with a GPT-NeoX-style tokenizer.json, Qwen2 and Llama with
+llama3 / linear RoPE scaling with a Llama-3-style one): our logits equal transformers' with and without the
+KV cache, exports load in transformers as their own model_type with our logits, ours -> HF -> ours is
+bit-exact, `hf.py import` refuses or replaces folders whole, bad folders are refused by name (exit 2,
+nothing written), and train.py fine-tunes each folder (full and LoRA) with a grown vocabulary."""
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO, stdlib_sample
+from hf_families import make_family_folder, train_bpe, transformers_logits
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+# name -> (model_type, tokenizer style, config overrides); TinyCodeLM's OLMo has no clip_qkv, the clip is tested here
+FAMILIES = {"gpt_neox": ("gpt_neox", "neox", {}), "olmo": ("olmo", "neox", {"clip_qkv": 0.05}),
+            "qwen2": ("qwen2", "llama3", {}), "llama3": ("llama", "llama3", {"rope_parameters": LLAMA3_ROPE}),
+            "llama_linear": ("llama", "llama3", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}})}
+ARCH = {"gpt_neox": "GPTNeoXForCausalLM", "olmo": "OlmoForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    toks = {s: train_bpe(root / f"tok_{s}", s, vocab_size=500) for s in ("neox", "llama3")}
+    out = {}
+    for name, (family, style, kw) in FAMILIES.items():
+        tok = json.loads((toks[style] / "tokenizer_config.json").read_text())
+        vocab = json.loads((toks[style] / "tokenizer.json").read_text())["model"]["vocab"]
+        ids = {k: vocab.get(tok[f"{k}_token"]) for k in ("eos", "bos", "pad")}
+        kw = dict(kw, eos_token_id=ids["eos"], bos_token_id=ids["bos"], pad_token_id=ids["pad"])
+        out[name] = make_family_folder(root / name, family, toks[style], **kw)
+    return out
+
+
+def prompts_ids(vocab, lengths=(7, 19, 12)):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_logits_equal_transformers_with_and_without_kv_cache(folders, name):
+    from model import load_model
+
+    ours, config = load_model(folders[name])
+    assert config["hf_family"] == FAMILIES[name][0] and config["tokenizer"]["file"] == "tokenizer.json"
+    ids = torch.randint(0, ours.cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    theirs, arch = transformers_logits(folders[name], ids)
+    assert arch == ARCH[FAMILIES[name][0]]
+    with torch.no_grad():
+        diff = (ours(ids)[0] - theirs).abs().max().item()
+    assert diff < TOL
+    # the KV cache: every decoding step's logits against transformers on the whole sequence so far
+    prompts = prompts_ids(ours.cfg.vocab_size)
+    outs, step_logits = ours.generate(prompts, max_new_tokens=6, return_logits=True)
+    for p, new, got in zip(prompts, outs, step_logits):
+        seq = torch.tensor([p + new])
+        want, _ = transformers_logits(folders[name], seq)
+        k = len(got)
+        assert (got - want[0, len(p) - 1:len(p) - 1 + k]).abs().max().item() < TOL
+
+
+def test_the_family_features_change_the_output(folders):
+    """The tests above would pass for a family feature both sides ignored: switching each one off in our
+    config (RoPE scaling, partial rotary, parallel residual, clipping, q/k/v biases) must change the logits."""
+    from model import GPT, GPTConfig, load_model, model_state_dict
+
+    for name, change in (("llama3", {"rope_scaling": "none"}), ("llama_linear", {"rope_scaling": "none"}),
+                         ("gpt_neox", {"rotary_fraction": 1.0}), ("gpt_neox", {"parallel_residual": False}),
+                         ("olmo", {"qkv_clip": 0.0})):
+        ours, _ = load_model(folders[name])
+        other = GPT(GPTConfig(**{**vars(ours.cfg), **change}))
+        other.load_state_dict(model_state_dict(ours), strict=False)
+        ids = torch.randint(0, ours.cfg.vocab_size, (1, 48), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert (ours(ids)[0] - other.eval()(ids)[0]).abs().max().item() > 1e-3, (name, change)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_round_trip(folders, tmp_path, name):
+    """ours -> HF (transformers loads it as its own model_type and gives our logits) -> ours, bit-exact;
+    importing it and exporting again writes the same files."""
+    from data import Tokenizer
+    from hf import export_hf, import_hf
+    from model import load_model
+
+    ours, _ = load_model(folders[name])
+    imported = tmp_path / "imported"
+    import_hf(folders[name], imported)
+    assert (imported / "tokenizer.json").is_file() and not (imported / "tokenizer.model").exists()
+    out = export_hf(imported, tmp_path / "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == FAMILIES[name][0] and {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    ids = torch.randint(0, ours.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
+    theirs, arch = transformers_logits(out, ids)
+    assert arch == ARCH[FAMILIES[name][0]]
+    with torch.no_grad():
+        assert (ours(ids)[0] - theirs).abs().max().item() < TOL
+    back, _ = load_model(out)
+    a, b = ours.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and back.cfg == ours.cfg
+    assert Tokenizer.load(out).specials() == Tokenizer.load(folders[name]).specials()
+    again = export_hf(out, tmp_path / "hf2")
+    for f in out.iterdir():
+        assert f.read_bytes() == (again / f.name).read_bytes(), f.name
+
+
+def test_export_carries_added_tokens_into_tokenizer_json(folders, tmp_path):
+    """A grown vocabulary exported: transformers' own tokenizer splits our added tokens out as we do."""
+    transformers = pytest.importorskip("transformers")
+    from data import Tokenizer
+    from finetune import grow_vocab
+    from hf import export_hf
+    from model import load_model, make_config, model_state_dict, save_checkpoint
+
+    model, _ = load_model(folders["gpt_neox"])
+    tok = Tokenizer.load(folders["gpt_neox"])
+    tok.add_tokens(["<|diff|>", "<code>"])
+    grow_vocab(model, max(model.cfg.vocab_size, tok.vocab_size))
+    save_checkpoint(tmp_path / "grown", model_state_dict(model), make_config(model.cfg, tok.to_config()), tokenizer_file=tok.model_path)
+    out = export_hf(tmp_path / "grown", tmp_path / "hf")
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    text = "def f():<|diff|>\n    return 1<code>"
+    assert theirs(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+
+
+def test_triton_attention_runs_the_new_shapes(folders):
+    """Partial rotary and biases live outside the attention kernel: the Triton kernel (interpreter) gives
+    the SDPA logits and gradients for a GPT-NeoX model."""
+    from model import load_model
+
+    ours, _ = load_model(folders["gpt_neox"])
+    ids = torch.randint(0, ours.cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for impl in ("sdpa", "triton"):
+        for blk in ours.blocks:
+            blk.attn.attn_impl = impl
+        ours.zero_grad()
+        logits, loss = ours(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        outs[impl] = (logits.detach(), ours.blocks[0].attn.q.bias.grad.clone())
+    torch.testing.assert_close(outs["triton"][0], outs["sdpa"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs["triton"][1], outs["sdpa"][1], atol=1e-5, rtol=1e-4)
+
+
+# ---- the import command: refuses a non-empty folder, --force replaces it whole; bad input is one line
+def test_import_refuses_then_replaces_whole_folder(folders, tmp_path, capsys):
+    import hf
+
+    to = tmp_path / "ckpt"
+    to.mkdir()
+    (to / "train_state.pt").write_bytes(b"old run")
+    with pytest.raises(SystemExit) as e:
+        hf.main(["import", "--hf", str(folders["qwen2"]), "--to", str(to)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "not empty (pass --force" in err and err.count("\n") == 1
+    assert (to / "train_state.pt").read_bytes() == b"old run"
+    hf.main(["import", "--hf", str(folders["qwen2"]), "--to", str(to), "--force"])
+    assert sorted(p.name for p in to.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    hf.main(["info", "--ckpt", str(folders["gpt_neox"])])
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "GPTNeoXForCausalLM" and info["tokenizer"]["kind"] == "hf-tokenizer-json"
+    assert info["tokenizer"]["eos_id"] == 0 and info["tokenizer"]["pad_id"] == 1 and info["model"]["rotary_fraction"] == 0.25
+
+
+def _break(folder, what):
+    cfg = json.loads((folder / "config.json").read_text())
+    if what == "bin only":
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    elif what == "unknown model_type":
+        cfg.update(architectures=["MambaForCausalLM"], model_type="mamba")
+    elif what == "rope scaling":
+        cfg["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+    elif what == "vocab":  # the tokenizer has more ids than the embedding has rows
+        t = load_file(folder / "model.safetensors")
+        n = 100
+        for k in ("gpt_neox.embed_in.weight", "embed_out.weight"):
+            t[k] = t[k][:n].contiguous()
+        save_file(t, folder / "model.safetensors")
+        cfg["vocab_size"] = n
+    elif what == "qkv shape":
+        t = load_file(folder / "model.safetensors")
+        t["gpt_neox.layers.1.attention.query_key_value.weight"] = t["gpt_neox.layers.1.attention.query_key_value.weight"][:96]
+        save_file(t, folder / "model.safetensors")
+    elif what == "missing bias":
+        t = load_file(folder / "model.safetensors")
+        del t["gpt_neox.layers.0.attention.dense.bias"]
+        save_file(t, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("what,expect", [
+    ("bin only", "only PyTorch .bin weights"), ("unknown model_type", "unsupported architecture MambaForCausalLM"),
+    ("rope scaling", "rope_scaling 'dynamic' (supported: linear, llama3)"),
+    ("vocab", "the tokenizer (tokenizer.json) has 500 ids but the embedding only 100 rows"),
+    ("qkv shape", "query_key_value.weight has shape (96, 64), config.json implies (192, 64)"),
+    ("missing bias", "missing ['gpt_neox.layers.0.attention.dense.bias']")])
+def test_bad_folders_one_line_exit_2_nothing_written(folders, tmp_path, capsys, what, expect):
+    import hf
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["gpt_neox"], bad)
+    _break(bad, what)
+    for argv in (["import", "--hf", str(bad), "--to", str(tmp_path / "out")], ["info", "--ckpt", str(bad)]):
+        with pytest.raises(SystemExit) as e:
+            hf.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and expect in err and err.startswith("hf.py: error:") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+# ---- fine-tuning each family through the user commands, with a grown vocabulary
+def train(*args):
+    import train as train_module
+
+    importlib.reload(train_module).main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def sft_data(folders, tmp_path_factory, mbpp_path):
+    import data
+
+    root = tmp_path_factory.mktemp("sft")
+    rows = [json.loads(line) for line in list(open(mbpp_path))[:24]]
+    (root / "train.jsonl").write_text("".join(json.dumps({"prompt": f'"""{r["text"]}"""\n', "completion": r["code"]}) + "\n"
+                                              for r in rows))
+    out = {}
+    for name in ("gpt_neox", "olmo", "qwen2", "llama3"):
+        out[name] = root / name
+        data.main(["sft", "--src", str(root / "train.jsonl"), "--tokenizer", str(folders[name]), "--out", str(out[name]),
+                   "--max_len", "128", "--truncate", "left", "--edit_format", "lintseq"])
+    return out
+
+
+@pytest.mark.parametrize("name", ["gpt_neox", "olmo", "qwen2", "llama3"])
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_finetune_each_family_with_a_grown_vocabulary(folders, sft_data, tmp_path, name, mode):
+    from data import Tokenizer
+    from model import load_model
+
+    out = tmp_path / "run"
+    extra = ["--lora_r=4", "--lora_targets=q,v,o,up,down"] if mode == "lora" else ["--optimizer=adamw8bit"]
+    train("--task=sft", f"--init_from={folders[name]}", f"--data_dir={sft_data[name]}", f"--out_dir={out}", "--block_size=128",
+          "--batch_size=4", "--max_iters=2", "--lr_decay_iters=2", "--warmup_iters=1", "--learning_rate=1e-3",
+          "--eval_interval=2", "--eval_iters=1", "--log_interval=1", *extra)
+    config = json.loads((out / "config.json").read_text())
+    tok = Tokenizer.load(out)
+    base = Tokenizer.load(folders[name])
+    assert (out / "tokenizer.json").is_file() and tok.specials() == base.specials()
+    new = config["finetune"]["new_token_ids"]
+    assert [tok.added_tokens["<|diff|>"]] == new and new[0] >= base.vocab_size  # the grown vocabulary
+    tuned, _ = load_model(out)
+    orig, _ = load_model(folders[name])
+    assert tuned.cfg.vocab_size >= new[0] + 1
+    a, b = tuned.state_dict(), orig.state_dict()
+    assert not torch.equal(a["blocks.0.attn.o.weight"], b["blocks.0.attn.o.weight"])  # it trained
+    recs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in recs if r["event"] == "train")
+
+
+# ---- the published settings on these families, at toy scale
+def test_lintseq_config_on_an_olmo_folder(folders, sft_data, tmp_path):
+    """LintSeq (2 epochs) and its baseline (10 epochs) on an OLMo (TinyCodeLM-shaped) folder: the configs'
+    keys all exist in train.py and their epoch counts set the steps."""
+    examples = json.loads((sft_data["olmo"] / "meta.json").read_text())["train"]["examples"]
+    for cfg, epochs in (("lintseq_tinycodelm_hf.py", 2), ("lintseq_tinycodelm_hf_baseline.py", 10)):
+        out = tmp_path / cfg
+        train(REPO / "config" / cfg, f"--init_from={folders['olmo']}", f"--data_dir={sft_data['olmo']}", f"--out_dir={out}",
+              "--block_size=128", "--batch_size=4", "--gradient_accumulation_steps=1", "--eval_interval=1000",
+              "--eval_iters=1", "--device=cpu")
+        config = json.loads((out / "config.json").read_text())
+        assert config["train"]["lr_schedule"] == "linear" and config["train"]["weight_decay"] == 0.01
+        assert config["postprocess"]["edit_format"] == "lintseq" and config["step"] == epochs * -(-examples // 4)
+
+
+def test_sugar_config_continues_a_pythia_folder(folders, tmp_path):
+    """Continued pretraining (task=pretrain) of a GPT-NeoX folder on a corpus its tokenizer.json encoded,
+    then exported back as GPT-NeoX."""
+    import data
+    from hf import export_hf
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, t in enumerate(stdlib_sample(60_000)):
+        (src / f"m{i}.py").write_text(t)
+    data.main(["corpus", "--src", str(src), "--out", str(tmp_path / "corpus"), "--tokenizer", str(folders["gpt_neox"]), "--workers", "1"])
+    out = tmp_path / "sugar"
+    train(REPO / "config" / "sugar_pythia.py", f"--init_from={folders['gpt_neox']}", f"--data_dir={tmp_path / 'corpus'}",
+          f"--out_dir={out}", "--block_size=64", "--batch_size=2", "--gradient_accumulation_steps=1", "--max_iters=3",
+          "--warmup_iters=1", "--eval_interval=3", "--eval_iters=1", "--eval_humaneval_interval=0", "--device=cpu")
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["learning_rate"] == 1.8e-4 and config["train"]["lr_schedule"] == "cosine" and config["step"] == 3
+    hf = export_hf(out, tmp_path / "hf")
+    assert json.loads((hf / "config.json").read_text())["architectures"] == ["GPTNeoXForCausalLM"]
+
+
+def test_eval_runs_on_a_family_folder(folders, tmp_path):
+    """eval.py takes a tokenizer.json folder as it is (HumanEval and MBPP prompts, generation, scoring)."""
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--ckpt", str(folders["qwen2"]), "--limit", "1",
+                        "--max_new_tokens", "4", "--tasks", "humaneval,mbpp", "--out", str(tmp_path / "eval")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tasks = json.loads((tmp_path / "eval" / "metrics.json").read_text())["tasks"]
+    assert tasks["humaneval"]["n_samples"] == 1 and tasks["mbpp"]["n_samples"] == 1
