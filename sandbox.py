@@ -564,6 +564,7 @@ def _zygote(sock, cfg, prot, proc_fd):
     of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
+    cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
     os.close(proc_fd)
     children = {}
     poller = select.poll()
@@ -600,7 +601,7 @@ def _zygote(sock, cfg, prot, proc_fd):
 def _sample_main(req, fds, cfg, prot):
     """S: confine ourselves, report on the set-up pipe and close it, then serve the judge. The set-up
     pipe is closed before any sample code runs, so nothing the sample writes can pass for set-up news."""
-    fds = [_fcntl_dup(f) for f in fds]  # above 0-4, where they go next
+    fds = [_fcntl_dup(f) for f in fds]  # above 0-4, where they go next (the zygote's pidfd is closed below)
     setup = fds[1]
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
@@ -620,10 +621,10 @@ def _sample_main(req, fds, cfg, prot):
             os.chown(tmp, uid, uid)
         _prctl(PR_SET_DUMPABLE, 0)  # nothing we start can ptrace us or read our memory through /proc
         null = os.open(os.devnull, os.O_RDONLY)
-        for src, dst in ((null, 0), (fds[2], 1), (fds[2], 2), (fds[0], 3), (setup, 4)):
+        for src, dst in ((null, 0), (fds[2], 1), (fds[2], 2), (fds[0], 3), (setup, 4), (cfg["zygote_fd"], 5)):
             os.dup2(src, dst)
         setup = 4
-        os.closerange(5, 1 << 16)  # the zygote's socket, other samples' descriptors
+        os.closerange(6, 1 << 16)  # the zygote's socket, other samples' descriptors
         os.chdir(tmp)
         os.environ.clear()
         os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=tmp, TMPDIR=tmp, LANG="C.UTF-8",
@@ -644,6 +645,10 @@ def _sample_main(req, fds, cfg, prot):
             resource.setrlimit(lim, (val, val + 1 if lim == resource.RLIMIT_CPU else val))
         if prot["sample_uid"]:
             _become(uid)  # every capability goes with uid 0
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # again: a change of uid clears it
+        if select.select([5], [], [], 0)[0]:  # the zygote died before that line
+            os._exit(1)
+        os.close(5)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if prot["landlock"]:
             _landlock_confine(tmp, prot["landlock"])
@@ -1011,7 +1016,10 @@ class _Zygote:
         self.exits = {}  # pid -> wait status, reported by the zygote
 
     def fork(self, req, fds):
-        socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+        try:
+            socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+        except OSError:
+            raise ExecutorError("the zygote died")
         while True:
             msg = self.receive()
             if "pid" in msg:
@@ -1112,17 +1120,17 @@ def _on_verdict(r, msg, proc_fd):
 def _result(r):
     """The result line of a finished run."""
     verdict, status = r.verdict, r.s_status
-    setup = bytes(r.setup).decode("utf-8", "replace")
-    if setup != "ok" and verdict != "timed out":
-        verdict = f"failed: sandbox set-up failed in the sample process: {setup or 'it died before reporting'}"
+    setup = bytes(r.setup).decode("utf-8", "replace")  # empty: killed before it finished (verdict known)
+    if setup not in ("ok", "") and verdict != "timed out":
+        verdict = f"failed: sandbox set-up failed in the sample process: {setup}"
     elif verdict != "timed out" and status is not None and os.WIFSIGNALED(status) \
             and os.WTERMSIG(status) == signal.SIGXCPU:
         verdict = "timed out"
     res = {"id": r.job["id"], "passed": verdict == "passed", "result": verdict, "elapsed": round(r.elapsed or 0.0, 4),
            "output": r.out.decode("utf-8", "replace"), "output_bytes": r.out_bytes,
            "mode": r.job.get("mode", "channel")}
-    if setup != "ok":
-        res["setup_error"] = setup or "the sample died before reporting"
+    if setup not in ("ok", ""):
+        res["setup_error"] = setup
     return res
 
 
@@ -1404,6 +1412,8 @@ def as_job(job):
             raise ValueError(f"unknown mode {out['mode']!r} (channel or in_process)")
         return out
     program, timeout = job
+    if isinstance(program, dict):  # (a job from eval.build_program, timeout)
+        return as_job(dict(program, timeout=timeout))
     return {"code": program, "timeout": float(timeout)}
 
 
