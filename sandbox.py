@@ -565,6 +565,9 @@ def _zygote(sock, cfg, prot, proc_fd):
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
     cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
+    import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
+    gc.collect()
+    gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
     os.close(proc_fd)
     children = {}
     poller = select.poll()
@@ -606,9 +609,10 @@ def _sample_main(req, fds, cfg, prot):
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
         os.setsid()
-        if prot["mountns"] or prot["ipcns"]:
-            _call("unshare", (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if prot["ipcns"] else 0))
-        if os.getpid() == 1:  # never touch /proc or pid_max unless we are init of our own namespace
+        ipc = prot["ipcns"] and not prot["seccomp"]  # (seccomp already denies creating SysV objects)
+        if prot["mountns"] or ipc:
+            _call("unshare", (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0))
+        if os.getpid() == 1 and not prot["sample_uid"]:  # else RLIMIT_NPROC of its uid caps its processes
             _pid_namespace_setup(cfg, prot, keep_proc=req["mode"] != "in_process")
         uid = SAMPLE_UID + req["slot"] if prot["sample_uid"] else os.getuid()
         if prot["mountns"]:
@@ -654,7 +658,8 @@ def _sample_main(req, fds, cfg, prot):
             _landlock_confine(tmp, prot["landlock"])
         if prot["seccomp"]:
             _seccomp_install(_seccomp_program())
-        _drop_capabilities()
+        if not prot["sample_uid"]:  # (a uid other than 0 has none)
+            _drop_capabilities()
         sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
         sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, errors="backslashreplace")
         sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)

@@ -338,8 +338,8 @@ def test_memory_limit(ex):
 def test_memory_of_all_processes_and_memfds_counts(humaneval):
     """Under a 512 MiB limit: a memfd filled past it, and four processes of 300 MiB each; honest samples
     beside them pass."""
-    memfd = ("import os\nfd = os.memfd_create('x')\nchunk = b'1' * (1 << 20)\nfor _ in range(768):\n"
-             "    os.write(fd, chunk)\n")
+    memfd = ("import os\nchunk = b'1' * (1 << 20)\nfds = [os.memfd_create('x') for _ in range(48)]\n"
+             "for fd in fds:\n    for _ in range(15):\n        os.write(fd, chunk)\n")  # each under RLIMIT_FSIZE
     shm = ("import mmap\nm = mmap.mmap(-1, 768 << 20, flags=mmap.MAP_SHARED)\nm[::4096] = b'1' * len(m[::4096])\n")
     spread = ("import os, time\nkids = []\nfor i in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
               "        x = bytearray(300 << 20)\n        x[::4096] = b'1' * len(x[::4096])\n        time.sleep(2)\n"
@@ -394,8 +394,9 @@ def test_sample_sees_only_its_own_processes(ex):
     if not (ex.protections["pidns"] and ex.protections["mountns"]):
         pytest.skip("needs a PID namespace with its own /proc")
     prog = ("import os\nif os.fork() == 0:\n    import time\n    time.sleep(30)\n"
-            "pids = sorted(int(d) for d in os.listdir('/proc') if d.isdigit())\nassert pids == [1, 2], pids\n")
-    assert ex.check(prog, 5)["result"] == "passed"
+            "pids = sorted(int(d) for d in os.listdir('/proc') if d.isdigit())\nassert set(pids) <= {1, 2}, pids\n"
+            "assert os.getpid() == 1\n")
+    assert ex.check(prog, 5)["result"] == "passed"  # (with a uid per sample /proc is not even mounted)
 
 
 def test_killing_the_caller_leaves_nothing_behind(tmp_path):
