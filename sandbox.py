@@ -609,7 +609,7 @@ def _sample_main(req, fds, cfg, prot):
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
         os.setsid()
-        ipc = prot["ipcns"] and not prot["seccomp"]  # (seccomp already denies creating SysV objects)
+        ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
         if prot["mountns"] or ipc:
             _call("unshare", (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0))
         if os.getpid() == 1 and not prot["sample_uid"]:  # else RLIMIT_NPROC of its uid caps its processes
@@ -1471,6 +1471,7 @@ class Executor:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
         os.set_blocking(self.proc.stdin.fileno(), False)
+        importlib.import_module("data")  # run() needs it (numpy and all): loaded while the executor starts
         hello = self._read_line(timeout=60)
         if not hello or not hello.get("hello"):
             self.close()
