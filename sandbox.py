@@ -565,6 +565,7 @@ def _zygote(sock, cfg, prot, proc_fd):
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
     cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
+    _sample_process_state("/tmp" if prot["mountns"] else None)  # once here rather than in every sample
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
     gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
@@ -630,14 +631,8 @@ def _sample_main(req, fds, cfg, prot):
         setup = 4
         os.closerange(6, 1 << 16)  # the zygote's socket, other samples' descriptors
         os.chdir(tmp)
-        os.environ.clear()
-        os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=tmp, TMPDIR=tmp, LANG="C.UTF-8",
-                          PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
-        tempfile.tempdir = tmp
-        sys.argv = [""]
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not prot["mountns"]:
+            _sample_process_state(tmp)
         import resource  # (pre-imported by the zygote; here for readability)
         cpu = int(math.ceil(req["timeout"])) + 1
         limits = [(resource.RLIMIT_AS, cfg["memory_limit"]), (resource.RLIMIT_CPU, cpu),
@@ -660,9 +655,6 @@ def _sample_main(req, fds, cfg, prot):
             _seccomp_install(_seccomp_program())
         if not prot["sample_uid"]:  # (a uid other than 0 has none)
             _drop_capabilities()
-        sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
-        sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, errors="backslashreplace")
-        sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
         os.write(setup, b"ok")
         os.close(setup)
     except BaseException as e:
@@ -671,6 +663,24 @@ def _sample_main(req, fds, cfg, prot):
         finally:
             os._exit(1)
     _sample_serve(socket.socket(fileno=3))
+
+
+def _sample_process_state(tmp):
+    """What a sample's interpreter looks like apart from its descriptors: a scrubbed environment, tmp as
+    home and temp dir, default signal handlers, and stdio objects on descriptors 0, 1 and 2 (which each
+    sample points at its own /dev/null and output pipe)."""
+    os.environ.clear()
+    if tmp:
+        os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=tmp, TMPDIR=tmp, LANG="C.UTF-8",
+                          PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+        tempfile.tempdir = tmp
+    sys.argv = [""]
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, errors="backslashreplace")
+    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
 
 
 def _fcntl_dup(fd):
@@ -917,14 +927,14 @@ def _judge_loop(sock):
 # ----------------------------------------------------------------------------- executor: samples and judges
 class _Run:
     """Executor-side state of one running sample: its sample process S (a child of the zygote, known by
-    pidfd), the judge J of its worker slot, and its pipes."""
+    pidfd), its judge J, its slot (which gives its uid), and its pipes."""
     __slots__ = ("job", "slot", "judge", "t0", "timeout", "backstop", "next_check", "next_mem", "spid", "sfd",
                  "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp")
 
 
 class _Judge:
-    """A judge process (J), forked from the executor and reused by the samples of one worker slot. It
-    runs only benchmark code; it is replaced when it dies or when a sample of its times out."""
+    """A judge process (J), forked from the executor and reused from sample to sample. It runs only
+    benchmark code; it is replaced when it dies or when its sample times out."""
 
     def __init__(self):
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1198,13 +1208,15 @@ def _serve(cfg):
 
 
 class _State:
-    """The executor's loop and everything it tracks."""
+    """The executor's loop and everything it tracks. Up to cfg["workers"] samples run at a time; a sample
+    that has its verdict no longer counts, while its processes go away, but keeps its uid: there are
+    twice as many uids (slots) as workers. Judges are reused by whichever sample starts next."""
 
     def __init__(self, cfg, prot, zygote, base, proc_fd):
         self.cfg, self.prot, self.zygote, self.base, self.proc_fd = cfg, prot, zygote, base, proc_fd
         self.queue, self.runs, self.fds, self.out, self.cleaners = deque(), [], {}, bytearray(), []
-        self.free = list(range(cfg["workers"]))[::-1]
-        self.judges = [None] * cfg["workers"]
+        self.free = list(range(2 * cfg["workers"]))[::-1]
+        self.idle, self.judges = [], set()
         self.poller = select.poll()
 
     def watch(self, fd, what):
@@ -1215,15 +1227,21 @@ class _State:
         self.poller.unregister(fd)
         del self.fds[fd]
 
-    def judge(self, slot):
-        if self.judges[slot] is None:
-            j = self.judges[slot] = _Judge()
-            self.watch(j.sock.fileno(), ("verdict", slot))
-            self.watch(j.fd, ("judge died", slot))
-        return self.judges[slot]
+    def take_judge(self):
+        if self.idle:
+            return self.idle.pop()
+        j = _Judge()
+        self.judges.add(j)
+        self.watch(j.sock.fileno(), ("verdict", j))
+        self.watch(j.fd, ("judge died", j))
+        return j
 
-    def drop_judge(self, slot):
-        j, self.judges[slot] = self.judges[slot], None
+    def drop_judge(self, j):
+        if j not in self.judges:
+            return
+        self.judges.discard(j)
+        if j in self.idle:
+            self.idle.remove(j)
         self.unwatch(j.sock.fileno())
         self.unwatch(j.fd)
         j.kill()
@@ -1232,21 +1250,22 @@ class _State:
             _kill_sample(j.run)
 
     def start(self):
-        while self.queue and self.free:
-            job, slot = self.queue.popleft(), self.free.pop()
+        active = sum(r.verdict is None for r in self.runs)
+        while self.queue and self.free and active < self.cfg["workers"]:
+            job, slot, judge = self.queue.popleft(), self.free.pop(), None
             try:
-                r = _start_run(job, slot, self.judge(slot), self.cfg, self.prot, self.zygote, self.base)
+                judge = self.take_judge()
+                r = _start_run(job, slot, judge, self.cfg, self.prot, self.zygote, self.base)
             except (OSError, ValueError, KeyError, TypeError) as e:  # this sample only
                 self.free.append(slot)
-                if self.judges[slot] is not None and self.judges[slot].run is None:
-                    self.drop_judge(slot)  # it may hold half a job
+                if judge is not None:
+                    self.drop_judge(judge)  # it may hold half a job
                 self.out += json.dumps({"id": job.get("id"), "passed": False, "elapsed": 0.0, "output": "",
                                         "output_bytes": 0, "result": f"failed: executor error: {e}"}).encode() + b"\n"
                 continue
+            active += 1
             self.runs.append(r)
-            self.watch(r.out_r, ("pipe", r))
-            self.watch(r.setup_r, ("pipe", r))
-            self.watch(r.sfd, ("sample exited", r))
+            self.watch(r.out_r, ("output", r))
 
     def loop(self, rfd, wfd):
         self.poller.register(rfd, select.POLLIN)
@@ -1287,26 +1306,22 @@ class _State:
 
     def event(self, fd):
         kind, what = self.fds[fd]
-        if kind == "pipe":
+        if kind == "output":
             r = what
             if _drain(r, fd, self.cfg):
                 self.unwatch(fd)
                 os.close(fd)
-                if fd == r.out_r:
-                    r.out_r = -1
-                else:
-                    r.setup_r = -1
-        elif kind == "sample exited":
-            self.unwatch(fd)  # the zygote reports its status
+                r.out_r = -1
         elif kind == "verdict":
-            j = self.judges[what]
+            j = what
             try:
                 msg = j.receive()
             except (ChannelError, ValueError):
-                self.drop_judge(what)
+                self.drop_judge(j)
                 return
             if msg is not None and j.run is not None:
                 r, j.run = j.run, None
+                self.idle.append(j)
                 if r.verdict is None:
                     _on_verdict(r, msg, self.proc_fd)
         elif kind == "judge died":
@@ -1317,24 +1332,23 @@ class _State:
         for r in self.runs:
             if r.verdict is None and now >= r.next_check and _check_time(r, self.proc_fd, now):
                 _kill_sample(r)
-                if self.judges[r.slot] is r.judge:  # it may be stuck in the test: a fresh one next time
+                if r.judge.run is r:  # it may be stuck in the test: a fresh one next time
                     r.judge.run = None
-                    self.drop_judge(r.slot)
+                    self.drop_judge(r.judge)
             if r.verdict is None and now >= r.next_mem:
                 _check_memory(r, self.proc_fd, self.cfg["memory_limit"], now)
 
     def finish(self):
         exits = self.zygote.exits
-        for r in [r for r in self.runs if r.verdict is not None and r.spid in exits and r.out_r < 0 and r.setup_r < 0]:
+        for r in [r for r in self.runs if r.verdict is not None and r.spid in exits and r.out_r < 0]:
             self.runs.remove(r)
             r.s_status = exits.pop(r.spid)
-            if r.sfd in self.fds:
-                self.unwatch(r.sfd)
+            _drain(r, r.setup_r, self.cfg)  # the sample has exited: all of it is there
+            os.close(r.setup_r)
             os.close(r.sfd)
             if r.judge.run is r:  # the verdict came from us (memory): the judge's answer is stale
                 r.judge.run = None
-                if self.judges[r.slot] is r.judge:
-                    self.drop_judge(r.slot)
+                self.drop_judge(r.judge)
             self.out += json.dumps(_result(r)).encode() + b"\n"
             self.free.append(r.slot)
             if r.tmp:
@@ -1344,9 +1358,8 @@ class _State:
     def shutdown(self):
         for r in self.runs:
             _kill_sample(r)
-        for slot, j in enumerate(self.judges):
-            if j is not None:
-                j.kill()
+        for j in list(self.judges):
+            j.kill()
         os.kill(self.zygote.pid, signal.SIGKILL)  # and its samples with it
         os.waitpid(self.zygote.pid, 0)
         if self.base:
