@@ -504,7 +504,7 @@ def test_intent_recipe_completions(ex, humaneval, tokenizer_path):
     """A checkpoint fine-tuned with `data.py intent` writes <reasoning>, <intention>, then <code>:
     generation runs to </code> (stop sequences inside the prose do not cut it) and the code between
     the tags is what runs; a completion without <code> is a failed sample with the reason."""
-    from data import INTENT_TAGS, Tokenizer
+    from data import INTENT_TAGS, DataError, Tokenizer
     p = humaneval[0]
     cfg = {"completion_format": "intent"}
     prose = "<reasoning>Compare every pair.\nif two are close, say so.\n</reasoning><intention>Return True if any\nprint</intention>"
@@ -513,8 +513,8 @@ def test_intent_recipe_completions(ex, humaneval, tokenizer_path):
         assert err is None and comp == p["canonical"] and ex.check(prog, 5)["passed"], (tail, err)
     prog, comp, err = ev.build_program(p, prose + p["canonical"], cfg)
     assert prog is None and err.startswith("intent: no <code>")
-    prog, comp, err = ev.build_program(p, p["canonical"], {"completion_format": "chat"})
-    assert prog is None and "unknown completion_format" in err
+    with pytest.raises(DataError, match="unknown completion_format 'chat'"):
+        ev.build_program(p, p["canonical"], {"completion_format": "chat"})
     tok = Tokenizer(tokenizer_path)
     tok.add_tokens(list(INTENT_TAGS))
     script = tok.encode(prose + "<code>" + p["canonical"] + "</code>\ndef more():\n    pass\n")
@@ -571,7 +571,7 @@ def test_samples_file_subset_any_n(tmp_path, humaneval):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"task_id": "HumanEval/0", "completion": ""}\nnot json\n', ":2: not valid JSON"),
+    ('{"task_id": "HumanEval/0", "completion": ""}\nnot json\n', ":2: not JSON"),
     ('{"task_id": "HumanEval/0"}\n', ":1: missing field 'completion'"),
     ('{"completion": "x"}\n', ":1: missing field 'task_id'"),
     ('\n{"task_id": "HumanEval/999", "completion": ""}\n', ":2: unknown task_id 'HumanEval/999'"),
@@ -606,7 +606,7 @@ def test_bad_arguments(tmp_path, tiny_ckpt):
 def test_generate_end_to_end_cli(tmp_path, tiny_ckpt, mbpp_path):
     out = tmp_path / "eval"
     r = run_cli("--ckpt", tiny_ckpt, "--tasks", "humaneval,mbpp", "--limit", "2", "--n_samples", "2",
-                "--temperature", "0.8", "--k", "1,2,5", "--max_new_tokens", "12", "--batch_size", "3",
+                "--temperature", "0.8", "--k", "1,2", "--max_new_tokens", "12", "--batch_size", "3",
                 "--mbpp_path", mbpp_path, "--out", out, "--workers", "2")
     assert r.returncode == 0, r.stderr
     samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
@@ -616,9 +616,9 @@ def test_generate_end_to_end_cli(tmp_path, tiny_ckpt, mbpp_path):
     assert len(results) == 8 and all(x["result"] in ("passed", "timed out") or x["result"].startswith("failed") for x in results)
     m = json.loads((out / "metrics.json").read_text())
     for t in ("humaneval", "mbpp"):
-        assert "pass@1" in m["tasks"][t] and "pass@2" in m["tasks"][t] and "pass@5" not in m["tasks"][t]
+        assert "pass@1" in m["tasks"][t] and "pass@2" in m["tasks"][t]
         assert len(m["tasks"][t]["dataset"]["sha256"]) == 64
-    assert "--k 5 > --n_samples 2" in r.stderr and "[generate humaneval]" in r.stderr
+    assert "[generate humaneval]" in r.stderr
     # the samples it wrote score the same through --samples (files move between tools)
     r2 = run_cli("--samples", out / "samples.jsonl", "--tasks", "humaneval,mbpp", "--mbpp_path", mbpp_path,
                  "--out", tmp_path / "rescored")
@@ -632,9 +632,10 @@ def test_evaluate_api_for_train_py(ex, tiny_ckpt):
     from model import load_model
     model, _ = load_model(tiny_ckpt)
     tok = Tokenizer.load(tiny_ckpt)
-    m = ev.evaluate(model, tok, limit=3, max_new_tokens=8, executor=ex)
+    m = ev.evaluate(model, tok, limit=3, sampling=ev.Sampling(max_new_tokens=8), executor=ex)
     assert set(m) == {"humaneval"} and 0.0 <= m["humaneval"]["pass@1"] <= 1.0
     assert m["humaneval"]["n_samples"] == 3
-    texts, stats = ev.generate_completions(model, tok, ev.load_humaneval()[0][:2], n_samples=3, temperature=1.0,
-                                           max_new_tokens=6, batch_size=4, label=None)
+    texts, stats = ev.generate_completions(model, tok, ev.load_humaneval()[0][:2],
+                                           ev.Sampling(n_samples=3, temperature=1.0, max_new_tokens=6, batch_size=4),
+                                           label=None)
     assert len(texts) == 6 and stats["new_tokens"] <= 36
