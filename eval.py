@@ -494,16 +494,38 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
     return texts, stats
 
 
+def generate_split(model, tok, problems, sampling, pp, strip_prompt, label, ranks):
+    """generate_completions over this rank's share of the problems (every world-th one), gathered from
+    all ranks into the single-process order. ranks: (rank, world size) of an initialised process group."""
+    import torch.distributed as dist  # only under torchrun
+
+    rank, world = ranks
+    n = sampling.n_samples
+    mine, stats = generate_completions(model, tok, problems[rank::world], sampling, pp, strip_prompt, label)
+    shares = [None] * world
+    dist.all_gather_object(shares, (mine, stats))
+    texts = [None] * (len(problems) * n)
+    total = {"generate_s": 0.0}
+    for r, (share, st) in enumerate(shares):
+        for q, i in enumerate(range(r, len(problems), world)):
+            texts[i * n:(i + 1) * n] = share[q * n:(q + 1) * n]
+        for k, v in st.items():
+            total[k] = max(total[k], v) if k == "generate_s" else total.get(k, 0) + v
+    return texts, total
+
+
 def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampling=None, timeout=None,
              postprocess=None, executor=None, mbpp_path=None, strip_prompt=False, verbose=False,
-             return_records=False):
+             return_records=False, ranks=None):
     """Generate, execute and score. For train.py: call on rank 0 with the unwrapped model and a
     started Executor (reuse it across evaluations). Returns {task: {"pass@1": ..., counts}} and, with
-    return_records, also the per-sample records (with the raw generated text)."""
+    return_records, also the per-sample records (with the raw generated text). ranks=(rank, world):
+    every rank of a process group calls it and generates its share; rank 0 judges, the others get {}."""
     sampling = sampling or Sampling()
     pp = as_postprocess(postprocess or {})
     data = load_tasks(tasks, mbpp_path)
-    own = executor is None
+    judging = not ranks or ranks[0] == 0
+    own = executor is None and judging
     if own:
         executor = Executor(quiet=not verbose).start()
     timeouts = {t: timeout or TIMEOUT[t] for t in TASKS}
@@ -511,8 +533,13 @@ def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampli
     try:
         for task in tasks:
             problems = data[task][0][:limit] if limit else data[task][0]
-            texts, gstats = generate_completions(model, tokenizer, problems, sampling, pp, strip_prompt,
-                                                 label=f"generate {task}" if verbose else None)
+            label = f"generate {task}" if verbose else None
+            if ranks and ranks[1] > 1:
+                texts, gstats = generate_split(model, tokenizer, problems, sampling, pp, strip_prompt, label, ranks)
+            else:
+                texts, gstats = generate_completions(model, tokenizer, problems, sampling, pp, strip_prompt, label)
+            if not judging:
+                continue
             samples = [{"task_id": problems[i // sampling.n_samples]["task_id"], "completion": t, "raw": t}
                        for i, t in enumerate(texts)]
             m, res = judge(problems, samples, executor, timeouts, pp, ks, label=f"execute {task}" if verbose else None)
@@ -752,14 +779,27 @@ def resolve_settings(args):
     return tasks, ks, sampling, preset
 
 
+def rank_and_world():
+    """(rank, world size) from torchrun's environment; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def load_checkpoint(ckpt, device):
-    """(model, tokenizer, config) of a checked checkpoint folder."""
+    """(model, tokenizer, config) of a checked checkpoint folder; under torchrun, the process group is
+    started first (NCCL on GPUs, one per local rank; gloo on CPUs)."""
     # torch and the model code load only here: --samples scoring starts without them (seconds saved)
     import torch
+    import torch.distributed as dist
 
     from data import Tokenizer
     from model import ModelError, load_model
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
+    if rank_and_world()[1] > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda and not device:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    device = device or ("cuda" if cuda else "cpu")
     try:
         model, config = load_model(ckpt, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else None)
         tok = Tokenizer.load(ckpt)
@@ -779,6 +819,43 @@ def checkpoint_postprocess(config, ckpt, override):
     return replace(pp, prompt_format=override or trained)
 
 
+def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
+    """--ckpt: load, check what needs the model (context, size), generate (split over torchrun's ranks)
+    and judge. Returns (metrics, results, what metrics.json says about the checkpoint, context size)."""
+    model, tok, config = load_checkpoint(args.ckpt, args.device)
+    block = model.cfg.block_size
+    if args.max_new_tokens is not None and args.max_new_tokens >= block:
+        raise EvalError(f"--max_new_tokens {args.max_new_tokens}: the model's context is {block} tokens; "
+                        f"allowed 1..{block - 1}")
+    if args.preset == "lintseq" and args.temperature is None:
+        sampling.temperature = 1.0 if sum(p.numel() for p in model.parameters()) < LINTSEQ_SMALL else 0.2
+    pp = checkpoint_postprocess(config, args.ckpt, args.prompt_format or preset.get("prompt_format"))
+    metrics, results = evaluate(model, tok, tasks, args.limit, ks, sampling, args.timeout, pp, executor,
+                                args.mbpp_path, args.strip_prompt, verbose=True, return_records=True,
+                                ranks=rank_and_world())
+    if rank_and_world()[1] > 1:
+        import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
+        dist.destroy_process_group()
+    info = {"checkpoint": str(Path(args.ckpt).resolve()), "step": config.get("step"),
+            "postprocess": {**pp.to_dict(), "sugar": bool(pp.sugar)}, "ranks": rank_and_world()[1]}
+    return metrics, results, info, block
+
+
+def write_outputs(out, args, ks, sampling, preset, metrics, results, info, executor, t_start):
+    out.mkdir(parents=True, exist_ok=True)
+    if args.ckpt:
+        write_jsonl(out / "samples.jsonl", [{"task_id": r["task_id"], "completion": r["completion"], "raw": r["raw"]}
+                                            for r in results])
+    write_jsonl(out / "results.jsonl", [{k: v for k, v in r.items() if k != "postprocess_error"} for r in results])
+    given = PRESETS.get(args.preset, {})
+    settings = dict(vars(args), k=ks, sampling=asdict(sampling), preset=args.preset, preset_settings=given or None,
+                    overridden_by_flags=sorted(set(given) - set(preset)))
+    write_json(out / "metrics.json", {"tasks": metrics, "settings": settings, **info,
+                                      "sandbox": executor.protections, "sandbox_warnings": executor.warnings,
+                                      "elapsed_s": round(time.time() - t_start, 2),
+                                      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": sys.version.split()[0]})
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     tasks, ks, sampling, preset = resolve_settings(args)
@@ -794,24 +871,13 @@ def main(argv=None):
     by_id = {p["task_id"]: p for t in tasks for p in problems[t]}
     samples = None if args.ckpt else read_samples(args.samples, by_id, tasks)
     timeouts = {t: args.timeout or TIMEOUT[t] for t in TASKS}
-    extra, t_start = {}, time.time()
-    executor = Executor(workers=args.workers, memory_limit=args.memory_limit).start()  # before any torch/CUDA
+    t_start, judging = time.time(), rank_and_world()[0] == 0
+    executor = Executor(workers=args.workers, memory_limit=args.memory_limit).start() if judging else None  # before torch
     try:
         if args.ckpt:
-            model, tok, config = load_checkpoint(args.ckpt, args.device)
-            block = model.cfg.block_size
-            if args.max_new_tokens is not None and args.max_new_tokens >= block:
-                raise EvalError(f"--max_new_tokens {args.max_new_tokens}: the model's context is {block} tokens; "
-                                f"allowed 1..{block - 1}")
-            if args.preset == "lintseq" and args.temperature is None:
-                sampling.temperature = 1.0 if sum(p.numel() for p in model.parameters()) < LINTSEQ_SMALL else 0.2
-            pp = checkpoint_postprocess(config, args.ckpt, args.prompt_format or preset.get("prompt_format"))
-            metrics, results = evaluate(model, tok, tasks, args.limit, ks, sampling, args.timeout, pp, executor,
-                                        args.mbpp_path, args.strip_prompt, verbose=True, return_records=True)
-            extra = {"checkpoint": str(Path(args.ckpt).resolve()), "step": config.get("step"),
-                     "postprocess": {**pp.to_dict(), "sugar": bool(pp.sugar)}}
+            metrics, results, info, block = evaluate_checkpoint(args, tasks, ks, sampling, preset, executor)
         else:
-            metrics, results = {}, []
+            metrics, results, info = {}, [], {}
             for t in tasks:
                 mine = [s for s in samples if by_id[s["task_id"]]["task"] == t]
                 if mine:
@@ -819,19 +885,11 @@ def main(argv=None):
                     metrics[t].update(dataset=data[t][1], timeout=timeouts[t])
                     results += res
     finally:
-        executor.close()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.ckpt:
-        write_jsonl(out / "samples.jsonl", [{"task_id": r["task_id"], "completion": r["completion"], "raw": r["raw"]}
-                                            for r in results])
-    write_jsonl(out / "results.jsonl", [{k: v for k, v in r.items() if k != "postprocess_error"} for r in results])
-    settings = dict(vars(args), k=ks, sampling=asdict(sampling), preset=args.preset,
-                    preset_settings=PRESETS.get(args.preset), overridden_by_flags=sorted(
-                        set(PRESETS.get(args.preset, {})) - set(preset)) if args.preset else [])
-    write_json(out / "metrics.json", {"tasks": metrics, "settings": settings, **extra,
-                                      "sandbox": executor.protections, "sandbox_warnings": executor.warnings,
-                                      "elapsed_s": round(time.time() - t_start, 2),
-                                      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": sys.version.split()[0]})
+        if executor:
+            executor.close()
+    if not judging:  # rank 0 gathered this rank's samples and writes everything
+        return None
+    write_outputs(out, args, ks, sampling, preset, metrics, results, info, executor, t_start)
     print_table(metrics, ks)
     if args.ckpt:
         print_context_notes(metrics, block, sampling)

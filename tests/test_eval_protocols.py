@@ -2,6 +2,7 @@
 the stop rule, sampling that does not depend on batching, min-p and repetition penalty, prompt start
 tokens, presets."""
 import json
+import os
 import subprocess
 import sys
 import types
@@ -197,6 +198,25 @@ def test_repetition_penalty_applies_to_every_token_already_in_the_row(tiny_ckpt)
         seen.add(t)
     plain = model.generate([prompt], 40)[0]
     assert plain != outs[0]  # the tiny random model repeats a token by step 40 without it
+
+
+def test_two_ranks_write_what_one_process_writes(tmp_path, tiny_ckpt):
+    """torchrun --nproc_per_node=2 eval.py (gloo on CPU): each rank generates its share, rank 0 judges;
+    results.jsonl is byte-identical to one process's."""
+    from conftest import run_torchrun
+    args = ["--ckpt", str(tiny_ckpt), "--limit", "3", "--n_samples", "2", "--temperature", "1.0", "--k", "1,2",
+            "--max_new_tokens", "8", "--batch_size", "4", "--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, str(REPO / "eval.py"), *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(REPO / "eval.py"), *args, "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for name in ("results.jsonl", "samples.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["ranks"] == 2
 
 
 # ----------------------------------------------------------------------------- presets
