@@ -220,13 +220,18 @@ def test_two_ranks_write_what_one_process_writes(tmp_path, tiny_ckpt):
 
 
 # ----------------------------------------------------------------------------- presets
-def test_preset_is_recorded_and_explicit_flags_win(tmp_path, tiny_ckpt):
+def test_preset_recorded_flags_win_and_context_cuts_said(tmp_path, tiny_ckpt):
     out = tmp_path / "e"
     r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--ckpt", str(tiny_ckpt), "--preset", "intent",
-                        "--temperature", "0.5", "--limit", "1", "--max_new_tokens", "4", "--out", str(out),
+                        "--temperature", "0.5", "--limit", "3", "--max_new_tokens", "200", "--out", str(out),
                         "--workers", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "metrics.json").read_text())["settings"]
     assert s["preset"] == "intent" and s["preset_settings"] == ev.PRESETS["intent"]
     assert s["sampling"]["temperature"] == 0.5 and s["sampling"]["repetition_penalty"] == 1.05
     assert s["overridden_by_flags"] == ["temperature"]
+    # the context (256 tokens) cuts prompts and caps new tokens: said on stdout, with the counts metrics.json has
+    m = json.loads((out / "metrics.json").read_text())["tasks"]["humaneval"]
+    assert m["new_tokens_capped"] == 3 and m["prompts_truncated"] >= 1
+    assert (f"humaneval: {m['prompts_truncated']} of 3 prompts cut from the left and 3 given fewer than "
+            "--max_new_tokens 200 new tokens, to fit the model's 256-token context") in r.stdout
