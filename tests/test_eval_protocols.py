@@ -235,3 +235,62 @@ def test_preset_recorded_flags_win_and_context_cuts_said(tmp_path, tiny_ckpt):
     assert m["new_tokens_capped"] == 3 and m["prompts_truncated"] >= 1
     assert (f"humaneval: {m['prompts_truncated']} of 3 prompts cut from the left and 3 given fewer than "
             "--max_new_tokens 200 new tokens, to fit the model's 256-token context") in r.stdout
+
+
+# ----------------------------------------------------------------------------- EvalPlus
+def evalplus_fixture(path, humaneval, canonical_of=None):
+    """A HumanEvalPlus-format file made from HumanEval problems 0 and 2 (inputs written here)."""
+    inputs = {0: ([[[1.0, 2.0, 3.0], 0.5], [[1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3]],
+                  [[[float(i) for i in range(10)] + [3.05], 0.1], [[float(2 * i) for i in range(12)], 1.0]]),
+              2: ([[3.5]], [[10.25], [7.0], [123.456]])}
+    rows = []
+    for i, (base, plus) in inputs.items():
+        p = humaneval[i]
+        rows.append({"task_id": p["task_id"], "prompt": p["prompt"], "entry_point": p["test"].rsplit("check(", 1)[1][:-1],
+                     "canonical_solution": (canonical_of or {}).get(i, p["canonical"]), "base_input": base,
+                     "plus_input": plus, "atol": 0})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evalplus_judging_base_and_plus_with_tolerance(tmp_path, humaneval):
+    plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
+    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n    for idx", 1)
+    samples = [("HumanEval/0", humaneval[0]["canonical"]), ("HumanEval/0", short_only),
+               ("HumanEval/2", "    return number % 1.0 + 1e-9\n"), ("HumanEval/2", "    return number % 1.0 + 1e-3\n"),
+               ("HumanEval/2", "    return int(number % 1.0 * 100) / 100\n")]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus",
+                        "--humaneval_plus_path", str(plus), "--out", str(tmp_path / "o"), "--workers", "2"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    # canonical: both; wrong only on long (plus) inputs: base only; 1e-9 off: within the float tolerance;
+    # 1e-3 off: outside it; right on 3.5 (base) but truncating 10.25 -> 0.25 ok, 123.456 -> 0.45 wrong: base only
+    assert [(x["base_passed"], x["passed"]) for x in res] == [(True, True), (True, False), (True, True),
+                                                             (False, False), (True, False)]
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["humaneval_plus"]
+    assert m["pass@1"] == pytest.approx((1 / 2 + 1 / 3) / 2) and m["base_pass@1"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_evalplus_bad_files_are_named(tmp_path, humaneval):
+    f = tmp_path / "s.jsonl"
+    f.write_text(json.dumps({"task_id": "HumanEval/0", "completion": ""}) + "\n")
+
+    def run(plus):
+        return subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus",
+                               "--humaneval_plus_path", str(plus), "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    broken = evalplus_fixture(tmp_path / "wrong.jsonl", humaneval, {2: "    return 1 / (number - 3.5)\n"})  # 3.5: base
+    r = run(broken)
+    assert r.returncode == 2 and "canonical solution(s) fail their own base inputs, first HumanEval/2" in r.stderr, r.stderr
+    rows = (tmp_path / "wrong.jsonl").read_text().splitlines()
+    (tmp_path / "nofield.jsonl").write_text(rows[0] + "\n" + json.dumps({"task_id": "HumanEval/2", "prompt": "x"}) + "\n")
+    r = run(tmp_path / "nofield.jsonl")
+    assert r.returncode == 2 and "nofield.jsonl:2: missing field 'entry_point'" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "--humaneval_plus_path FILE" in r.stderr
+    assert not (tmp_path / "o").exists()
