@@ -355,8 +355,13 @@ class GPT(nn.Module):
                 seen = seen[keep] if seen is not None else None
             col = L + step
             cache.col = col
-            cache.mask = (col_ids[:col + 1][None, :] >= pad[:, None])[:, None, None, :]
-            cos, sin = rope_cos_sin((col - pad)[:, None], self.cfg.head_dim, self.cfg.rope_theta, device)
+            padded = bool(pad.any())  # no padding left: attend to every column, no mask to build or apply
+            cache.mask = (col_ids[:col + 1][None, :] >= pad[:, None])[:, None, None, :] if padded else None
+            pos = col - pad
+            if col < self.cfg.block_size:  # positions inside the precomputed tables
+                cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+            else:
+                cos, sin = rope_cos_sin(pos[:, None], self.cfg.head_dim, self.cfg.rope_theta, device)
             logits = self._forward_cached(tokens[:, None].to(device), cos[:, None], sin[:, None], cache)
         self.train(was_training)
         if return_logits:
