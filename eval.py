@@ -61,7 +61,7 @@ from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, file_sha256, forma
                   write_json, write_jsonl)
 from lintseq import decode_edits
 from sandbox import MEMORY_LIMIT, Executor, ExecutorError
-from sugar import cut_at_stops, desugarize, stop_tokens
+from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens
 
 # ----------------------------------------------------------------------------- defaults
 TASKS = ("humaneval", "mbpp", "humaneval_plus", "mbpp_plus")
@@ -632,6 +632,27 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
     return texts, stats
 
 
+def sugar_metrics(records, problems, tok, pp, new_tokens):
+    """Token Sugar's figures for one task: generated tokens per sample, the share of tokens the
+    shorthand saved (the sugared answer up to its stop against its desugared code re-encoded, over the
+    samples that desugared), sugars per sample, desugar failures."""
+    sugar_ids = {tok.piece_to_id(s.token) for s in load_sugars(pp.sugar).sugars}
+    by_id = {p["task_id"]: p for p in problems}
+    sugared = plain = sugars = 0
+    for r in records:
+        if r.get("postprocess_error"):
+            continue
+        p, text = by_id[r["task_id"]], r["raw"]
+        if prompt_format(pp) == "completion" and pp.edit_format != "lintseq":
+            text = cut_at_stops(text, pp.sugar, p["stop"], p["prompt"].endswith("\n"))
+        ids = tok.encode(text)
+        sugared, plain = sugared + len(ids), plain + len(tok.encode(r["completion"]))
+        sugars += sum(i in sugar_ids for i in ids)
+    n = max(len(records), 1)
+    return {"generated_tokens_per_sample": new_tokens / n, "tokens_saved_share": 1 - sugared / plain if plain else 0.0,
+            "sugars_per_sample": sugars / n, "desugar_failures": sum(bool(r.get("postprocess_error")) for r in records)}
+
+
 def generate_split(model, tok, problems, sampling, pp, strip_prompt, label, ranks):
     """generate_completions over this rank's share of the problems (every world-th one), gathered from
     all ranks into the single-process order. ranks: (rank, world size) of an initialised process group."""
@@ -685,6 +706,8 @@ def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampli
             m.update(generate_s=round(gstats["generate_s"], 2), new_tokens=gstats["new_tokens"],
                      prompts_truncated=gstats["prompts_truncated"], new_tokens_capped=gstats["new_tokens_capped"],
                      dataset=data[task][1], timeout=timeouts[task])
+            if pp.sugar:
+                m["sugar"] = sugar_metrics(res, problems, tokenizer, pp, gstats["new_tokens"])
             metrics[task] = m
             records += res
     finally:

@@ -294,3 +294,27 @@ def test_evalplus_bad_files_are_named(tmp_path, humaneval):
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2 and "--humaneval_plus_path FILE" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- Token Sugar figures
+def test_token_sugar_figures_from_a_scripted_model(ex, humaneval, tokenizer_path):
+    """A model that writes shorthand: tokens generated, the share saved against the desugared code
+    re-encoded, sugars per sample and desugar failures come out as counted by hand."""
+    sugar = pytest.importorskip("sugar")
+    table = {"sugars": [{"code": "abs(SUGARWILDCARD_0 - SUGARWILDCARD_1)", "type": "expr", "id": "abc1"}]}
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens(sugar.load_sugars(table).tokens())
+    p = humaneval[0]
+    sweet = p["canonical"].replace("abs(elem - elem2)", "<abc1_expr_token>elem;elem2<\\expr_token>")
+    script = tok.encode(sweet + "\ndef extra():\n    pass\n")
+    model = ScriptedModel(script, tok.eos_id)
+    m, records = ev.evaluate(model, tok, limit=1, postprocess={"sugar": table}, executor=ex, return_records=True)
+    fig = m["humaneval"]["sugar"]
+    used = tok.encode(sweet)  # up to the stop at "\ndef extra" (which takes its own newline)
+    assert records[0]["passed"] and records[0]["completion"] == p["canonical"]
+    assert fig["tokens_saved_share"] == pytest.approx(1 - len(used) / len(tok.encode(records[0]["completion"])))
+    assert fig["tokens_saved_share"] > 0 and fig["sugars_per_sample"] == 1 and fig["desugar_failures"] == 0
+    assert fig["generated_tokens_per_sample"] == m["humaneval"]["new_tokens"] > len(used)
+    broken = ScriptedModel(tok.encode(sweet.replace("elem;elem2", "elem")), tok.eos_id)
+    m, _ = ev.evaluate(broken, tok, limit=1, postprocess={"sugar": table}, executor=ex, return_records=True)
+    assert m["humaneval"]["sugar"]["desugar_failures"] == 1
