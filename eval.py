@@ -40,8 +40,9 @@ documents, the default; "bos"; or "none"). build_program() is the one post-proce
 Presets (--preset) set what a paper fixed; flags given explicitly win, and metrics.json records both:
   lintseq     n 10, top-p 0.95, temperature 1.0 (models under 300M parameters) or 0.2, instruction
               prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025)
-  tokensugar  greedy, 512 tokens in all (prompt + completion) (Token Sugar; its sugared prompts, banned
-              words and line-start stop rule are not reproduced yet)
+  tokensugar  greedy, 512 tokens in all (prompt + completion), `pass`, `#` and `...` banned, a stop at a
+              column-0 line starting with a lowercase letter or "<" (Token Sugar; the prompt's code is
+              given as written, not in shorthand)
   intent      temperature 0.2, repetition penalty 1.05 (the reasoning-augmented recipe)
 """
 import argparse
@@ -85,9 +86,11 @@ FENCE_RE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)  # the first fenced b
 MIN_FREE_BYTES = 16 << 20     # --out needs at least this much free space before generation starts
 PRESETS = {
     "lintseq": dict(n_samples=10, top_p=0.95, temperature=None, prompt_format="instruction", k="1,5,10"),
-    "tokensugar": dict(n_samples=1, temperature=0.0, total_tokens=512, k="1"),
+    "tokensugar": dict(n_samples=1, temperature=0.0, total_tokens=512, k="1", banned=("pass", "#", "..."),
+                       line_stop=True),
     "intent": dict(temperature=0.2, repetition_penalty=1.05),
 }
+LINE_STOPS = ["\n" + c for c in "abcdefghijklmnopqrstuvwxyz<"]  # Token Sugar: a column-0 line starting so ends
 LINTSEQ_SMALL = 300e6         # --preset lintseq: temperature 1.0 below this many parameters (150M), else 0.2
 
 
@@ -470,6 +473,8 @@ class Sampling:
     repetition_penalty: float = 1.0   # CTRL-style: logits of tokens already in the sequence / penalty
     max_new_tokens: int = MAX_NEW_TOKENS
     total_tokens: int = 0             # > 0: prompt + completion stop at this many tokens (Token Sugar)
+    banned: tuple = ()                # words never generated: tokens that are, or hold, one are masked
+    line_stop: bool = False           # also stop at a column-0 line starting with a lowercase letter or "<"
     batch_size: int = BATCH_SIZE
     seed: int = 0
 
@@ -560,6 +565,18 @@ class StopRule:
         return any(s in tail for s in self.stops[k])
 
 
+def banned_ids(tok, words):
+    """Ids of tokens whose text is one of words or holds a non-alphabetic one ("#", "...")."""
+    if not words:
+        return None
+    out = []
+    for i in range(tok.vocab_size):
+        text = tok.decode([i]).strip()
+        if any(text == w or (not w.isalpha() and w in text) for w in words):
+            out.append(i)
+    return out
+
+
 def plan_calls(problems, prompts, n_samples, batch_size):
     """generate() calls as (problem indices, first sample, samples per problem), prompts of similar
     length together (less padding)."""
@@ -590,6 +607,7 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
     s = sampling or Sampling()
     pp = as_postprocess(postprocess or {})
     block, n = model.cfg.block_size, s.n_samples
+    banned = banned_ids(tok, s.banned)
     head = start_ids(tok, pp)
     prompts, budgets = [], []
     stats = {"prompts_truncated": 0, "new_tokens_capped": 0, "new_tokens": 0, "n_prompts": len(problems)}
@@ -613,7 +631,7 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
             outs = model.generate([prompts[i][1] for i in idx], max(budgets[i] for i in idx),
                                   temperature=s.temperature, top_p=s.top_p, min_p=s.min_p,
                                   repetition_penalty=s.repetition_penalty, eos_id=tok.eos_id, n_samples=m,
-                                  stop=rule, generators=gens)
+                                  stop=rule, generators=gens, banned_ids=banned)
         for row, new in enumerate(outs):
             i = idx[row // m]
             text = tok.decode(new)
@@ -695,6 +713,8 @@ def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampli
     try:
         for task in tasks:
             problems = data[task][0][:limit] if limit else data[task][0]
+            if sampling.line_stop:  # the stop rule then holds for generation and post-processing alike
+                problems = [dict(p, stop=p["stop"] + LINE_STOPS) for p in problems]
             label = f"generate {task}" if verbose else None
             if ranks and ranks[1] > 1:
                 texts, gstats = generate_split(model, tokenizer, problems, sampling, pp, strip_prompt, label, ranks)

@@ -284,7 +284,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, n_samples=1,
                  stop=None, generator=None, return_logits=False, min_p=0.0, repetition_penalty=1.0,
-                 generators=None):
+                 generators=None, banned_ids=None):
         """Sample continuations of token-id prompts. Returns len(prompts) * n_samples lists of new ids
         (sample j of prompt i at i * n_samples + j), eos excluded. Each prompt is prefilled once (causal
         attention, no padding computed) and its keys/values copied to its n_samples rows; decoding runs
@@ -292,8 +292,8 @@ class GPT(nn.Module):
         temperature 0 is greedy; top_p, min_p and repetition_penalty (CTRL: the logits of tokens already
         in the row, prompt included, divided by it when positive, multiplied when negative) as in
         sample_next. generators: one torch.Generator (CPU) per output row; each row then draws only from
-        its own, so its tokens do not depend on the batch it shares. return_logits=True also returns each
-        row's (steps, vocab) logits."""
+        its own, so its tokens do not depend on the batch it shares. banned_ids: tokens never sampled.
+        return_logits=True also returns each row's (steps, vocab) logits."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ModelError("generate: every prompt needs at least one token")
         if max_new_tokens <= 0:
@@ -332,6 +332,8 @@ class GPT(nn.Module):
             if seen is not None:
                 logits = torch.where(seen, torch.where(logits > 0, logits / repetition_penalty,
                                                        logits * repetition_penalty), logits)
+            if banned_ids:
+                logits = logits.index_fill(1, torch.tensor(banned_ids, device=device), float("-inf"))
             uniform = None
             if generators is not None and temperature > 0:
                 uniform = torch.stack([torch.rand((), generator=generators[r]) for r in rows.tolist()]).to(device)

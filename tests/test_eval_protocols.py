@@ -318,3 +318,27 @@ def test_token_sugar_figures_from_a_scripted_model(ex, humaneval, tokenizer_path
     broken = ScriptedModel(tok.encode(sweet.replace("elem;elem2", "elem")), tok.eos_id)
     m, _ = ev.evaluate(broken, tok, limit=1, postprocess={"sugar": table}, executor=ex, return_records=True)
     assert m["humaneval"]["sugar"]["desugar_failures"] == 1
+
+
+def test_tokensugar_protocol_stop_rule_and_banned_words(ex, humaneval, tokenizer_path, tiny_ckpt):
+    """--preset tokensugar: a column-0 line starting with a lowercase letter or "<" ends the completion
+    (in generation and post-processing alike); `pass`, `#` and `...` are never generated."""
+    tok = Tokenizer(tokenizer_path)
+    p = humaneval[0]
+    script = tok.encode(p["canonical"] + "\nresult = has_close_elements([1.0], 0.5)\nprint(result)\n")
+    protocol = ev.Sampling(**{k: v for k, v in ev.PRESETS["tokensugar"].items() if k in ev.Sampling.__dataclass_fields__})
+    m, rec = ev.evaluate(ScriptedModel(script, tok.eos_id), tok, limit=1, sampling=protocol, executor=ex,
+                         return_records=True)
+    assert rec[0]["completion"] == p["canonical"] and rec[0]["passed"]
+    assert "\nr" in rec[0]["raw"] and "([1.0]" not in rec[0]["raw"]  # generation stopped within that line's start
+    _, rec = ev.evaluate(ScriptedModel(script, tok.eos_id), tok, limit=1, executor=ex, return_records=True)
+    assert "result = " in rec[0]["completion"]  # the bigcode stops alone keep that line
+    banned = ev.banned_ids(tok, ("pass", "#", "..."))
+    texts = {tok.decode([i]).strip() for i in banned}
+    assert "#" in texts and all(t == "pass" or "#" in t or "..." in t for t in texts)
+    assert not {tok.decode([i]).strip() for i in range(tok.vocab_size) if i not in banned} & {"pass", "#", "..."}
+    model, _ = load_model(tiny_ckpt)
+    free = model.generate([[5, 9, 17]], 20)[0]
+    ban = sorted(set(free))[:5]
+    kept = model.generate([[5, 9, 17]], 20, banned_ids=ban)[0]
+    assert not set(kept) & set(ban)
