@@ -491,22 +491,49 @@ def _generate_args(p):
     p.add_argument("--n_embd", type=int, default=256)
     p.add_argument("--n_head", type=int, default=4)
     p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--ckpt", default=None, help="time this checkpoint instead of a random model of the sizes above")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _hf_twin(model):
+    """The same weights as a transformers LlamaForCausalLM (what hf.py export writes), or None when
+    transformers is not installed."""
+    try:  # optional: a test/bench-only dependency
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        return None
+    from hf import ours_to_hf
+    from model import model_state_dict
+
+    cfg = model.cfg
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False))
+    state = {ours_to_hf(k): (v[:cfg.vocab_size] if k in ("embed.weight", "head.weight") else v)
+             for k, v in model_state_dict(model).items()}
+    hf.load_state_dict(state, strict=not cfg.tie_embeddings)
+    return hf.to(next(model.parameters()).device, next(model.parameters()).dtype).eval()
+
+
 def bench_generate(args):
-    """Tokens/s of model.generate (preallocated KV cache, batched, n samples sharing a prefill) vs
-    the naive loop that re-runs the whole sequence every step, on a small random model."""
-    from model import GPT, GPTConfig
+    """Tokens/s of model.generate (preallocated KV cache, batched, n samples sharing a prefill) vs the
+    naive loop that re-runs the whole sequence every step, and vs transformers' generate() on the same
+    weights (greedy, where the tokens must be identical), on a random model or --ckpt."""
+    from model import GPT, GPTConfig, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=args.vocab, block_size=args.prompt_len + args.new_tokens, n_layer=args.n_layer,
-                    n_head=args.n_head, n_embd=args.n_embd)
-    model = GPT(cfg).to(args.device).eval()
+    if args.ckpt:
+        model = load_model(args.ckpt, device=args.device)[0]
+    else:
+        cfg = GPTConfig(vocab_size=args.vocab, block_size=args.prompt_len + args.new_tokens, n_layer=args.n_layer,
+                        n_head=args.n_head, n_embd=args.n_embd)
+        model = GPT(cfg).to(args.device).eval()
     B, P, T = args.batch, args.prompt_len, args.new_tokens
-    prompts = torch.randint(0, args.vocab, (B, P)).tolist()
+    prompts = torch.randint(0, model.cfg.vocab_size, (B, P)).tolist()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     gen = torch.Generator(device=args.device)
 
@@ -537,10 +564,47 @@ def bench_generate(args):
     for r in rows:
         r["speedup"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
     print_table(rows, ["method", "tokens", "seconds", "tokens_per_s", "speedup"])
-    print(f"# random model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params ({args.n_layer} layers x "
-          f"{args.n_embd}), prompt {P} + {T} new tokens, temperature 1.0, {args.device}, "
+    print(f"# model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params ({model.cfg.n_layer} layers x "
+          f"{model.cfg.n_embd}), prompt {P} + {T} new tokens, temperature 1.0, {args.device}, "
           f"torch threads {torch.get_num_threads()}")
-    return {"rows": rows}
+    result = {"rows": rows, "vs_transformers": _vs_transformers(model, prompts, T, sync)}
+    return result
+
+
+def _vs_transformers(model, prompts, T, sync):
+    """Greedy decoding, ours vs transformers' generate() on the same weights and prompts: tokens/s and
+    whether every token agrees."""
+    hf = _hf_twin(model)
+    if hf is None:
+        print("# transformers is not installed: the comparison with its generate() is skipped "
+              "(pip install -r requirements-dev.txt)")
+        return None
+    import transformers  # version for the record (present: _hf_twin found it)
+
+    ids = torch.tensor(prompts, device=next(model.parameters()).device)
+    B = len(prompts)
+    box = {}
+
+    def ours():
+        with torch.no_grad():
+            box["ours"] = model.generate(prompts, T)
+
+    def theirs():
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=T,
+                              min_new_tokens=T, pad_token_id=0, eos_token_id=None)
+        box["theirs"] = out[:, ids.shape[1]:].tolist()
+
+    t_theirs = timeit(theirs, warmup=1, repeat=3, sync=sync)
+    t_ours = timeit(ours, warmup=1, repeat=3, sync=sync)
+    same = sum(a == b for a, b in zip(box["ours"], box["theirs"]))
+    rows = [dict(method=f"transformers {transformers.__version__} generate(), greedy, batch {B}", tokens=B * T,
+                 seconds=t_theirs, tokens_per_s=B * T / t_theirs, speedup=1.0),
+            dict(method=f"codelm generate(), greedy, batch {B}", tokens=B * T, seconds=t_ours,
+                 tokens_per_s=B * T / t_ours, speedup=t_theirs / t_ours)]
+    print_table(rows, ["method", "tokens", "seconds", "tokens_per_s", "speedup"])
+    print(f"# identical greedy tokens: {same}/{B} rows")
+    return {"rows": rows, "identical_rows": same, "batch": B}
 
 
 SUBCOMMANDS["generate"] = (bench_generate, _generate_args,

@@ -149,6 +149,8 @@ def read_jsonl(path):
 LINTSEQ_DIFF_TOKEN = "<|diff|>"   # separates LintSeq edits (lintseq.py writes it, eval.py decodes it)
 EDIT_FORMATS = (None, "lintseq")
 COMPLETION_FORMATS = (None, "intent")
+PROMPT_FORMATS = (None, "completion", "instruction")
+PROMPT_STARTS = (None, "eot", "bos", "none")
 
 
 @dataclass
@@ -157,10 +159,16 @@ class Postprocess:
     (and meta.json of SFT data): written by data.py (sft, intent) and sugar.py (apply), read by eval.py.
     edit_format 'lintseq': completions are LintSeq edit sequences (prompt + "\n<|diff|>", decoded).
     completion_format 'intent': <reasoning>, <intention>, then <code>...</code> holds the completion.
-    sugar: the Token Sugar table when the tokenizer has shorthand tokens (expanded before judging)."""
+    sugar: the Token Sugar table when the tokenizer has shorthand tokens (expanded before judging).
+    prompt_format: what the examples' prompts were: 'completion' (code to continue; None means it) or
+    'instruction' (natural language answered with a whole program: LintSeq data and its plain baseline).
+    prompt_start: the token each example began with: 'eot' (as pretraining documents; None means it),
+    'bos', or 'none'."""
     edit_format: str | None = None
     completion_format: str | None = None
     sugar: dict | None = None
+    prompt_format: str | None = None
+    prompt_start: str | None = None
 
     @classmethod
     def from_dict(cls, d, where="postprocess"):
@@ -177,6 +185,10 @@ class Postprocess:
             raise DataError(f"{where}: unknown edit_format {pp.edit_format!r} (known: {EDIT_FORMATS})")
         if pp.completion_format not in COMPLETION_FORMATS:
             raise DataError(f"{where}: unknown completion_format {pp.completion_format!r} (known: {COMPLETION_FORMATS})")
+        if pp.prompt_format not in PROMPT_FORMATS:
+            raise DataError(f"{where}: unknown prompt_format {pp.prompt_format!r} (known: {PROMPT_FORMATS})")
+        if pp.prompt_start not in PROMPT_STARTS:
+            raise DataError(f"{where}: unknown prompt_start {pp.prompt_start!r} (known: {PROMPT_STARTS})")
         if pp.sugar is not None and not isinstance(pp.sugar, dict):
             raise DataError(f"{where}: postprocess.sugar must be a sugar table (object), got {type(pp.sugar).__name__}")
         return pp

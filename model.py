@@ -383,12 +383,17 @@ class GPT(nn.Module):
     # -- generation
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, n_samples=1,
-                 stop=None, generator=None, return_logits=False):
+                 stop=None, generator=None, return_logits=False, min_p=0.0, repetition_penalty=1.0,
+                 generators=None, banned_ids=None):
         """Sample continuations of token-id prompts. Returns len(prompts) * n_samples lists of new ids
         (sample j of prompt i at i * n_samples + j), eos excluded. Each prompt is prefilled once (causal
         attention, no padding computed) and its keys/values copied to its n_samples rows; decoding runs
         all rows as one batch and drops rows as they finish (eos, or stop(row, new_ids) -> True).
-        temperature 0 is greedy. return_logits=True also returns each row's (steps, vocab) logits."""
+        temperature 0 is greedy; top_p, min_p and repetition_penalty (CTRL: the logits of tokens already
+        in the row, prompt included, divided by it when positive, multiplied when negative) as in
+        sample_next. generators: one torch.Generator (CPU) per output row; each row then draws only from
+        its own, so its tokens do not depend on the batch it shares. banned_ids: tokens never sampled.
+        return_logits=True also returns each row's (steps, vocab) logits."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ModelError("generate: every prompt needs at least one token")
         if max_new_tokens <= 0:
@@ -398,6 +403,8 @@ class GPT(nn.Module):
         device, dtype = self.embed.weight.device, self.embed.weight.dtype
         n, L = n_samples, max(len(p) for p in prompts)
         B = len(prompts) * n
+        if generators is not None and len(generators) != B:
+            raise ModelError(f"generate: {len(generators)} generators for {B} rows")
         cache = KVCache(self.cfg, B, L + max_new_tokens, device, dtype)
         cache.layer_of = {blk.attn: i for i, blk in enumerate(self.blocks)}
         pad = torch.tensor([L - len(p) for p in prompts for _ in range(n)], device=device)
@@ -409,6 +416,11 @@ class GPT(nn.Module):
             ids = torch.tensor([p], device=device)
             logits[i * n:(i + 1) * n] = self._forward_cached(ids, cos, sin, cache)
         cache.rows = None
+        seen = None
+        if repetition_penalty != 1.0:  # (rows, vocab): which tokens each row already holds
+            seen = torch.zeros(B, self.cfg.vocab_size, dtype=torch.bool, device=device)
+            for i, p in enumerate(prompts):
+                seen[i * n:(i + 1) * n, torch.tensor(p, device=device).clamp(max=self.cfg.vocab_size - 1)] = True
         rows = torch.arange(B, device=device)   # cache row -> output index
         outs = [[] for _ in range(B)]
         step_logits = [[] for _ in range(B)] if return_logits else None
@@ -417,7 +429,17 @@ class GPT(nn.Module):
             if return_logits:
                 for j, r in enumerate(rows.tolist()):
                     step_logits[r].append(logits[j].clone())
-            tokens = sample_next(logits, temperature, top_p, generator)
+            if seen is not None:
+                logits = torch.where(seen, torch.where(logits > 0, logits / repetition_penalty,
+                                                       logits * repetition_penalty), logits)
+            if banned_ids:
+                logits = logits.index_fill(1, torch.tensor(banned_ids, device=device), float("-inf"))
+            uniform = None
+            if generators is not None and temperature > 0:
+                uniform = torch.stack([torch.rand((), generator=generators[r]) for r in rows.tolist()]).to(device)
+            tokens = sample_next(logits, temperature, top_p, generator, min_p=min_p, uniform=uniform)
+            if seen is not None:
+                seen[torch.arange(len(rows), device=device), tokens] = True
             done = torch.zeros(len(rows), dtype=torch.bool)
             for j, (r, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
                 if eos_id is not None and t == eos_id:
@@ -432,10 +454,16 @@ class GPT(nn.Module):
                 keep = (~done).nonzero().squeeze(1).to(device)
                 cache.keep(keep)
                 rows, tokens, pad = rows[keep], tokens[keep], pad[keep]
+                seen = seen[keep] if seen is not None else None
             col = L + step
             cache.col = col
-            cache.mask = (col_ids[:col + 1][None, :] >= pad[:, None])[:, None, None, :]
-            cos, sin = rope_cos_sin((col - pad)[:, None], self.cfg, device)
+            padded = bool(pad.any())  # no padding left: attend to every column, no mask to build or apply
+            cache.mask = (col_ids[:col + 1][None, :] >= pad[:, None])[:, None, None, :] if padded else None
+            pos = col - pad
+            if col < self.cfg.block_size:  # positions inside the precomputed tables
+                cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+            else:
+                cos, sin = rope_cos_sin(pos[:, None], self.cfg, device)
             logits = self._forward_cached(tokens[:, None].to(device), cos[:, None], sin[:, None], cache)
         self.train(was_training)
         if return_logits:
@@ -443,18 +471,28 @@ class GPT(nn.Module):
         return outs
 
 
-def sample_next(logits, temperature=0.0, top_p=1.0, generator=None):
-    """Next token per row of logits (b, V): greedy at temperature 0, else temperature + nucleus (top-p)."""
+def sample_next(logits, temperature=0.0, top_p=1.0, generator=None, min_p=0.0, uniform=None):
+    """Next token per row of logits (b, V): greedy at temperature 0, else temperature, then min-p (drop
+    tokens below min_p x the top probability) and nucleus (top-p). uniform: (b,) numbers in [0, 1), one
+    per row, drawn with instead of generator (inverse CDF: a row's token depends on its number only)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if min_p > 0:
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+    if top_p >= 1.0 and uniform is None:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    if uniform is None:
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return order.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    else:
+        cdf = sorted_probs.cumsum(-1)
+        target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+        choice = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, choice).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- MFU

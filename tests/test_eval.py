@@ -198,7 +198,7 @@ def test_intent_recipe_completions(ex, humaneval, tokenizer_path):
     """A checkpoint fine-tuned with `data.py intent` writes <reasoning>, <intention>, then <code>:
     generation runs to </code> (stop sequences inside the prose do not cut it) and the code between
     the tags is what runs; a completion without <code> is a failed sample with the reason."""
-    from data import INTENT_TAGS, Tokenizer
+    from data import INTENT_TAGS, DataError, Tokenizer
     p = humaneval[0]
     cfg = {"completion_format": "intent"}
     prose = "<reasoning>Compare every pair.\nif two are close, say so.\n</reasoning><intention>Return True if any\nprint</intention>"
@@ -207,8 +207,8 @@ def test_intent_recipe_completions(ex, humaneval, tokenizer_path):
         assert err is None and comp == p["canonical"] and ex.check(prog, 5)["passed"], (tail, err)
     prog, comp, err = ev.build_program(p, prose + p["canonical"], cfg)
     assert prog is None and err.startswith("intent: no <code>")
-    prog, comp, err = ev.build_program(p, p["canonical"], {"completion_format": "chat"})
-    assert prog is None and "unknown completion_format" in err
+    with pytest.raises(DataError, match="unknown completion_format 'chat'"):
+        ev.build_program(p, p["canonical"], {"completion_format": "chat"})
     tok = Tokenizer(tokenizer_path)
     tok.add_tokens(list(INTENT_TAGS))
     script = tok.encode(prose + "<code>" + p["canonical"] + "</code>\ndef more():\n    pass\n")
@@ -265,7 +265,7 @@ def test_samples_file_subset_any_n(tmp_path, humaneval):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"task_id": "HumanEval/0", "completion": ""}\nnot json\n', ":2: not valid JSON"),
+    ('{"task_id": "HumanEval/0", "completion": ""}\nnot json\n', ":2: not JSON"),
     ('{"task_id": "HumanEval/0"}\n', ":1: missing field 'completion'"),
     ('{"completion": "x"}\n', ":1: missing field 'task_id'"),
     ('\n{"task_id": "HumanEval/999", "completion": ""}\n', ":2: unknown task_id 'HumanEval/999'"),
@@ -280,27 +280,136 @@ def test_bad_samples_files(tmp_path, content, message):
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_arguments(tmp_path, tiny_ckpt):
-    f = tmp_path / "s.jsonl"
-    f.write_text('{"task_id": "HumanEval/0", "completion": ""}\n')
-    r = run_cli("--samples", f, "--tasks", "humaneval,apps")
-    assert r.returncode != 0 and "unknown task 'apps'" in r.stderr
-    r = run_cli("--samples", f, "--tasks", "mbpp", "--mbpp_path", tmp_path / "missing.jsonl")
-    assert r.returncode != 0 and "missing.jsonl: no such file" in r.stderr
-    r = run_cli("--samples", f, "--k", "1,x")
-    assert r.returncode != 0 and "--k" in r.stderr
-    broken = tmp_path / "ckpt"
-    broken.mkdir()
-    (broken / "config.json").write_text((Path(tiny_ckpt) / "config.json").read_text())
-    r = run_cli("--ckpt", broken)
-    assert r.returncode != 0 and "missing" in r.stderr and "model.safetensors" in r.stderr
+def tree_bytes(root):
+    """{relative path: bytes} of every file under root (to prove a folder untouched)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def broken_ckpts(tmp_path_factory, tiny_ckpt):
+    """Damaged copies of the tiny checkpoint: truncated weights, a config without n_embd, an unknown
+    post-processing mode."""
+    import shutil
+    root = tmp_path_factory.mktemp("broken")
+    out = {}
+    for name in ("truncated", "no_n_embd", "bad_mode", "no_weights"):
+        d = root / name
+        shutil.copytree(tiny_ckpt, d)
+        out[name] = d
+    w = out["truncated"] / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])
+    (out["no_weights"] / "model.safetensors").unlink()
+    cfg = json.loads((out["no_n_embd"] / "config.json").read_text())
+    del cfg["model"]["n_embd"]
+    (out["no_n_embd"] / "config.json").write_text(json.dumps(cfg))
+    cfg = json.loads((out["bad_mode"] / "config.json").read_text())
+    cfg["postprocess"] = {"edit_format": "diffs"}
+    (out["bad_mode"] / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+# (arguments, expected exit code, a fragment of the one-line message); SAMPLES, CKPT and BROKEN:x are filled in
+BAD_INPUT = [
+    (["--samples", "SAMPLES", "--limit", "-1"], 2, "--limit -1: must be >= 1"),
+    (["--samples", "SAMPLES", "--timeout", "-1"], 2, "--timeout -1.0: must be > 0 seconds"),
+    (["--samples", "SAMPLES", "--timeout", "nan"], 2, "--timeout nan: must be > 0"),
+    (["--samples", "SAMPLES", "--workers", "0"], 2, "--workers 0: must be >= 1"),
+    (["--samples", "SAMPLES", "--memory_limit", "1K"], 2, "--memory_limit 1024: must be at least 1M"),
+    (["--samples", "SAMPLES", "--k", "0"], 2, "every k must be >= 1"),
+    (["--samples", "SAMPLES", "--k", "1,x"], 2, "--k '1,x': expected comma-separated integers"),
+    (["--samples", "SAMPLES", "--tasks", "humaneval,apps"], 2, "unknown task 'apps'"),
+    (["--samples", "SAMPLES", "--tasks", "mbpp", "--mbpp_path", "MISSING"], 2, "missing.jsonl: no such file"),
+    (["--samples", "SAMPLES", "--preset", "gpt5"], 2, "unknown preset 'gpt5' (known: lintseq, tokensugar, intent)"),
+    (["--samples", "SAMPLES", "--prompt_format", "chat"], 2, "invalid choice: 'chat'"),
+    (["--ckpt", "CKPT", "--temperature", "-1"], 2, "--temperature -1.0: must be >= 0 (0 = greedy)"),
+    (["--ckpt", "CKPT", "--top_p", "5"], 2, "--top_p 5.0: must be in (0, 1]"),
+    (["--ckpt", "CKPT", "--min_p", "1"], 2, "--min_p 1.0: must be in [0, 1)"),
+    (["--ckpt", "CKPT", "--repetition_penalty", "0"], 2, "--repetition_penalty 0.0: must be > 0"),
+    (["--ckpt", "CKPT", "--n_samples", "0"], 2, "--n_samples 0: must be >= 1"),
+    (["--ckpt", "CKPT", "--batch_size", "0"], 2, "--batch_size 0: must be >= 1"),
+    (["--ckpt", "CKPT", "--seed", "-3"], 2, "--seed -3: must be >= 0"),
+    (["--ckpt", "CKPT", "--n_samples", "2", "--k", "1,5"], 2, "--k 1,5: every k must be in 1..n_samples (2)"),
+    (["--ckpt", "CKPT", "--max_new_tokens", "256"], 2, "--max_new_tokens 256: the model's context is 256 tokens; allowed 1..255"),
+    (["--ckpt", "BROKEN:truncated"], 2, "model.safetensors: truncated"),
+    (["--ckpt", "BROKEN:no_n_embd"], 2, "config.json: model config lacks n_embd"),
+    (["--ckpt", "BROKEN:bad_mode"], 2, "unknown edit_format 'diffs'"),
+    (["--ckpt", "BROKEN:no_weights"], 2, "no_weights: missing model.safetensors"),
+    (["--ckpt", "NOT_A_FOLDER"], 2, "not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv,code,message", BAD_INPUT, ids=[" ".join(a[2:]) or a[1] for a, _, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_touches_nothing(tmp_path, tiny_ckpt, broken_ckpts, argv, code, message):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return True\n"}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"an": "earlier run"}\n')
+    (out / "notes.txt").write_bytes(b"kept \x00 as is")
+    before = tree_bytes(out)
+    fill = {"SAMPLES": samples, "CKPT": tiny_ckpt, "MISSING": tmp_path / "missing.jsonl", "NOT_A_FOLDER": samples}
+    argv = [broken_ckpts[a[7:]] if a.startswith("BROKEN:") else fill.get(a, a) for a in argv]
+    r = run_cli(*argv, "--out", out)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("eval.py: error:")]
+    assert len(lines) == 1, r.stderr
+    assert tree_bytes(out) == before
+
+
+def test_bad_out_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\n')
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    for out, message in ((a_file, "exists and is not a folder"), (a_file / "sub", "is not a folder")):
+        r = run_cli("--samples", samples, "--out", out)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert a_file.read_text() == "x"
+    # a full disk (its free space faked; a real one cannot be made without privileges)
+    monkeypatch.setattr(ev.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=4096))
+    with pytest.raises(ev.EvalError, match="only 4,096 bytes free"):
+        ev.check_out(tmp_path / "new")
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_signals_end_with_one_line_and_nothing_written(tmp_path, sig, code, word):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    import time; time.sleep(30)"}) + "\n")
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, str(REPO / "eval.py"), "--samples", str(samples), "--out", str(out),
+                          "--timeout", "60", "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=REPO)
+    for _ in range(300):  # until the sample runs (the executor reports progress on stderr only at the end)
+        if any("python" in c for c in _children_cmdlines(p.pid)):
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    assert f"eval.py: error: {word}; nothing was written" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _children_cmdlines(pid):
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append((d / "cmdline").read_bytes().decode(errors="replace"))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
 
 
 # ----------------------------------------------------------------------------- generation
 def test_generate_end_to_end_cli(tmp_path, tiny_ckpt, mbpp_path):
     out = tmp_path / "eval"
     r = run_cli("--ckpt", tiny_ckpt, "--tasks", "humaneval,mbpp", "--limit", "2", "--n_samples", "2",
-                "--temperature", "0.8", "--k", "1,2,5", "--max_new_tokens", "12", "--batch_size", "3",
+                "--temperature", "0.8", "--k", "1,2", "--max_new_tokens", "12", "--batch_size", "3",
                 "--mbpp_path", mbpp_path, "--out", out, "--workers", "2")
     assert r.returncode == 0, r.stderr
     samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
@@ -310,9 +419,9 @@ def test_generate_end_to_end_cli(tmp_path, tiny_ckpt, mbpp_path):
     assert len(results) == 8 and all(x["result"] in ("passed", "timed out") or x["result"].startswith("failed") for x in results)
     m = json.loads((out / "metrics.json").read_text())
     for t in ("humaneval", "mbpp"):
-        assert "pass@1" in m["tasks"][t] and "pass@2" in m["tasks"][t] and "pass@5" not in m["tasks"][t]
+        assert "pass@1" in m["tasks"][t] and "pass@2" in m["tasks"][t]
         assert len(m["tasks"][t]["dataset"]["sha256"]) == 64
-    assert "--k 5 > --n_samples 2" in r.stderr and "[generate humaneval]" in r.stderr
+    assert "[generate humaneval]" in r.stderr
     # the samples it wrote score the same through --samples (files move between tools)
     r2 = run_cli("--samples", out / "samples.jsonl", "--tasks", "humaneval,mbpp", "--mbpp_path", mbpp_path,
                  "--out", tmp_path / "rescored")
@@ -326,9 +435,10 @@ def test_evaluate_api_for_train_py(ex, tiny_ckpt):
     from model import load_model
     model, _ = load_model(tiny_ckpt)
     tok = Tokenizer.load(tiny_ckpt)
-    m = ev.evaluate(model, tok, limit=3, max_new_tokens=8, executor=ex)
+    m = ev.evaluate(model, tok, limit=3, sampling=ev.Sampling(max_new_tokens=8), executor=ex)
     assert set(m) == {"humaneval"} and 0.0 <= m["humaneval"]["pass@1"] <= 1.0
     assert m["humaneval"]["n_samples"] == 3
-    texts, stats = ev.generate_completions(model, tok, ev.load_humaneval()[0][:2], n_samples=3, temperature=1.0,
-                                           max_new_tokens=6, batch_size=4, label=None)
+    texts, stats = ev.generate_completions(model, tok, ev.load_humaneval()[0][:2],
+                                           ev.Sampling(n_samples=3, temperature=1.0, max_new_tokens=6, batch_size=4),
+                                           label=None)
     assert len(texts) == 6 and stats["new_tokens"] <= 36

@@ -1,0 +1,344 @@
+"""eval.py's protocols: prompt formats (instruction vs completion) and the two LintSeq arms scored alike,
+the stop rule, sampling that does not depend on batching, min-p and repetition penalty, prompt start
+tokens, presets."""
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval as ev
+from data import LINTSEQ_DIFF_TOKEN, Tokenizer
+from model import load_model, sample_next
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return ev.load_humaneval()[0]
+
+
+@pytest.fixture(scope="module")
+def ex():
+    executor = ev.Executor(workers=2, quiet=True).start()
+    yield executor
+    executor.close()
+
+
+class ScriptedModel(torch.nn.Module):
+    """Always writes the same ids (then eos), asking stop() after each token as GPT.generate does, and
+    keeps the prompts it was given."""
+
+    def __init__(self, script, eos_id, block_size=2048):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.cfg, self.script, self.eos_id, self.prompts = types.SimpleNamespace(block_size=block_size), script, eos_id, []
+
+    def generate(self, prompts, max_new_tokens, eos_id=None, n_samples=1, stop=None, **_):
+        self.prompts += prompts
+        outs = []
+        for r in range(len(prompts) * n_samples):
+            out = []
+            for t in (self.script + [self.eos_id])[:max_new_tokens]:
+                if t == eos_id:
+                    break
+                out.append(t)
+                if stop(r, out):
+                    break
+            outs.append(out)
+        return outs
+
+
+# ----------------------------------------------------------------------------- prompt formats
+def test_instruction_text_is_humanevalpack_synthesize(humaneval, mbpp_path):
+    # HumanEval/0 as HumanEvalPack (bigcode/humanevalpack, python) publishes it in its dataset card
+    assert humaneval[0]["instruction"] == (
+        "Write a Python function `has_close_elements(numbers: List[float], threshold: float) -> bool` to solve the "
+        "following problem:\nCheck if in given list of numbers, are any two numbers closer to each other than\n"
+        "given threshold.\n>>> has_close_elements([1.0, 2.0, 3.0], 0.5)\nFalse\n"
+        ">>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\nTrue")
+    assert humaneval[2]["instruction"] == (
+        "Write a Python function `truncate_number(number: float) -> float` to solve the following problem:\n"
+        "Given a positive floating point number, it can be decomposed into\nand integer part (largest integer "
+        "smaller than given number) and decimals\n(leftover part always smaller than 1).\n\n"
+        "Return the decimal part of the number.\n>>> truncate_number(3.5)\n0.5")
+    # the code an answer runs after: imports and the helpers the prompt defines before the function
+    assert humaneval[0]["preamble"] == "from typing import List\n\n\n"
+    assert "def is_palindrome" in humaneval[10]["preamble"] and "def make_palindrome" not in humaneval[10]["preamble"]
+    mbpp = ev.load_mbpp(mbpp_path)[0]
+    assert mbpp[0]["instruction"] == ("Write a python function to remove first and last occurrence of a given "
+                                      'character from the string.\nassert remove_Occ("hello","l") == "heo"')
+
+
+def test_plain_answers_are_whole_programs_or_their_first_fenced_block(ex, humaneval):
+    p = humaneval[0]
+    program = p["prompt"] + p["canonical"]
+    pp = {"prompt_format": "instruction"}
+    for answer in (program, f"Here it is:\n```python\n{program}```\nand more:\n```\nx = 1\n```\n",
+                   f"```python\n{program}"):  # an unclosed fence runs to the end
+        prog, comp, err = ev.build_program(p, answer, pp)
+        assert err is None and comp.strip() == program.strip(), answer
+        assert prog.startswith(p["preamble"]) and ex.check(prog, 5)["passed"]
+    # the same answer in completion mode is cut to nothing by the column-0 stops: the bias the format removes
+    prog, comp, err = ev.build_program(p, program.removeprefix("from typing import List\n\n\n"), {})
+    assert comp == "" and not ex.check(prog, 5)["passed"]
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_both_lintseq_arms_give_the_same_program_and_verdict(ex, humaneval, tokenizer_path, wrong):
+    """A LintSeq checkpoint and its baseline (lintseq.py --baseline, same programs without edits), each
+    scored as its own record says, with no flag: the same instruction, the same program, the same verdict."""
+    lintseq = pytest.importorskip("lintseq")
+    p = humaneval[0]
+    program = p["prompt"] + (p["canonical"].replace("<", ">") if wrong else p["canonical"])
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens([LINTSEQ_DIFF_TOKEN])
+    edits = lintseq.make_records(p["instruction"], program, s=1)[0]
+    arms = {"lintseq": ({"edit_format": "lintseq", "prompt_format": "instruction"}, edits["completion"]),
+            "baseline": ({"prompt_format": "instruction"}, lintseq.make_records(p["instruction"], program, baseline=True)[0]["completion"])}
+    seen = {}
+    for arm, (record, answer) in arms.items():
+        pp = ev.checkpoint_postprocess({"postprocess": record}, "out/" + arm, None)  # as eval.py --ckpt reads it
+        model = ScriptedModel(tok.encode(answer), tok.eos_id)
+        metrics, records = ev.evaluate(model, tok, limit=1, postprocess=pp, executor=ex, return_records=True)
+        prompt = tok.decode(model.prompts[0][1:])
+        expected = lintseq.make_records(p["instruction"], program, s=1, baseline=arm == "baseline")[0]["prompt"]
+        assert model.prompts[0][0] == tok.eos_id and prompt == expected  # the prompt its training records had
+        seen[arm] = (records[0]["completion"].strip(), records[0]["passed"], metrics["humaneval"]["pass@1"])
+    assert seen["lintseq"] == seen["baseline"]
+    assert seen["lintseq"][1] is (not wrong)
+
+
+def test_prompt_start_follows_the_training_record(humaneval, tokenizer_path):
+    tok = Tokenizer(tokenizer_path)
+    assert tok.bos_id is not None and tok.bos_id != tok.eos_id
+    for start, first in ((None, tok.eos_id), ("eot", tok.eos_id), ("bos", tok.bos_id), ("none", None)):
+        model = ScriptedModel(tok.encode("    return 1\n"), tok.eos_id)
+        ev.generate_completions(model, tok, humaneval[:1], postprocess={"prompt_start": start}, label=None)
+        ids = model.prompts[0]
+        assert (ids[0] == first) if first is not None else ids == tok.encode(humaneval[0]["prompt"])
+
+
+def test_unknown_modes_are_named(tiny_ckpt):
+    with pytest.raises(ev.DataError, match="unknown prompt_format 'chat'"):
+        ev.checkpoint_postprocess({"postprocess": {"prompt_format": "chat"}}, tiny_ckpt, None)
+
+
+# ----------------------------------------------------------------------------- stops and sampling
+def naive_stop(tok, new_ids, stops, col0):
+    """Where decoding the whole row after every token would stop (the reference for StopRule)."""
+    for t in range(len(new_ids)):
+        text = ("\n" if col0 else "") + tok.decode(new_ids[:t + 1])
+        if any(s in text for s in stops):
+            return t
+    return None
+
+
+def test_stop_rule_stops_where_decoding_every_step_would(tokenizer_path, humaneval):
+    tok = Tokenizer(tokenizer_path)
+    pp = ev.as_postprocess({})
+    texts = [p["canonical"] + tail for p in humaneval[:12]
+             for tail in ("\ndef helper(x):\n    pass\n", "\n\n\nif __name__ == '__main__':\n", "\n#x", "")]
+    texts += ["def f():\n", "    x = 1\nprint(x)\n", "  \n\n\n\nclass A: pass\n", "    s = '\\ndef'\n@dec\n"]
+    checked = 0
+    for text in texts:
+        ids = tok.encode(text)
+        for col0 in (True, False):
+            for stops in (ev.STOP_HUMANEVAL, ev.STOP_MBPP):
+                rule = ev.StopRule(tok, pp, [stops], [col0], [10 ** 6], 1)
+                got = next((t for t in range(len(ids)) if rule(0, ids[:t + 1])), None)
+                assert got == naive_stop(tok, ids, stops, col0), (text, col0)
+                checked += got is not None
+    assert checked > 20  # the texts do reach stops
+
+
+def test_samples_do_not_depend_on_batching(tiny_ckpt, humaneval):
+    """Sample j of a problem depends only on (seed, problem, j): the same text whatever batch or
+    subset of problems it is generated with (what lets ranks split the work)."""
+    model, _ = load_model(tiny_ckpt)
+    tok = Tokenizer.load(tiny_ckpt)
+    s = dict(n_samples=3, temperature=1.0, top_p=0.9, max_new_tokens=10)
+    whole, _ = ev.generate_completions(model, tok, humaneval[:3], ev.Sampling(batch_size=9, **s), label=None)
+    small, _ = ev.generate_completions(model, tok, humaneval[:3], ev.Sampling(batch_size=2, **s), label=None)
+    alone, _ = ev.generate_completions(model, tok, humaneval[1:2], ev.Sampling(batch_size=1, **s), label=None)
+    assert whole == small and alone == whole[3:6]
+    assert len(set(whole)) > 3  # real sampling, not one text
+    other, _ = ev.generate_completions(model, tok, humaneval[:3], ev.Sampling(batch_size=9, seed=1, **s), label=None)
+    assert other != whole
+
+
+def test_min_p_drops_unlikely_tokens():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log().repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    drawn = sample_next(logits, 1.0, min_p=0.2, generator=g)  # keeps p >= 0.1
+    assert set(drawn.tolist()) == {0, 1, 2}
+    u = torch.rand(4000, generator=g)
+    drawn = sample_next(logits, 1.0, min_p=0.2, uniform=u)
+    counts = torch.bincount(drawn, minlength=4).float() / 4000
+    assert counts[3] == 0 and abs(counts[0] - 0.5 / 0.95) < 0.03 and abs(counts[2] - 0.15 / 0.95) < 0.03
+
+
+def test_repetition_penalty_applies_to_every_token_already_in_the_row(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    prompt = [5, 9, 9, 17, 3]
+    outs, logits = model.generate([prompt], 40, repetition_penalty=1.3, return_logits=True)
+    seen = set(prompt)
+    for t, row in zip(outs[0], logits[0]):
+        idx = torch.tensor(sorted(seen))
+        pen = row.clone()
+        pen[idx] = torch.where(row[idx] > 0, row[idx] / 1.3, row[idx] * 1.3)
+        assert t == int(pen.argmax())
+        seen.add(t)
+    plain = model.generate([prompt], 40)[0]
+    assert plain != outs[0]  # the tiny random model repeats a token by step 40 without it
+
+
+def test_two_ranks_write_what_one_process_writes(tmp_path, tiny_ckpt):
+    """torchrun --nproc_per_node=2 eval.py (gloo on CPU): each rank generates its share, rank 0 judges;
+    results.jsonl is byte-identical to one process's."""
+    from conftest import run_torchrun
+    args = ["--ckpt", str(tiny_ckpt), "--limit", "3", "--n_samples", "2", "--temperature", "1.0", "--k", "1,2",
+            "--max_new_tokens", "8", "--batch_size", "4", "--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, str(REPO / "eval.py"), *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(REPO / "eval.py"), *args, "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for name in ("results.jsonl", "samples.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["ranks"] == 2
+
+
+# ----------------------------------------------------------------------------- presets
+def test_preset_recorded_flags_win_and_context_cuts_said(tmp_path, tiny_ckpt):
+    out = tmp_path / "e"
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--ckpt", str(tiny_ckpt), "--preset", "intent",
+                        "--temperature", "0.5", "--limit", "3", "--max_new_tokens", "200", "--out", str(out),
+                        "--workers", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "metrics.json").read_text())["settings"]
+    assert s["preset"] == "intent" and s["preset_settings"] == ev.PRESETS["intent"]
+    assert s["sampling"]["temperature"] == 0.5 and s["sampling"]["repetition_penalty"] == 1.05
+    assert s["overridden_by_flags"] == ["temperature"]
+    # the context (256 tokens) cuts prompts and caps new tokens: said on stdout, with the counts metrics.json has
+    m = json.loads((out / "metrics.json").read_text())["tasks"]["humaneval"]
+    assert m["new_tokens_capped"] == 3 and m["prompts_truncated"] >= 1
+    assert (f"humaneval: {m['prompts_truncated']} of 3 prompts cut from the left and 3 given fewer than "
+            "--max_new_tokens 200 new tokens, to fit the model's 256-token context") in r.stdout
+
+
+# ----------------------------------------------------------------------------- EvalPlus
+def evalplus_fixture(path, humaneval, canonical_of=None):
+    """A HumanEvalPlus-format file made from HumanEval problems 0 and 2 (inputs written here)."""
+    inputs = {0: ([[[1.0, 2.0, 3.0], 0.5], [[1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3]],
+                  [[[float(i) for i in range(10)] + [3.05], 0.1], [[float(2 * i) for i in range(12)], 1.0]]),
+              2: ([[3.5]], [[10.25], [7.0], [123.456]])}
+    rows = []
+    for i, (base, plus) in inputs.items():
+        p = humaneval[i]
+        rows.append({"task_id": p["task_id"], "prompt": p["prompt"], "entry_point": p["test"].rsplit("check(", 1)[1][:-1],
+                     "canonical_solution": (canonical_of or {}).get(i, p["canonical"]), "base_input": base,
+                     "plus_input": plus, "atol": 0})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evalplus_judging_base_and_plus_with_tolerance(tmp_path, humaneval):
+    plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
+    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n    for idx", 1)
+    samples = [("HumanEval/0", humaneval[0]["canonical"]), ("HumanEval/0", short_only),
+               ("HumanEval/2", "    return number % 1.0 + 1e-9\n"), ("HumanEval/2", "    return number % 1.0 + 1e-3\n"),
+               ("HumanEval/2", "    return int(number % 1.0 * 100) / 100\n")]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus",
+                        "--humaneval_plus_path", str(plus), "--out", str(tmp_path / "o"), "--workers", "2"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    # canonical: both; wrong only on long (plus) inputs: base only; 1e-9 off: within the float tolerance;
+    # 1e-3 off: outside it; right on 3.5 (base) but truncating 10.25 -> 0.25 ok, 123.456 -> 0.45 wrong: base only
+    assert [(x["base_passed"], x["passed"]) for x in res] == [(True, True), (True, False), (True, True),
+                                                             (False, False), (True, False)]
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["humaneval_plus"]
+    assert m["pass@1"] == pytest.approx((1 / 2 + 1 / 3) / 2) and m["base_pass@1"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_evalplus_bad_files_are_named(tmp_path, humaneval):
+    f = tmp_path / "s.jsonl"
+    f.write_text(json.dumps({"task_id": "HumanEval/0", "completion": ""}) + "\n")
+
+    def run(plus):
+        return subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus",
+                               "--humaneval_plus_path", str(plus), "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+
+    broken = evalplus_fixture(tmp_path / "wrong.jsonl", humaneval, {2: "    return 1 / (number - 3.5)\n"})  # 3.5: base
+    r = run(broken)
+    assert r.returncode == 2 and "canonical solution(s) fail their own base inputs, first HumanEval/2" in r.stderr, r.stderr
+    rows = (tmp_path / "wrong.jsonl").read_text().splitlines()
+    (tmp_path / "nofield.jsonl").write_text(rows[0] + "\n" + json.dumps({"task_id": "HumanEval/2", "prompt": "x"}) + "\n")
+    r = run(tmp_path / "nofield.jsonl")
+    assert r.returncode == 2 and "nofield.jsonl:2: missing field 'entry_point'" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "--humaneval_plus_path FILE" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- Token Sugar figures
+def test_token_sugar_figures_from_a_scripted_model(ex, humaneval, tokenizer_path):
+    """A model that writes shorthand: tokens generated, the share saved against the desugared code
+    re-encoded, sugars per sample and desugar failures come out as counted by hand."""
+    sugar = pytest.importorskip("sugar")
+    table = {"sugars": [{"code": "abs(SUGARWILDCARD_0 - SUGARWILDCARD_1)", "type": "expr", "id": "abc1"}]}
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens(sugar.load_sugars(table).tokens())
+    p = humaneval[0]
+    sweet = p["canonical"].replace("abs(elem - elem2)", "<abc1_expr_token>elem;elem2<\\expr_token>")
+    script = tok.encode(sweet + "\ndef extra():\n    pass\n")
+    model = ScriptedModel(script, tok.eos_id)
+    m, records = ev.evaluate(model, tok, limit=1, postprocess={"sugar": table}, executor=ex, return_records=True)
+    fig = m["humaneval"]["sugar"]
+    used = tok.encode(sweet)  # up to the stop at "\ndef extra" (which takes its own newline)
+    assert records[0]["passed"] and records[0]["completion"] == p["canonical"]
+    assert fig["tokens_saved_share"] == pytest.approx(1 - len(used) / len(tok.encode(records[0]["completion"])))
+    assert fig["tokens_saved_share"] > 0 and fig["sugars_per_sample"] == 1 and fig["desugar_failures"] == 0
+    assert fig["generated_tokens_per_sample"] == m["humaneval"]["new_tokens"] > len(used)
+    broken = ScriptedModel(tok.encode(sweet.replace("elem;elem2", "elem")), tok.eos_id)
+    m, _ = ev.evaluate(broken, tok, limit=1, postprocess={"sugar": table}, executor=ex, return_records=True)
+    assert m["humaneval"]["sugar"]["desugar_failures"] == 1
+
+
+def test_tokensugar_protocol_stop_rule_and_banned_words(ex, humaneval, tokenizer_path, tiny_ckpt):
+    """--preset tokensugar: a column-0 line starting with a lowercase letter or "<" ends the completion
+    (in generation and post-processing alike); `pass`, `#` and `...` are never generated."""
+    tok = Tokenizer(tokenizer_path)
+    p = humaneval[0]
+    script = tok.encode(p["canonical"] + "\nresult = has_close_elements([1.0], 0.5)\nprint(result)\n")
+    protocol = ev.Sampling(**{k: v for k, v in ev.PRESETS["tokensugar"].items() if k in ev.Sampling.__dataclass_fields__})
+    m, rec = ev.evaluate(ScriptedModel(script, tok.eos_id), tok, limit=1, sampling=protocol, executor=ex,
+                         return_records=True)
+    assert rec[0]["completion"] == p["canonical"] and rec[0]["passed"]
+    assert "\nr" in rec[0]["raw"] and "([1.0]" not in rec[0]["raw"]  # generation stopped within that line's start
+    _, rec = ev.evaluate(ScriptedModel(script, tok.eos_id), tok, limit=1, executor=ex, return_records=True)
+    assert "result = " in rec[0]["completion"]  # the bigcode stops alone keep that line
+    banned = ev.banned_ids(tok, ("pass", "#", "..."))
+    texts = {tok.decode([i]).strip() for i in banned}
+    assert "#" in texts and all(t == "pass" or "#" in t or "..." in t for t in texts)
+    assert not {tok.decode([i]).strip() for i in range(tok.vocab_size) if i not in banned} & {"pass", "#", "..."}
+    model, _ = load_model(tiny_ckpt)
+    free = model.generate([[5, 9, 17]], 20)[0]
+    ban = sorted(set(free))[:5]
+    kept = model.generate([[5, 9, 17]], 20, banned_ids=ban)[0]
+    assert not set(kept) & set(ban)
