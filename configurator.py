@@ -80,10 +80,12 @@ def configurable(namespace):
 
 def apply_config_file(path, namespace, known):
     try:
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
+        source = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}); a config file is Python source")
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}); a config file is Python source")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})")
     scope = {"__file__": path}

@@ -436,12 +436,13 @@ def _write_failure(e, folder):
     write, as torch.save does) a full disk when there is no space left."""
     if isinstance(e, OSError) and e.strerror:
         return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     try:
         if shutil.disk_usage(folder).free == 0:
-            return f"no space left on device ({e})"
+            return f"no space left on device ({first})"
     except OSError:
         pass
-    return str(e)
+    return first
 
 
 def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state=None, weights_name="model.safetensors"):

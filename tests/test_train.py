@@ -30,8 +30,8 @@ learning_rate = 3e-3
 """
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, tokenizer_path):
+def make_tiny_run(tmp_path_factory, tokenizer_path):
+    """(corpus folder, config file) of a tiny run on stdlib code; test modules build their own."""
     from data import prepare_corpus
 
     src = tmp_path_factory.mktemp("src")
@@ -39,14 +39,24 @@ def corpus(tmp_path_factory, tokenizer_path):
         (src / f"m{i}.py").write_text(text)
     out = tmp_path_factory.mktemp("data") / "tiny"
     prepare_corpus(str(src), out, tokenizer=str(tokenizer_path), workers=1)
-    return out
+    path = tmp_path_factory.mktemp("cfg") / "tiny.py"
+    path.write_text(TINY + f"data_dir = {str(out)!r}\n")
+    return out, path
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory, corpus):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.py"
-    path.write_text(TINY + f"data_dir = {str(corpus)!r}\n")
-    return path
+def tiny_run(tmp_path_factory, tokenizer_path):
+    return make_tiny_run(tmp_path_factory, tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_run):
+    return tiny_run[0]
+
+
+@pytest.fixture(scope="module")
+def config(tiny_run):
+    return tiny_run[1]
 
 
 def env():
@@ -147,7 +157,8 @@ def test_two_ranks_match_one_process(tmp_path, config, reference, parallel):
         for (k, x), (_, y) in zip(ref_model.state_dict().items(), fsdp_model.state_dict().items()):
             assert (x - y).abs().max() <= 1e-4, k
         shutil.copytree(out, tmp_path / "single")
-        train(config, f"--out_dir={tmp_path / 'single'}", "--init_from=resume", "--max_iters=12")
+        r = train(config, f"--out_dir={tmp_path / 'single'}", "--init_from=resume", "--max_iters=12")
+        assert "resuming a 2-process run on 1: it continues from the same state but not bit for bit" in r.stdout
         train(config, f"--out_dir={out}", "--init_from=resume", "--max_iters=12", "--parallel=fsdp", procs=2)
         last = records(tmp_path / "single", "train")[-1]
         assert last["step"] == 12 and last["loss"] == pytest.approx(records(out, "train")[-1]["loss"], rel=1e-5)
@@ -214,6 +225,10 @@ def test_quickstart_config_prepares_its_data(tmp_path):
     meta = json.loads((data / "meta.json").read_text())
     assert meta["vocab_size"] <= 8192 and meta["train"]["tokens"] > 1_000_000 and meta["sources"]["src"] == "stdlib"
     assert records(out, "train")[-1]["step"] == 2 and "val loss" in r.stdout
+    # it ends with what the model writes: a sampled continuation of the config's prompt
+    sample = records(out, "sample")[0]["text"]
+    assert sample.startswith("def fibonacci(n):\n") and len(sample) > len("def fibonacci(n):\n")
+    assert r.stdout.rstrip().endswith(sample.rstrip()) and "sample (temperature 0.8" in r.stdout
     assert (out / "model.safetensors").exists() and (out / "tokenizer.model").exists()
     # the README's multi-rank CPU command runs on the shipped config (its accumulation steps split over 2)
     r = train(REPO / "config" / "quickstart.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'qs2'}",
