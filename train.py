@@ -60,6 +60,8 @@ out_dir = "out"
 init_from = "scratch"       # 'scratch' | 'resume' (continue out_dir) | a checkpoint folder to start from
 data_dir = "data/stdlib"
 data_src = ""               # if data_dir holds no corpus yet, prepare it from this ('stdlib', folder, .jsonl)
+data_mix = ()               # pretraining mixture instead of data_dir: ("data/text:0.5", "data/code:0.5"), corpora
+                            # made with one tokenizer (data.py corpus --tokenizer); each micro-batch draws its corpus
 data_vocab_size = 32768     # tokenizer size when data_src prepares the corpus
 task = "pretrain"           # 'pretrain': random windows of the token shards | 'sft': masked examples (data.py sft/intent)
 # model (taken from the checkpoint when init_from is one; block_size may still be changed)
@@ -177,6 +179,30 @@ def check_settings(cfg):
     if cfg.lora_r > 0 and cfg.task != "sft":
         raise TrainError("LoRA (lora_r > 0) is for task='sft'")
     parse_lora_targets(cfg.lora_targets)  # ModelError naming the unknown target
+    if cfg.data_mix:
+        if cfg.task != "pretrain":
+            raise TrainError("data_mix is for task='pretrain'")
+        parse_mixture(cfg.data_mix)
+
+
+def parse_mixture(entries):
+    """[(folder, weight)] of data_mix's 'FOLDER:WEIGHT' entries, weights normalised to sum to 1."""
+    sources = []
+    for entry in entries:
+        folder, sep, text = str(entry).rpartition(":")
+        try:
+            weight = float(text) if sep and folder else math.nan
+        except ValueError:
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0):
+            raise TrainError(f"data_mix: {entry!r} is not FOLDER:WEIGHT with a finite weight >= 0")
+        if not (Path(folder) / "meta.json").is_file():
+            raise TrainError(f"data_mix: {folder} holds no corpus (no meta.json; make it with data.py corpus)")
+        sources.append((folder, weight))
+    total = sum(w for _, w in sources)
+    if not total > 0:
+        raise TrainError(f"data_mix: the weights sum to {total}; they must sum to a positive number")
+    return [(folder, w / total) for folder, w in sources]
 
 
 def lora_settings(cfg):
@@ -413,29 +439,53 @@ class Log:
 # ----------------------------------------------------------------------------- data
 @dataclass
 class Data:
-    """The run's data: meta.json, the tokenizer, and the pretraining shards or the SFT feed."""
+    """The run's data: meta.json and the tokenizer (of data_dir, or of data_mix's first corpus), and the
+    pretraining shards of each source with its weight, or the SFT feed."""
+    folder: str
     meta: dict
     tok: Tokenizer
-    shards: dict
+    sources: list    # pretraining: [(folder, weight, {"train": shards, "val": shards})]
     sft: object
+
+    @property
+    def weights(self):
+        return [w for _, w, _ in self.sources]
 
 
 def load_data(cfg, env):
-    """Open data_dir (prepared from data_src on rank 0 first when it holds no corpus yet)."""
-    if cfg.data_src and not (Path(cfg.data_dir) / "meta.json").is_file():
+    """Open data_dir (prepared from data_src on rank 0 first when it holds no corpus yet) or the corpora
+    of data_mix (one tokenizer)."""
+    if cfg.data_src and not cfg.data_mix and not (Path(cfg.data_dir) / "meta.json").is_file():
         if env.master:
             prepare_corpus(cfg.data_src, cfg.data_dir, vocab_size=cfg.data_vocab_size)
         if env.world > 1:
             dist.barrier()
-    meta = load_sft_meta(cfg.data_dir) if cfg.task == "sft" else load_corpus_meta(cfg.data_dir)
-    shards = {s: open_shards(cfg.data_dir, s, meta) for s in ("train", "val")} if cfg.task == "pretrain" else {}
-    for s, arrays in shards.items():
-        longest = max(len(a) for a in arrays)
-        if longest <= cfg.block_size:
-            raise TrainError(f"block_size {cfg.block_size} is larger than the {s} split of {cfg.data_dir} ({longest:,} tokens in its largest shard); lower block_size")
-    tok = Tokenizer.load(cfg.data_dir)
-    sft = SFTFeed(cfg, meta, env, tok.pad_id) if cfg.task == "sft" else None
-    return Data(meta, tok, shards, sft)
+    if cfg.task == "sft":
+        meta, tok = load_sft_meta(cfg.data_dir), Tokenizer.load(cfg.data_dir)
+        return Data(cfg.data_dir, meta, tok, [], SFTFeed(cfg, meta, env, tok.pad_id))
+    sources = []
+    for folder, weight in parse_mixture(cfg.data_mix) if cfg.data_mix else [(cfg.data_dir, 1.0)]:
+        meta = load_corpus_meta(folder)
+        if sources and meta["tokenizer"]["sha256"] != sources[0][3]["tokenizer"]["sha256"]:
+            raise TrainError(f"data_mix: {folder} was tokenized with another tokenizer than {sources[0][0]} "
+                             f"(make it with data.py corpus --tokenizer {sources[0][0]}/tokenizer.model)")
+        shards = {s: open_shards(folder, s, meta) for s in ("train", "val")}
+        for s, arrays in shards.items():
+            longest = max(len(a) for a in arrays)
+            if longest <= cfg.block_size:
+                raise TrainError(f"block_size {cfg.block_size} is larger than the {s} split of {folder} ({longest:,} tokens in its largest shard); lower block_size")
+        sources.append((folder, weight, shards, meta))
+    meta = dict(sources[0][3])
+    meta["train"] = {**meta["train"], "tokens": sum(m["train"]["tokens"] for *_, m in sources)}
+    return Data(sources[0][0], meta, Tokenizer.load(sources[0][0]), [src[:3] for src in sources], None)
+
+
+def draw_source(rng, weights):
+    """The corpus a micro-batch comes from: the first draw of its generator, so the choice is as
+    deterministic as the windows (and a single corpus draws nothing)."""
+    if len(weights) == 1:
+        return 0
+    return min(int(np.searchsorted(np.cumsum(weights), rng.random(), side="right")), len(weights) - 1)
 
 
 class SFTFeed:
@@ -538,10 +588,10 @@ def load_start(cfg, data, out):
     resume_state = load_resume_state(cfg, src, ckpt, shape, meta) if resume else None
     want_sha = (ckpt.get("tokenizer") or {}).get("sha256")
     if want_sha and want_sha != meta["tokenizer"]["sha256"]:
-        raise TrainError(f"tokenizer/model vocab mismatch: {cfg.data_dir} was tokenized with a different tokenizer than {src} (sha256 {meta['tokenizer']['sha256'][:12]} vs {want_sha[:12]})")
+        raise TrainError(f"tokenizer/model vocab mismatch: {data.folder} was tokenized with a different tokenizer than {src} (sha256 {meta['tokenizer']['sha256'][:12]} vs {want_sha[:12]})")
     if resume and meta["vocab_size"] > shape.vocab_size:
-        raise TrainError(f"tokenizer/model vocab mismatch: {cfg.data_dir} has {meta['vocab_size']} token ids but the model in {src} has {shape.vocab_size}")
-    model, info = finetune_model(src, ckpt, meta, cfg.data_dir, cfg.block_size, lora_settings(cfg), resume_state)
+        raise TrainError(f"tokenizer/model vocab mismatch: {data.folder} has {meta['vocab_size']} token ids but the model in {src} has {shape.vocab_size}")
+    model, info = finetune_model(src, ckpt, meta, data.folder, cfg.block_size, lora_settings(cfg), resume_state)
     return model, info, resume_state
 
 
@@ -624,6 +674,8 @@ class Trainer:
             torch.set_rng_state(resume_state["rng"]["torch"])
             self.start_step = self.saved_step = resume_state["step"]
             self.best_val = resume_state["best_val_loss"]
+        seen = resume_state.get("tokens_by_source", {}) if resume_state is not None else {}
+        self.tokens_seen = {folder: seen.get(folder, 0) for folder, _, _ in data.sources}  # pretraining tokens per corpus
         self.model = torch.compile(model) if cfg.compile else model
         if env.world > 1 and not env.fsdp:
             self.model = DDP(self.model, device_ids=[env.dev.index] if env.dev.type == "cuda" else None)
@@ -644,10 +696,13 @@ class Trainer:
             self.raw.set_requires_gradient_sync(on)
 
     def batch(self, split, step, micro):
+        """Micro-batch `micro` of `step`: windows of the corpus its generator draws (data_mix)."""
         cfg, vocab = self.cfg, self.raw.cfg.vocab_size
-        x, y = sample_windows(self.data.shards[split], cfg.batch_size, cfg.block_size, batch_rng(cfg.seed, split, step, micro))
+        rng = batch_rng(cfg.seed, split, step, micro)
+        folder, _, shards = self.data.sources[draw_source(rng, self.data.weights)]
+        x, y = sample_windows(shards[split], cfg.batch_size, cfg.block_size, rng)
         if int(x.max()) >= vocab or int(y.max()) >= vocab:
-            raise TrainError(f"{cfg.data_dir}: corrupt shard (token id >= vocab size {vocab})")
+            raise TrainError(f"{folder}: corrupt shard (token id >= vocab size {vocab})")
         return x.to(self.env.dev, non_blocking=True), y.to(self.env.dev, non_blocking=True)
 
     @torch.no_grad()
@@ -721,11 +776,12 @@ class Trainer:
         error = None
         if env.master:
             train_state = {"step": step, "best_val_loss": self.best_val, "optimizer": opt_state, "world_size": env.world,
+                           "tokens_by_source": dict(self.tokens_seen),
                            "rng": {"torch": torch.get_rng_state()}, "config": self.config}
             ckpt_config = make_config(self.raw.cfg, self.data.tok.to_config(), self.config, step, self.data.meta.get("postprocess"))
             state, weights_name = finetune_checkpoint(state, ckpt_config, train_state, self.info, cfg.lora_save)  # LoRA: merged or adapters
             try:
-                save_checkpoint(self.out, state, ckpt_config, tokenizer_file=Path(cfg.data_dir) / "tokenizer.model",
+                save_checkpoint(self.out, state, ckpt_config, tokenizer_file=Path(self.data.folder) / "tokenizer.model",
                                 train_state=train_state, weights_name=weights_name)
             except ModelError as e:
                 error = e
@@ -756,15 +812,26 @@ class Trainer:
             if env.world > 1:
                 dist.barrier()
 
+    def count_sources(self, step):
+        """Add `step`'s tokens to the corpus each micro-batch drew from (every rank counts them all:
+        the draw is the first number of the micro-batch's generator, cheap to repeat)."""
+        cfg, folders = self.cfg, list(self.tokens_seen)
+        for j in range(cfg.gradient_accumulation_steps):
+            i = draw_source(batch_rng(cfg.seed, "train", step, j), self.data.weights)
+            self.tokens_seen[folders[i]] += cfg.batch_size * cfg.block_size
+
     def report(self, step, loss, grad_norm, lr, step_time, tokens):
         tps = tokens / step_time
+        seen = sum(self.tokens_seen.values())
+        mix = (" | seen " + ", ".join(f"{Path(f).name} {100 * n / seen:.0f}%" for f, n in self.tokens_seen.items())
+               if len(self.tokens_seen) > 1 and seen else "")
         mfu = estimate_mfu(self.raw.flops_per_token(self.cfg.block_size), tps, peak_flops(self.env.dev), self.env.world)
         eta = (self.max_iters - step) * step_time
         self.log(f"step {step}/{self.max_iters} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
                  f"{tps:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu is not None else "") +
-                 f" | {1000 * step_time:.0f} ms/step | eta {format_eta(eta)}",
+                 f" | {1000 * step_time:.0f} ms/step | eta {format_eta(eta)}" + mix,
                  event="train", step=step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_sec=tps,
-                 mfu=mfu, step_ms=1000 * step_time, eta_s=eta)
+                 mfu=mfu, step_ms=1000 * step_time, eta_s=eta, tokens_by_source=dict(self.tokens_seen) or None)
 
     def tokens_per_step(self, step):
         if self.data.sft is not None:  # examples vary in length: count this step's real tokens
@@ -777,7 +844,8 @@ class Trainer:
         mode = cfg.parallel if env.world > 1 else "single"
         self.log(f"model {n_params / 1e6:.2f}M parameters ({raw.cfg.n_layer}x{raw.cfg.n_embd}, vocab {raw.cfg.vocab_size}) | "
                  f"{env.world} process(es) on {env.dev.type} ({mode}) | {tokens:,} tokens/step | "
-                 f"data {cfg.data_dir} ({self.data.meta['train']['tokens']:,} train tokens)",
+                 f"data {' + '.join(f'{f} x{w:.2f}' for f, w, _ in self.data.sources) if len(self.data.sources) > 1 else self.data.folder} "
+                 f"({self.data.meta['train']['tokens']:,} train tokens)",
                  event="start", params=n_params, world_size=env.world, device=env.dev.type,
                  parallel=cfg.parallel if env.world > 1 else None, tokens_per_step=tokens, start_step=self.start_step,
                  max_iters=self.max_iters, config=self.config)
@@ -804,6 +872,8 @@ class Trainer:
                     return 0
                 loss, grad_norm, lr, stopping = self.train_step(step, stop)
                 tokens = self.tokens_per_step(step)
+                if self.data.sft is None:
+                    self.count_sources(step)
                 step += 1
                 now = time.time()
                 dt, t_last = now - t_last, now
