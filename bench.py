@@ -14,6 +14,11 @@ import time
 
 import torch
 
+import train
+from configurator import ConfigError
+from data import run_command
+from model import GPT, GPTConfig, ModelError, estimate_mfu, peak_flops
+
 
 def machine_info():
     """One line that says where the numbers came from."""
@@ -56,7 +61,25 @@ def _fmt(v):
 SUBCOMMANDS = {}  # name -> (function, function that adds its arguments to a subparser, help)
 
 
-def main(argv=None):
+class BenchError(Exception):
+    """Bad bench.py input; the message names the flag."""
+
+
+def _device(args):
+    """args.device as a torch.device (default: cuda when available); BenchError when unusable."""
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"--device {name!r}: not a device (cpu, cuda, cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--device {name!r}: CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise BenchError(f"--device {name!r}: bench.py runs on cpu or cuda")
+    return dev
+
+
+def _run(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, (fn, add_args, help_text) in SUBCOMMANDS.items():
@@ -64,10 +87,20 @@ def main(argv=None):
         add_args(p)
         p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = parser.parse_args(argv)
+    for flag in ("steps", "repeat"):
+        if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < 1:
+            raise BenchError(f"--{flag} {getattr(args, flag)}: must be >= 1")
     print(f"# {machine_info()}")
     result = SUBCOMMANDS[args.cmd][0](args)
     if args.json and result is not None:
         print(json.dumps(result))
+
+
+def main(argv=None):
+    """Bad input (a missing config, a misspelt override, --steps 0, an unknown device): one line
+    `bench.py: error: ...`, exit 2."""
+    return run_command("bench.py", _run, argv, errors=(BenchError, ConfigError, train.TrainError, ModelError),
+                       kept="nothing was written")
 
 
 # ---- (each benchmark below in its own section; register it in SUBCOMMANDS at the end of the section) ----
@@ -77,23 +110,17 @@ def main(argv=None):
 def _train_step_rate(overrides, args):
     """Tokens/s, ms/step and MFU of training steps with train.py's own model, optimizer and precision
     settings (config file + overrides), on random tokens (the data pipeline is not what is measured)."""
-    import importlib
-
-    import configurator
-    import train
-
-    train = importlib.reload(train)  # fresh defaults for every variant
-    configurator.configure(vars(train), [args.config] + overrides)
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = train.settings([args.config] + overrides)  # fresh defaults for every variant
+    train.check_settings(cfg)
+    dev = _device(args)
     torch.manual_seed(0)
-    from model import GPT, estimate_mfu, peak_flops
-
-    model = GPT(train.model_config_from_globals(args.vocab_size)).to(dev)
-    model.activation_checkpointing = train.activation_checkpointing
-    opt = train.make_optimizer(model, fused=dev.type == "cuda")
-    step_model = torch.compile(model) if train.compile else model
+    model = GPT(train.model_config(cfg, args.vocab_size)).to(dev)
+    model.activation_checkpointing = cfg.activation_checkpointing
+    opt = train.make_optimizer(model, cfg.optimizer, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.weight_decay,
+                               fused=dev.type == "cuda")
+    step_model = torch.compile(model) if cfg.compile else model
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    B, T = args.batch_size or train.batch_size, train.block_size
+    B, T = args.batch_size or cfg.batch_size, cfg.block_size
     x = torch.randint(0, args.vocab_size, (B, T), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
 
@@ -736,10 +763,7 @@ def _optim_args(p):
 
 
 def bench_optim(args):
-    import train
-    from model import GPT, GPTConfig
-
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = _device(args)
     cfg = GPTConfig(vocab_size=args.vocab_size, block_size=256, n_layer=args.n_layer, n_head=args.n_head,
                     n_embd=args.n_embd, tie_embeddings=True)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -750,8 +774,7 @@ def bench_optim(args):
         n = model.num_params()
         for p in model.parameters():
             p.grad = torch.randn_like(p) * 1e-3
-        train.optimizer, train.learning_rate = name, 1e-4
-        opt = train.make_optimizer(model, fused=dev.type == "cuda")
+        opt = train.make_optimizer(model, name, 1e-4, (0.9, 0.95), 0.1, fused=dev.type == "cuda")
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t = timeit(opt.step, warmup=1, repeat=args.steps, sync=sync)

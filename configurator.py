@@ -10,6 +10,7 @@ any value; bools are true/false).
 """
 import ast
 import difflib
+import traceback
 import types
 
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -79,15 +80,19 @@ def configurable(namespace):
 
 def apply_config_file(path, namespace, known):
     try:
-        source = open(path).read()
+        with open(path, "rb") as f:
+            raw = f.read()
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}); a config file is Python source")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})")
     scope = {"__file__": path}
     try:
         exec(compile(source, path, "exec"), scope)
     except Exception as e:
-        line = getattr(e, "lineno", None)
-        raise ConfigError(f"{path}{':' + str(line) if line else ''}: error in config file: {e}")
+        raise ConfigError(f"{path}{_line_of(e, path)}: error in config file: {type(e).__name__}: {e}")
     applied = {}
     for key, value in scope.items():
         if key.startswith("_") or isinstance(value, types.ModuleType) or callable(value):
@@ -96,6 +101,15 @@ def apply_config_file(path, namespace, known):
             raise ConfigError(f"{path}: unknown config key {key!r}{_suggest(key, known)}")
         namespace[key] = applied[key] = coerce(key, value, known[key], path)
     return applied
+
+
+def _line_of(error, path):
+    """':LINE' of the config file where error arose: a syntax error's own line, else the deepest
+    traceback frame in that file."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f":{error.lineno}"
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
+    return f":{lines[-1]}" if lines else ""
 
 
 def configure(namespace, argv):

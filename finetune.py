@@ -1,19 +1,23 @@
 """
-Fine-tuning pieces: vocabulary growth for added tokens, LoRA adapters (add, merge, state dicts) and the
-adapters checkpoint format (adapters.safetensors + config.json["lora"] naming the base folder).
+Fine-tuning pieces: vocabulary growth for added tokens, LoRA adapters (add, merge, state dicts), the
+model a fine-tuning run starts from (train.py task='sft') and the adapters checkpoint format
+(adapters.safetensors + config.json["lora"] naming the base folder), written and read here.
 
     from finetune import add_lora, grow_vocab, merge_lora
     grow_vocab(model, new_vocab_size)             # new rows = mean of the old ones
     add_lora(model, r=16, alpha=32, targets=("q", "v"))
 """
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.distributed.tensor import distribute_tensor
 
+from data import Tokenizer
 from model import GPT, GPTConfig, ModelError, load_model, load_state, without_tied_head
 
 @torch.no_grad()
@@ -196,3 +200,142 @@ def load_adapter_checkpoint(folder, config, device="cpu", dtype=None):
     load_state(plain, state, where=str(folder))
     plain.reset_rope(device)
     return plain.eval(), config
+
+
+# ----------------------------------------------------------------------------- fine-tuning runs
+@dataclass
+class LoraSettings:
+    """train.py's lora_* settings; r = 0 is full fine-tuning."""
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple = ("q", "v")
+    save: str = "merged"        # 'merged': a plain checkpoint | 'adapters': adapters + the base's path
+    new_tokens: bool = True     # also train the embedding/head rows of tokens the data added
+
+
+def check_vocab_extension(src, src_tok, meta, data_dir):
+    """The data's tokenizer may extend the checkpoint's (same SentencePiece model, more added tokens),
+    never change it; returns how many token ids the model must have."""
+    data_added = meta["tokenizer"].get("added_tokens") or {}
+    for t, i in (src_tok.get("added_tokens") or {}).items():
+        if data_added.get(t) != i:
+            where = f"at id {data_added[t]}" if t in data_added else "not at all"
+            raise ModelError(f"tokenizer/model vocab mismatch: {src} has added token {t!r} at id {i}, {data_dir} has it {where} "
+                             f"(make the data with --tokenizer {src})")
+    return meta["vocab_size"]
+
+
+def _train_embedding_rows(model):
+    """Let the embedding/head (one Parameter when tied) learn; new_rows_only keeps it to the added rows."""
+    for p in {id(p): p for p in (model.embed.weight, model.head.weight)}.values():
+        p.requires_grad_(True)
+
+
+def finetune_model(src, ckpt, meta, data_dir, block_size, lora, resume_state=None):
+    """The model to train from a checkpoint folder (ours, a LoRA adapters one, or Hugging Face), on CPU
+    in fp32: grown to the data's vocabulary (rows of new tokens = mean of the known ones) and wrapped
+    with LoRA if lora.r > 0. Returns (model, finetune info), the info going into config.json["finetune"]:
+    the base folder, the new token ids and how they were initialised, the LoRA settings. Resuming
+    (resume_state given) a LoRA run rebuilds the base the same way and takes the trained tensors from
+    train_state.pt (a merged checkpoint cannot be split into base and adapters again)."""
+    if resume_state is not None:
+        return _resumed_model(src, ckpt, block_size, lora, resume_state)
+    model, _ = load_model(src, device="cpu", dtype=torch.float32)
+    model.cfg.block_size = block_size
+    model.reset_rope()
+    src_tok = Tokenizer.load(src).to_config()
+    check_vocab_extension(src, src_tok, meta, data_dir)
+    src_added = src_tok.get("added_tokens") or {}
+    new_ids = sorted(i for t, i in (meta["tokenizer"].get("added_tokens") or {}).items() if t not in src_added)
+    known = src_tok.get("vocab_size") or model.cfg.vocab_size
+    init_ids = [i for i in new_ids if i >= known]  # rows no token of the base used (start_id reuse keeps its rows)
+    base_vocab = model.cfg.vocab_size
+    grow_vocab(model, max(base_vocab, meta["vocab_size"]), init_ids, known)
+    info = {"base": str(Path(src).resolve()), "base_format": ckpt.get("format"), "base_vocab_size": base_vocab,
+            "vocab_size": model.cfg.vocab_size, "new_token_ids": new_ids, "init_ids": init_ids, "mean_of": known, "lora": None}
+    if lora.r > 0:
+        targets = parse_lora_targets(lora.targets)
+        add_lora(model, lora.r, lora.alpha, lora.dropout, targets)
+        ids = new_ids if lora.new_tokens and new_ids else None
+        if ids:  # the added tokens' rows learn too (else every new token keeps the same mean embedding)
+            _train_embedding_rows(model)
+        info["lora"] = {"r": lora.r, "alpha": float(lora.alpha), "targets": list(targets), "token_ids": ids}
+    return model, info
+
+
+def _resumed_model(src, ckpt, block_size, lora, resume_state):
+    """finetune_model for init_from='resume': the run's own checkpoint folder src."""
+    info = ckpt.get("finetune")
+    trained = (info or {}).get("lora")
+    if not trained:
+        if lora.r > 0:
+            raise ModelError(f"init_from='resume': the run in {src} did not train LoRA adapters; set lora_r=0")
+        model, _ = load_model(src, device="cpu", dtype=torch.float32)
+    else:
+        now = {"r": lora.r, "alpha": float(lora.alpha), "targets": list(parse_lora_targets(lora.targets))}
+        if {k: trained[k] for k in now} != now:
+            raise ModelError(f"init_from='resume': the run in {src} trained LoRA {({k: trained[k] for k in now})}, this one asks for {now}")
+        model, _ = load_model(info["base"], device="cpu", dtype=torch.float32)
+        grow_vocab(model, info["vocab_size"], info["init_ids"], info["mean_of"])
+        add_lora(model, trained["r"], trained["alpha"], lora.dropout, trained["targets"])
+        if trained.get("token_ids"):
+            _train_embedding_rows(model)
+        load_trainable(model, resume_state["lora_state"], trained.get("token_ids"))
+    model.cfg.block_size = block_size
+    model.reset_rope()
+    return model, info
+
+
+def new_rows_only(model, ids):
+    """Zero the embedding/head gradient outside rows `ids` (LoRA + added tokens: only the new tokens'
+    rows learn; with no weight decay on them, Adam leaves the other rows bit-identical)."""
+    for p in {id(p): p for p in (model.embed.weight, model.head.weight)}.values():
+        g = p.grad
+        if g is None:
+            continue
+        local = g.to_local() if hasattr(g, "to_local") else g
+        mask = torch.zeros(g.shape[0], 1, dtype=g.dtype, device=local.device)
+        mask[ids] = 1
+        if hasattr(g, "to_local"):  # FSDP2: a sharded gradient; shard the row mask the same way
+            mask = distribute_tensor(mask, g.device_mesh, g.placements)
+        g.mul_(mask)
+
+
+def pack_trainable(state, ids):
+    """The tensors a LoRA run trains, from a full state dict: adapters, and the new tokens' rows."""
+    out = dict(lora_state_dict(state))
+    for name in ("embed.weight", "head.weight") if ids else ():
+        if name in state:
+            out[name + ".new_rows"] = state[name][ids].clone()
+    return out
+
+
+@torch.no_grad()
+def load_trainable(model, packed, ids):
+    """Put pack_trainable()'s tensors back into a model wrapped the same way."""
+    for k, v in packed.items():
+        if k.endswith(".new_rows"):
+            model.get_parameter(k[:-len(".new_rows")])[ids] = v
+        else:
+            model.get_parameter(k).copy_(v)
+
+
+def finetune_checkpoint(state, ckpt_config, train_state, info, lora_save="merged"):
+    """Turn a training state dict into what a fine-tuning checkpoint stores: merged weights (a plain
+    checkpoint), or (lora_save='adapters') adapters alone + config["lora"] naming the base, which
+    load_adapter_checkpoint reads back; train_state keeps the trained tensors for resume. Returns
+    (state to write, weights file name)."""
+    if not info:
+        return state, "model.safetensors"
+    ckpt_config["finetune"] = info
+    lo = info.get("lora")
+    if not lo:
+        return state, "model.safetensors"
+    trainable = pack_trainable(state, lo.get("token_ids"))
+    train_state["lora_state"] = trainable
+    if lora_save == "adapters":
+        ckpt_config["lora"] = {"r": lo["r"], "alpha": lo["alpha"], "targets": lo["targets"], "base": info["base"],
+                               "token_ids": lo.get("token_ids"), "init_ids": info["init_ids"], "mean_of": info["mean_of"]}
+        return trainable, "adapters.safetensors"
+    return merge_lora_state(state, lo["alpha"] / lo["r"]), "model.safetensors"

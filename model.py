@@ -11,10 +11,12 @@ checkpoint folder (model.safetensors + config.json + tokenizer.model + train_sta
 The Triton attention kernels are in flash_attention.py, Hugging Face import/export in hf.py, LoRA and
 vocabulary growth in finetune.py.
 """
+import fcntl
 import json
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -533,9 +535,21 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def recover_checkpoint(folder):
-    """Finish or discard an interrupted checkpoint write in folder (see above)."""
-    folder = Path(folder)
+@contextmanager
+def _folder_lock(folder):
+    """An exclusive lock on a checkpoint folder (flock on the directory itself; the kernel releases it
+    when the holder dies): one writer or repairer at a time, so a reader never repairs, or deletes,
+    a save that a live writer is still making."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _repair(folder):
+    """Finish moving a committed save (.ckpt.ready) into place, drop an uncommitted one; under the lock."""
     ready, partial = folder / READY, folder / PARTIAL
     if ready.is_dir():
         for f in sorted(ready.iterdir()):
@@ -546,15 +560,51 @@ def recover_checkpoint(folder):
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def recover_checkpoint(folder):
+    """Finish or discard an interrupted checkpoint write in folder (see above). Safe to call from
+    several processes at once, and while another process is saving (it waits for the save)."""
+    folder = Path(folder)
+    if (folder / READY).exists() or (folder / PARTIAL).exists():
+        with _folder_lock(folder):
+            _repair(folder)
+
+
+def _write_failure(e, folder):
+    """What stopped a write, in a few words: the OS's reason, or (for writers that only report a short
+    write, as torch.save does) a full disk when there is no space left."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename + ': ' if e.filename else ''}{e.strerror}"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    try:
+        if shutil.disk_usage(folder).free == 0:
+            return f"no space left on device ({first})"
+    except OSError:
+        pass
+    return first
+
+
 def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state=None, weights_name="model.safetensors"):
     """Write a checkpoint folder atomically. state_dict: name -> tensor (plain names, full tensors;
     tied copies dropped); config: the dict for config.json; tokenizer_file: the SentencePiece model to
     copy; train_state: anything torch.save takes (resume only); weights_name: 'adapters.safetensors'
-    for a LoRA adapters checkpoint (config["lora"] names its base)."""
+    for a LoRA adapters checkpoint (config["lora"] names its base). A failed write (disk full) raises
+    ModelError naming the cause and leaves the previous checkpoint as it was, with no partial folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    recover_checkpoint(folder)
-    partial = folder / PARTIAL
+    with _folder_lock(folder):
+        _repair(folder)
+        partial = folder / PARTIAL
+        try:
+            _write_files(partial, state_dict, config, tokenizer_file, train_state, weights_name)
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ModelError(f"{folder}: checkpoint not saved, the previous one is kept ({_write_failure(e, folder)})")
+        os.replace(partial, folder / READY)  # the commit point
+        _fsync_dir(folder)
+        _repair(folder)
+
+
+def _write_files(partial, state_dict, config, tokenizer_file, train_state, weights_name):
     partial.mkdir()
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if config.get("model", {}).get("tie_embeddings"):
@@ -575,9 +625,6 @@ def save_checkpoint(folder, state_dict, config, tokenizer_file=None, train_state
         with open(partial / name, "rb") as f:
             os.fsync(f.fileno())
     _fsync_dir(partial)
-    os.replace(partial, folder / READY)
-    _fsync_dir(folder)
-    recover_checkpoint(folder)
 
 
 def read_config(folder):

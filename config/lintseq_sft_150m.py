@@ -1,3 +1,8 @@
+# try it on the quickstart checkpoint (MBPP's programs; build out/quickstart with config/quickstart.py first):
+#   python lintseq.py --src benchmarks/mbpp.jsonl --prompt_field text --code_field code --out data/lintseq_toy.jsonl -s 2 --limit 300
+#   python data.py sft --src data/lintseq_toy.jsonl --tokenizer out/quickstart --out data/lintseq_toy --max_len 256 --edit_format lintseq
+#   python train.py config/lintseq_sft_150m.py --init_from=out/quickstart --data_dir=data/lintseq_toy --out_dir=out/lintseq_toy --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --epochs=1 --eval_interval=20 --eval_iters=2
+#
 # LintSeq instruction tuning of TinyCodeLM-150M (Piterbarg, Pinto, Fergus, "Training Language Models on
 # Synthetic Edit Sequences Improves Code Synthesis", ICLR 2025): the paper's TinyCodeLM recipe, AdamW,
 # lr 3e-4, weight decay 0.01, global batch 512, linear schedule, sequences up to 1,024 tokens, 2 epochs
@@ -8,9 +13,6 @@
 #       --max_len 1024 --edit_format lintseq
 #   torchrun --nproc_per_node=8 train.py config/lintseq_sft_150m.py
 #   python eval.py --ckpt out/tinycodelm_150m_lintseq      # prompts end in "\n<|diff|>", edits decoded
-# Toy scale on CPU (a small checkpoint and a few hundred examples):
-#   python train.py config/lintseq_sft_150m.py --init_from=out/quickstart --out_dir=out/lintseq_toy \
-#       --data_dir=data/lintseq_toy --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --epochs=1
 # From the reference fine-tuning script (src/scripts/finetuning_scripts/tinycodelm_150m/editseq.sh): warmup
 # ratio 0.001 and Hugging Face AdamW defaults (betas 0.9/0.999); it sums the token losses of a batch
 # (--reduce_loss sum) where train.py takes their mean, and truncates over-long examples where data.py

@@ -24,3 +24,7 @@ weight_decay = 0.1
 eval_interval = 50
 eval_iters = 10
 log_interval = 10
+
+# at the end: what the model writes now, sampled at temperature 0.8 (nanoGPT's sample step)
+sample_prompt = "def fibonacci(n):\n"
+sample_tokens = 100

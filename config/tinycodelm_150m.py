@@ -6,7 +6,12 @@
 # Batch and learning rate follow GPT-3 Small (Brown et al. 2020, table 2.1: 0.5M-token batches, lr 6e-4,
 # cosine to 10%), the usual choice at this size; nanoGPT's GPT-2 124M recipe uses the same.
 out_dir = "out/tinycodelm_150m"
-data_dir = "data/code"             # prepare with: python data.py corpus --src YOUR_CODE --out data/code
+# TinyCodeLM's mixture: web text (FineWeb) and Python (The Stack), both tokenized with one tokenizer:
+#   python data.py corpus --src FINEWEB_TEXT --out data/text
+#   python data.py corpus --src YOUR_PYTHON --tokenizer data/text/tokenizer.model --out data/code
+# Each micro-batch draws its corpus by weight (deterministic per seed, step and micro-batch, so a resume
+# is exact); the log reports the tokens seen per corpus. For one corpus: data_mix = () and data_dir.
+data_mix = ("data/text:0.5", "data/code:0.5")
 
 n_layer = 12
 n_head = 12

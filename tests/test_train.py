@@ -30,8 +30,8 @@ learning_rate = 3e-3
 """
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, tokenizer_path):
+def make_tiny_run(tmp_path_factory, tokenizer_path):
+    """(corpus folder, config file) of a tiny run on stdlib code; test modules build their own."""
     from data import prepare_corpus
 
     src = tmp_path_factory.mktemp("src")
@@ -39,14 +39,24 @@ def corpus(tmp_path_factory, tokenizer_path):
         (src / f"m{i}.py").write_text(text)
     out = tmp_path_factory.mktemp("data") / "tiny"
     prepare_corpus(str(src), out, tokenizer=str(tokenizer_path), workers=1)
-    return out
+    path = tmp_path_factory.mktemp("cfg") / "tiny.py"
+    path.write_text(TINY + f"data_dir = {str(out)!r}\n")
+    return out, path
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory, corpus):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.py"
-    path.write_text(TINY + f"data_dir = {str(corpus)!r}\n")
-    return path
+def tiny_run(tmp_path_factory, tokenizer_path):
+    return make_tiny_run(tmp_path_factory, tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_run):
+    return tiny_run[0]
+
+
+@pytest.fixture(scope="module")
+def config(tiny_run):
+    return tiny_run[1]
 
 
 def env():
@@ -147,7 +157,8 @@ def test_two_ranks_match_one_process(tmp_path, config, reference, parallel):
         for (k, x), (_, y) in zip(ref_model.state_dict().items(), fsdp_model.state_dict().items()):
             assert (x - y).abs().max() <= 1e-4, k
         shutil.copytree(out, tmp_path / "single")
-        train(config, f"--out_dir={tmp_path / 'single'}", "--init_from=resume", "--max_iters=12")
+        r = train(config, f"--out_dir={tmp_path / 'single'}", "--init_from=resume", "--max_iters=12")
+        assert "resuming a 2-process run on 1: it continues from the same state but not bit for bit" in r.stdout
         train(config, f"--out_dir={out}", "--init_from=resume", "--max_iters=12", "--parallel=fsdp", procs=2)
         last = records(tmp_path / "single", "train")[-1]
         assert last["step"] == 12 and last["loss"] == pytest.approx(records(out, "train")[-1]["loss"], rel=1e-5)
@@ -214,6 +225,10 @@ def test_quickstart_config_prepares_its_data(tmp_path):
     meta = json.loads((data / "meta.json").read_text())
     assert meta["vocab_size"] <= 8192 and meta["train"]["tokens"] > 1_000_000 and meta["sources"]["src"] == "stdlib"
     assert records(out, "train")[-1]["step"] == 2 and "val loss" in r.stdout
+    # it ends with what the model writes: a sampled continuation of the config's prompt
+    sample = records(out, "sample")[0]["text"]
+    assert sample.startswith("def fibonacci(n):\n") and len(sample) > len("def fibonacci(n):\n")
+    assert r.stdout.rstrip().endswith(sample.rstrip()) and "sample (temperature 0.8" in r.stdout
     assert (out / "model.safetensors").exists() and (out / "tokenizer.model").exists()
     # the README's multi-rank CPU command runs on the shipped config (its accumulation steps split over 2)
     r = train(REPO / "config" / "quickstart.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'qs2'}",
@@ -230,3 +245,54 @@ def test_humaneval_during_training(tmp_path, config):
     assert he[0]["dataset"]["sha256"]
     r = train(config, f"--out_dir={out}", "--eval_humaneval_interval=2", "--parallel=fsdp", procs=2, check=False)
     assert r.returncode != 0 and r.stderr.count("train.py: error: eval_humaneval_interval needs parallel='ddp'") == 1
+
+
+# ---- pretraining mixtures (data_mix)
+def test_mixture_draws_each_corpus_by_weight():
+    from train import batch_rng, draw_source
+
+    draws = [draw_source(batch_rng(1337, "train", step, micro), [0.25, 0.75]) for step in range(1000) for micro in range(2)]
+    assert abs(draws.count(0) / len(draws) - 0.25) <= 0.03
+    assert draws == [draw_source(batch_rng(1337, "train", s, m), [0.25, 0.75]) for s in range(1000) for m in range(2)]
+    assert {draw_source(batch_rng(0, "train", s, 0), [0.0, 1.0, 0.0]) for s in range(200)} == {1}
+
+
+@pytest.fixture(scope="module")
+def second_corpus(tmp_path_factory, tokenizer_path):
+    """Another corpus made with the same tokenizer: the stdlib files after the first corpus's."""
+    from data import prepare_corpus
+
+    src = tmp_path_factory.mktemp("src2")
+    first = len(stdlib_sample(150_000))
+    for i, text in enumerate(stdlib_sample(300_000)[first:]):
+        (src / f"m{i}.py").write_text(text)
+    out = tmp_path_factory.mktemp("data2") / "second"
+    prepare_corpus(str(src), out, tokenizer=str(tokenizer_path), workers=1)
+    return out
+
+
+def test_mixture_run_counts_tokens_per_corpus_and_resumes_exactly(tmp_path, config, corpus, second_corpus):
+    mix = [f"--data_mix={corpus}:1,{second_corpus}:3", "--lr_decay_iters=6"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = train(config, f"--out_dir={full}", "--max_iters=6", *mix)
+    assert f"data {corpus} x0.25 + {second_corpus} x0.75" in r.stdout and "| seen " in r.stdout
+    train(config, f"--out_dir={part}", "--max_iters=4", *mix)
+    train(config, f"--out_dir={part}", "--max_iters=6", "--init_from=resume", *mix)
+    assert curve(full) == curve(part)
+    seen = records(full, "train")[-1]["tokens_by_source"]
+    assert seen == records(part, "train")[-1]["tokens_by_source"]
+    assert set(seen) == {str(corpus), str(second_corpus)} and sum(seen.values()) == 6 * 2 * 4 * 64  # steps x micro x batch x block
+
+
+def test_mixture_bad_input(tmp_path, config, corpus, second_corpus, capsys):
+    import train as train_module
+
+    for mix, expect in [(f"{corpus}:1,{tmp_path / 'none'}:1", f"data_mix: {tmp_path / 'none'} holds no corpus"),
+                        (f"{corpus}:0,{second_corpus}:0", "data_mix: the weights sum to 0.0; they must sum to a positive number"),
+                        (f"{corpus}:-1,{second_corpus}:2", f"data_mix: '{corpus}:-1' is not FOLDER:WEIGHT with a finite weight >= 0"),
+                        (f"{corpus}", f"data_mix: '{corpus}' is not FOLDER:WEIGHT")]:
+        with pytest.raises(SystemExit) as e:
+            train_module.main([config, f"--out_dir={tmp_path / 'out'}", f"--data_mix={mix}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and expect in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -2,9 +2,9 @@
 round trips), and the whole user flow of issue 4: a Llama-shaped Hugging Face folder -> `data.py sft` /
 `data.py intent` -> task='sft' with LoRA (config/intent_lora.py) and with adamw8bit (config/intent_full.py)
 -> exact resume -> DDP and FSDP on two CPU ranks -> `hf.py export` -> loaded back (and by transformers,
-when installed). Single-process runs call train.main() in this process (a fresh module each time) to
-save interpreter start-ups; two-rank runs go through torchrun as users run them."""
-import importlib
+when installed). Single-process runs call train.main() in this process (settings are arguments, so
+nothing carries over between runs) to save interpreter start-ups; two-rank runs go through torchrun as
+users run them."""
 import json
 import os
 import subprocess
@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+import train as train_module
 from conftest import REPO, run_torchrun
 from test_data_sft import INTENT_RECORDS
 from test_hf import make_hf_folder
@@ -20,11 +21,8 @@ from test_hf import make_hf_folder
 
 # ---- the fine-tuning flow
 def train(*args):
-    """train.py in this process, from fresh module defaults."""
-    import train as train_module
-
-    t = importlib.reload(train_module)
-    t.main([str(a) for a in args])
+    """train.py in this process."""
+    assert train_module.main([str(a) for a in args]) == 0
 
 
 def torchrun(*args, procs=2):
