@@ -288,6 +288,7 @@ def load_evalplus(task, path):
             preamble, stop = "", STOP_MBPP
         args = (reference, d["entry_point"])
         problems.append(dict(task=task, task_id=d["task_id"], prompt=prompt, instruction=instruction, preamble=preamble,
+                             entry_point=d["entry_point"],
                              test=evalplus_test(*args, d["base_input"] + d["plus_input"], d.get("atol", 0), base),
                              base_test=evalplus_test(*args, d["base_input"], d.get("atol", 0), base),
                              canonical=canonical, stop=stop))

@@ -84,7 +84,7 @@ def test_plain_answers_are_whole_programs_or_their_first_fenced_block(ex, humane
                    f"```python\n{program}"):  # an unclosed fence runs to the end
         prog, comp, err = ev.build_program(p, answer, pp)
         assert err is None and comp.strip() == program.strip(), answer
-        assert prog.startswith(p["preamble"]) and ex.check(prog, 5)["passed"]
+        assert prog["code"].startswith(p["preamble"]) and ex.check(prog, 5)["passed"]
     # the same answer in completion mode is cut to nothing by the column-0 stops: the bias the format removes
     prog, comp, err = ev.build_program(p, program.removeprefix("from typing import List\n\n\n"), {})
     assert comp == "" and not ex.check(prog, 5)["passed"]
