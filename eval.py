@@ -22,7 +22,8 @@ checkpoints fine-tuned with the intent recipe (data.py intent) write <reasoning>
 <code>: they generate to </code> and the code between the tags is the completion.
 config.json["postprocess"] says which; build_program() is the one post-processing step.
 
-Sandbox: sandbox.py (programs never run in the process that holds the model).
+Sandbox: sandbox.py (programs never run in the process that holds the model; the benchmark's tests run in a
+trusted judge process and see only plain values from the sample: see sample_job and IN_PROCESS).
 """
 import argparse
 import gzip

@@ -19,16 +19,19 @@ sample with audit hooks closing frame, gc, trace and ctypes introspection; resul
 
 Processes. Executor.start() execs the executor (E: shares nothing with a CUDA caller). E cuts the
 network (netns), pivots into a minimal root (a tmpfs holding read-only binds of the Python installation
-and the libraries it maps, /dev/null, /dev/urandom; the benchmark data files hidden), and forks a
-zygote (Z) that only imports. For each sample E asks Z to fork the sample (S: pid 1 of a new PID
-namespace with its own /proc, new mount and IPC namespaces, a private tmpfs at /tmp with byte and
-inode limits, its own unprivileged uid, rlimits, Landlock, seccomp against keyrings, memfd and SysV
-IPC), and forks the judge (J) itself. S reports its sandbox set-up on a pipe it closes before any
-sample code runs. Timeouts are judged on the CPU time of the sample's processes and its judge, with a
-wall-clock backstop; a verdict that arrives after its deadline is a timeout. Nothing a sample does can
-stop the evaluation: a failure of one sample's machinery fails that sample with its reason; a dead
-zygote is restarted and its samples re-run; a dead executor is restarted by Executor.run() and its
-samples re-run. Protections the kernel does not allow are reported as one warning line each. Linux.
+and the libraries it maps, /dev/null, /dev/urandom, /dev/zero; the benchmark data files hidden), and
+forks a zygote (Z) that only imports, before it reads any job. For each sample E asks Z to fork the
+sample (S: pid 1 of a new PID namespace, new mount and IPC namespaces, a private tmpfs at /tmp with byte
+and inode limits, an unprivileged uid of its own, rlimits incl. RLIMIT_NPROC, Landlock, a seccomp filter
+against keyrings, memfd and SysV IPC; no /proc) and hands the job to a judge (J: forked from E, reused).
+S reports its set-up on a pipe it closes before any sample code runs. Timeouts are judged on the CPU
+time of the sample's processes and its judge, with a wall-clock backstop (BACKSTOP x timeout + 1 s); a
+verdict that arrives after its deadline is a timeout. E also watches the proportional memory of all of
+a sample's processes (no per-sample cgroup is used: see the warning it prints). Nothing a sample does
+can stop the evaluation: a failure of one sample's machinery fails that sample with its reason; when
+the zygote dies E exits and Executor.run() restarts it, as it does a dead executor, and runs the
+samples that had no result again. Protections the kernel refuses are reported as one warning line each.
+Linux only.
 """
 import ast
 import builtins
