@@ -456,7 +456,9 @@ def _setup_protections(cfg, proc_fd):
                 "proportional memory, processes by RLIMIT_NPROC of the sample's uid and its PID namespace's pid_max")
     prot["netns"] = attempt("netns", net, "samples can reach the network"
                             + (" except over TCP, which Landlock blocks" if abi >= 4 else ""))
-    prot["minimal_root"] = SYS_PIVOT_ROOT is not None and attempt(
+    if SYS_PIVOT_ROOT is None:
+        off.add("minimal_root")  # (no pivot_root number for this architecture here: reported as disabled)
+    prot["minimal_root"] = attempt(
         "minimal_root", lambda: _minimal_root(cfg.get("hide", ())),
         "samples can read every file this user can (the benchmark data included), write outside their temp dir "
         "where Landlock is missing, and connect to host services on pathname unix sockets")
@@ -473,28 +475,9 @@ def _setup_protections(cfg, proc_fd):
     if platform.machine() not in SECCOMP_DENIED:
         warn.append(f"seccomp filter unavailable on {platform.machine()}: samples can create keyring keys and memfds")
     pid_code = []
-
-    def pid_probe():
-        own = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-        _call("unshare", CLONE_NEWPID)
-        pid = os.fork()
-        if pid == 0:  # are we pid 1 of a new namespace, can we cap its number of processes?
-            try:
-                if os.getpid() != 1:
-                    os._exit(4)
-                if prot["mountns"]:
-                    _call("unshare", CLONE_NEWNS)
-                os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
-            except BaseException:
-                os._exit(5)
-        _call("setns", own, CLONE_NEWPID)
-        os.close(own)
-        pid_code.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-        if pid_code[0] not in (0, 3):
-            raise OSError(0, "probe child was not pid 1")
-
     prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
-    prot["pidns"] = attempt("pidns", pid_probe, "processes a sample starts are killed by process group, and "
+    prot["pidns"] = attempt("pidns", lambda: pid_code.append(_probe_pid_namespace(cfg, prot, proc_fd)),
+                            "processes a sample starts are killed by process group, and "
                             "they can see other processes")
     prot["pid_limit"] = prot["pidns"] and pid_code[0] == 0 and "pid_limit" not in off
     if prot["pidns"] and not prot["pid_limit"]:
@@ -509,6 +492,29 @@ def _setup_protections(cfg, proc_fd):
                     + ("" if prot["pidns"] else ", and signal other processes of this user"))
     prot["capabilities_dropped"] = True
     return prot, warn
+
+
+def _probe_pid_namespace(cfg, prot, proc_fd):
+    """Fork a child into a new PID namespace: is it pid 1 there, can it cap its number of processes?
+    Returns 0 (yes, yes) or 3 (yes, no); OSError when it is not pid 1."""
+    own = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    _call("unshare", CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if os.getpid() != 1:
+                os._exit(4)
+            if prot["mountns"]:
+                _call("unshare", CLONE_NEWNS)
+            os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
+        except BaseException:
+            os._exit(5)
+    _call("setns", own, CLONE_NEWPID)
+    os.close(own)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code not in (0, 3):
+        raise OSError(0, "probe child was not pid 1")
+    return code
 
 
 def _probe_in_child(fn):
@@ -947,7 +953,7 @@ class _Run:
     """Executor-side state of one running sample: its sample process S (a child of the zygote, known by
     pidfd), its judge J, its slot (which gives its uid), and its pipes."""
     __slots__ = ("job", "slot", "judge", "t0", "timeout", "backstop", "next_check", "next_mem", "spid", "sfd",
-                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp")
+                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp", "group")
 
 
 class _Judge:
@@ -1015,6 +1021,7 @@ def _start_run(job, raw, slot, judge, cfg, prot, zygote, base):
     r.out, r.out_bytes, r.setup = bytearray(), 0, bytearray()
     r.verdict = r.s_status = r.elapsed = None
     r.tmp = None if prot["mountns"] else os.path.join(base, f"{slot}-{os.urandom(6).hex()}")
+    r.group = not prot["pidns"]  # no namespace to take its processes along: its process group then
     chan_j, chan_s = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r.out_r, out_w = os.pipe()
     r.setup_r, setup_w = os.pipe()
@@ -1116,6 +1123,8 @@ def _tree_usage(proc_fd, root, memory=False):
 def _kill_sample(r):
     try:
         signal.pidfd_send_signal(r.sfd, signal.SIGKILL)  # pid 1 of its namespace: all its processes go with it
+        if r.group:
+            os.killpg(r.spid, signal.SIGKILL)  # (it called setsid: its pid is its group's)
     except OSError:
         pass
 
