@@ -810,8 +810,9 @@ class _Channel:
     def __init__(self, sock):
         self.sock, self.broken = sock, None
 
-    def request(self, msg):
-        send_msg(self.sock, msg)
+    def request(self, msg, data=None):
+        data = encode(msg) if data is None else data
+        self.sock.sendall(_U32.pack(len(data)) + data)
         reply = recv_msg(self.sock)
         if type(reply) is not tuple or not reply or type(reply[0]) is not str:
             raise ChannelError("malformed reply from the sample")
@@ -821,12 +822,12 @@ class _Channel:
         if self.broken:
             raise ChannelError(self.broken)
         try:
-            encode((args, kwargs))
+            data = encode(("call", name, args, kwargs))
         except ChannelError as e:
             self.broken = f"the test passes {e}; this problem needs mode in_process"
             raise ChannelError(self.broken)
         try:
-            reply = self.request(("call", name, args, kwargs))
+            reply = self.request(None, data)
         except ChannelError as e:
             self.broken = str(e)
             raise
