@@ -1,7 +1,11 @@
 """
 The codelm transformer: a Llama-style decoder (RMSNorm, rotate-half RoPE, SwiGLU, no biases,
 grouped-query attention, optional tied embeddings), KV-cache generation, FLOP/MFU accounting, and the
-checkpoint folder (model.safetensors + config.json + tokenizer.model + train_state.pt).
+checkpoint folder (model.safetensors + config.json + tokenizer.model or tokenizer.json + train_state.pt).
+A few GPTConfig fields describe the imported families (hf.py): LayerNorm with or without scale/bias
+(OLMo, GPT-NeoX), q/k/v and output biases (Qwen2, GPT-NeoX), a plain GeLU MLP, parallel residual and
+partial rotary (GPT-NeoX), linear / llama3 RoPE scaling (Llama 3.x, DeepSeek-Coder), q/k/v clipping (OLMo);
+their defaults are our own model.
 
     from model import GPT, GPTConfig, load_model
     model, config = load_model("out/")            # a checkpoint folder
