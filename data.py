@@ -1267,14 +1267,20 @@ def _report(out, meta, skips, src):
 
 
 def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None, prompt_field="prompt",
-                completion_field="completion", val_fraction=SFT_VAL_FRACTION, seed=0, bos=False):
-    """Everything `python data.py sft` does. Returns meta.json's dict."""
+                completion_field="completion", val_fraction=SFT_VAL_FRACTION, seed=0, bos=False, prompt_format=None):
+    """Everything `python data.py sft` does. Returns meta.json's dict. prompt_format: what the prompts
+    are, recorded so eval.py prompts the model the same way: 'instruction' (a task in words, answered
+    with a whole program: LintSeq data and its baseline) or 'completion' (code to continue); default
+    'instruction' for LintSeq edit sequences, else 'completion'."""
     if max_len < 2:
         raise DataError(f"--max_len must be at least 2, got {max_len}")
     if truncate not in TRUNCATE_MODES:
         raise DataError(f"--truncate must be one of {', '.join(TRUNCATE_MODES)}, got {truncate!r}")
     if edit_format not in (None, "lintseq"):
         raise DataError(f"--edit_format must be 'lintseq', got {edit_format!r}")
+    prompt_format = prompt_format or ("instruction" if edit_format == "lintseq" else "completion")
+    if prompt_format not in PROMPT_FORMATS:
+        raise DataError(f"--prompt_format must be one of {', '.join(f for f in PROMPT_FORMATS if f)}, got {prompt_format!r}")
     _check_out(out)
     tok = Tokenizer.load(tokenizer)
     postprocess = _source_postprocess(tokenizer)  # the sugar table stays (a tokenizer property); the
@@ -1285,6 +1291,7 @@ def prepare_sft(src, tokenizer, out, max_len, truncate="drop", edit_format=None,
     skips = SkipLog()
     counts = {"records": 0, "kept": 0, "dropped": 0, "truncated": 0}
     head = [tok.bos_id] if bos and tok.bos_id is not None else []
+    postprocess.update(prompt_format=prompt_format, prompt_start="bos" if head else "none")
 
     def examples():
         for lineno, rec in progress(iter_records(src, skips), label="sft", unit="records"):
@@ -1494,7 +1501,8 @@ def prepare_intent(src, tokenizer, out, max_len, fields=None, val_fraction=SFT_V
              "margin": margin, "truncate": ("left, token-level, #... marker" if reference else "left (keeping imports)"),
              "bos": bool(head), "fields": names, "tags": list(INTENT_TAGS), "counts": counts, "skipped": skips.counts,
              "skipped_lines": skips.lines,
-             "postprocess": dict(_source_postprocess(tokenizer), edit_format=None, completion_format="intent"),
+             "postprocess": dict(_source_postprocess(tokenizer), edit_format=None, completion_format="intent",
+                                 prompt_start="bos" if head else "none"),
              "source": {"src": str(src), "sha256": file_sha256(src) if os.path.isfile(src) else None}}
     try:
         meta = write_sft(examples(), tok, out, val_fraction, seed, extra)
@@ -1621,6 +1629,10 @@ def _add_sft_commands(sub):
     p.add_argument("--prompt_field", default="prompt")
     p.add_argument("--completion_field", default="completion")
     p.add_argument("--bos", action="store_true", help="start every example with the bos token (Llama-family models expect it)")
+    p.add_argument("--prompt_format", choices=("completion", "instruction"),
+                   help="what the prompts are, recorded for eval.py: 'instruction' (a task in words, answered with a "
+                   "whole program; the default with --edit_format lintseq, and what lintseq.py --baseline data is) or "
+                   "'completion' (code to continue; the default otherwise)")
     p.add_argument("--val_fraction", type=float, default=SFT_VAL_FRACTION)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("intent", help="reasoning-augmented completion data (left context, signature, reasoning, intention, code)")
@@ -1643,7 +1655,7 @@ def _add_sft_commands(sub):
 def _run_sft_command(args):
     if args.cmd == "sft":
         prepare_sft(args.src, args.tokenizer, args.out, args.max_len, args.truncate, args.edit_format, args.prompt_field,
-                    args.completion_field, args.val_fraction, args.seed, args.bos)
+                    args.completion_field, args.val_fraction, args.seed, args.bos, args.prompt_format)
         return
     fields = {}
     for item in filter(None, args.fields.split(",")):

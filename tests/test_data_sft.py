@@ -112,7 +112,8 @@ def test_lintseq_edit_format_adds_diff_token(tmp_path, tokenizer_path):
             {"prompt": "Write one.\n<|diff|>", "completion": "@@ -0,0 +1 @@\n+ONE = 1\n<|diff|>\n<|diff|>"}]
     src.write_text("".join(json.dumps(r) + "\n" for r in recs))
     meta = prepare_sft(src, tokenizer_path, tmp_path / "d", max_len=256, edit_format="lintseq")
-    assert meta["postprocess"] == {"edit_format": "lintseq", "sugar": None}
+    assert meta["postprocess"] == {"edit_format": "lintseq", "sugar": None, "prompt_format": "instruction",
+                                   "prompt_start": "none"}
     tok = Tokenizer.load(tmp_path / "d")  # the added token comes back from meta.json
     diff = tok.added_tokens["<|diff|>"]
     assert diff == tok.base_vocab_size and meta["vocab_size"] == diff + 1
@@ -241,7 +242,8 @@ def test_intent_recipe(tmp_path, tokenizer_path):
     meta = prepare_intent(src, tokenizer_path, tmp_path / "d", max_len=300, val_fraction=0)
     assert meta["skipped_lines"] == {"empty 'code'": [4], "no 'reasoning' string field": [5]}
     assert meta["counts"]["kept"] == 3 and meta["counts"]["truncated"] == 1
-    assert meta["postprocess"] == {"edit_format": None, "sugar": None, "completion_format": "intent"}
+    assert meta["postprocess"] == {"edit_format": None, "sugar": None, "completion_format": "intent",
+                                   "prompt_start": "bos"}
     tok = Tokenizer.load(tmp_path / "d")
     assert list(tok.added_tokens) == list(INTENT_TAGS)
     d = SFTData(tmp_path / "d", "train")
@@ -375,3 +377,32 @@ def test_reference_configs_apply_to_train_defaults(repo_root, name, want):
                 pass
     configurator.configure(defaults, [str(repo_root / "config" / f"{name}.py")])
     assert {k: defaults[k] for k in want} == want and defaults["lr_schedule"] == "cosine"
+
+
+@pytest.mark.parametrize("recipe,flags,start", [
+    ("sft", [], "none"), ("sft", ["--bos"], "bos"), ("sft", ["--edit_format", "lintseq"], "none"),
+    ("intent", [], "bos"), ("intent", ["--no_bos"], "none")])
+def test_eval_prompts_start_as_the_training_examples_did(tmp_path, tokenizer_path, recipe, flags, start):
+    """What a checkpoint's data records (postprocess.prompt_start) is what eval.py puts before a prompt,
+    and it is how every training example of the recipe begins."""
+    import data
+    import eval as ev
+    from data import Postprocess, SFTData, Tokenizer
+
+    src = tmp_path / "src.jsonl"
+    recs = INTENT_RECORDS if recipe == "intent" else [
+        {"prompt": f"Write f{i}.\n", "completion": f"def f{i}():\n    return {i}\n"} for i in range(6)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    data.main([recipe, "--src", str(src), "--tokenizer", str(tokenizer_path), "--out", str(tmp_path / "d"),
+               "--max_len", "512", *flags])
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    pp = Postprocess.from_dict(meta["postprocess"])
+    assert pp.prompt_start == start
+    tok = Tokenizer.load(tmp_path / "d")
+    head = ev.start_ids(tok, pp)
+    assert head == ([tok.bos_id] if start == "bos" else [])
+    for split in ("train", "val"):
+        d = SFTData(tmp_path / "d", split)
+        for i in range(len(d)):
+            tokens, _ = d.example(i)
+            assert list(tokens[:len(head)]) == head and (head or int(tokens[0]) not in (tok.bos_id, tok.eos_id))
