@@ -236,8 +236,9 @@ def die_with_parent():
     so killing torchrun never leaves ranks training on their own."""
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
+    parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the launcher died before the call
+    if parent == 1 or os.getppid() != parent:  # the launcher died before the call
         raise SystemExit(f"train.py: error: the launcher of rank {os.environ.get('RANK')} is gone")
 
 

@@ -1,7 +1,7 @@
 # try it on the quickstart checkpoint (MBPP's programs; build out/quickstart with config/quickstart.py first):
 #   python lintseq.py --src benchmarks/mbpp.jsonl --prompt_field text --code_field code --out data/baseline_toy.jsonl --baseline --limit 300
 #   python data.py sft --src data/baseline_toy.jsonl --tokenizer out/quickstart --out data/baseline_toy --max_len 256
-#   python train.py config/baseline_sft_150m.py --init_from=out/quickstart --data_dir=data/baseline_toy --out_dir=out/baseline_toy --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --epochs=2 --eval_interval=20 --eval_iters=2
+#   python train.py config/baseline_sft_150m.py --init_from=out/quickstart --data_dir=data/baseline_toy --out_dir=out/baseline_toy --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --epochs=0 --max_iters=20 --eval_interval=10 --eval_iters=2
 #
 # Plain instruction tuning of TinyCodeLM-150M: the baseline LintSeq is compared with (Piterbarg, Pinto,
 # Fergus, ICLR 2025). Same programs, same recipe and the same number of optimizer steps as

@@ -1,5 +1,5 @@
 # try it on the quickstart checkpoint (data/intent_toy as made in config/intent_lora.py's first lines):
-#   python train.py config/intent_full.py --init_from=out/quickstart --data_dir=data/intent_toy --out_dir=out/intent_full_toy --block_size=256 --batch_tokens=2048 --gradient_accumulation_steps=1 --epochs=1 --warmup_iters=2 --eval_interval=20 --eval_iters=2
+#   python train.py config/intent_full.py --init_from=out/quickstart --data_dir=data/intent_toy --out_dir=out/intent_full_toy --block_size=256 --batch_tokens=2048 --gradient_accumulation_steps=1 --epochs=0 --max_iters=20 --warmup_iters=2 --eval_interval=10 --eval_iters=2
 #
 # Reasoning-augmented code completion (Li et al. 2025), full fine-tuning with our 8-bit AdamW (about 2 bytes
 # of optimizer state per parameter instead of 8; the paper's full-model recipe, recommended for small

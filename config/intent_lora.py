@@ -1,7 +1,7 @@
 # try it on the quickstart checkpoint (a plumbing check on CPU in minutes: MBPP's fields stand in for real
 # intent records; build out/quickstart with `python train.py config/quickstart.py` first):
 #   python data.py intent --src benchmarks/mbpp.jsonl --fields left_context=test_setup_code,signature=text,reasoning=text,intention=text,code=code --tokenizer out/quickstart --out data/intent_toy --max_len 256
-#   python train.py config/intent_lora.py --init_from=out/quickstart --data_dir=data/intent_toy --out_dir=out/intent_lora_toy --block_size=256 --batch_tokens=2048 --gradient_accumulation_steps=1 --epochs=1 --warmup_iters=2 --eval_interval=20 --eval_iters=2
+#   python train.py config/intent_lora.py --init_from=out/quickstart --data_dir=data/intent_toy --out_dir=out/intent_lora_toy --block_size=256 --batch_tokens=2048 --gradient_accumulation_steps=1 --epochs=0 --max_iters=20 --warmup_iters=2 --eval_interval=10 --eval_iters=2
 #
 # Reasoning-augmented code completion (Li et al. 2025, "Your Coding Intent is Secretly in the Context and
 # You Should Deliberately Infer It Before Completion"), LoRA variant. The model reads the left context and

@@ -1,7 +1,7 @@
 # try it on the quickstart checkpoint (MBPP's programs; build out/quickstart with config/quickstart.py first):
 #   python lintseq.py --src benchmarks/mbpp.jsonl --prompt_field text --code_field code --out data/lintseq_toy.jsonl -s 2 --limit 300
 #   python data.py sft --src data/lintseq_toy.jsonl --tokenizer out/quickstart --out data/lintseq_toy --max_len 256 --edit_format lintseq
-#   python train.py config/lintseq_sft_150m.py --init_from=out/quickstart --data_dir=data/lintseq_toy --out_dir=out/lintseq_toy --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --epochs=1 --eval_interval=20 --eval_iters=2
+#   python train.py config/lintseq_sft_150m.py --init_from=out/quickstart --data_dir=data/lintseq_toy --out_dir=out/lintseq_toy --block_size=256 --batch_size=8 --gradient_accumulation_steps=1 --epochs=0 --max_iters=20 --eval_interval=10 --eval_iters=2
 #
 # LintSeq instruction tuning of TinyCodeLM-150M (Piterbarg, Pinto, Fergus, "Training Language Models on
 # Synthetic Edit Sequences Improves Code Synthesis", ICLR 2025): the paper's TinyCodeLM recipe, AdamW,

@@ -1,7 +1,7 @@
 # try it on the quickstart checkpoint (sugars mined from MBPP's programs; build out/quickstart with config/quickstart.py first):
 #   python sugar.py mine --src benchmarks/mbpp.jsonl --text_field code --tokenizer out/quickstart --out data/sugars_toy.json --max_sugars 200
 #   python sugar.py apply --sugars data/sugars_toy.json --src benchmarks/mbpp.jsonl --text_field code --tokenizer out/quickstart --out data/mbpp_sugar --joint_ratio 0.25
-#   python train.py config/sugar_150m.py --init_from=out/quickstart --data_dir=data/mbpp_sugar --out_dir=out/sugar_toy --device=cpu --compile=False --batch_size=4 --block_size=128 --gradient_accumulation_steps=1 --max_iters=50 --warmup_iters=5 --eval_interval=25 --eval_iters=2 --eval_humaneval_interval=0
+#   python train.py config/sugar_150m.py --init_from=out/quickstart --data_dir=data/mbpp_sugar --out_dir=out/sugar_toy --device=cpu --compile=False --batch_size=4 --block_size=128 --gradient_accumulation_steps=1 --max_iters=20 --warmup_iters=5 --eval_interval=10 --eval_iters=2 --eval_humaneval_interval=0
 #
 # Token Sugar: continued pretraining of a TinyCodeLM-150M checkpoint on a mix of sugarized (75%) and
 # plain (25%) code, so the model reads and writes shorthand (Token Sugar paper: HumanEval pass@1 about

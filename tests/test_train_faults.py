@@ -294,7 +294,7 @@ def test_two_rank_resume_in_one_process_says_it_is_exact(tmp_path, config):
     out = tmp_path / "ddp"
     r = run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                       str(REPO / "train.py"), str(config), f"--out_dir={out}", "--max_iters=4"],
-                     capture_output=True, text=True, cwd=REPO, env=env(), timeout=300)
+                     capture_output=True, text=True, cwd=REPO, env=env(), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     r = train(config, f"--out_dir={out}", "--init_from=resume", "--max_iters=6")
     assert "resuming a 2-process run on 1: bit-exact" in r.stdout
