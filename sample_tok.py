@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from data import SPECIAL_PIECES, DataError, Tokenizer, iter_source_texts, progress, read_jsonl, run_command, write_json
+from hf_tokenizer import byte_symbols
 
 # ----------------------------------------------------------------------------- defaults
 MAX_PIECE_LEN = 15          # substrings of 1..15 byte-level characters
@@ -77,21 +78,7 @@ class SampleTokError(Exception):
 
 
 # ----------------------------------------------------------------------------- GPT-2 byte-level characters
-def _bytes_to_unicode():
-    """GPT-2's map from the 256 byte values to printable characters: printable Latin-1 bytes map to
-    themselves, the others (controls, space, DEL, NBSP, soft hyphen) to U+0100.. in byte order."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    out, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + n)
-            n += 1
-    return out
-
-
-BYTE_TO_CHAR = _bytes_to_unicode()
+BYTE_TO_CHAR = byte_symbols()  # GPT-2's byte-level alphabet, as ZeTT's byte-level tokenizers use
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
 BYTE_CHARS = [BYTE_TO_CHAR[b] for b in range(256)]
 _LATIN1_TABLE = {b: c for b, c in BYTE_TO_CHAR.items() if chr(b) != c}  # str.translate on latin-1 text
