@@ -125,6 +125,9 @@ class GPTConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ModelError(f"{where}: unknown model config keys {unknown}")
+        missing = [k for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd") if k not in d]
+        if missing:  # a default here would only fail later, as a shape mismatch
+            raise ModelError(f"{where}: model config lacks {', '.join(missing)}")
         return cls(**d)
 
 

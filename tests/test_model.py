@@ -161,6 +161,16 @@ def test_checkpoint_round_trip(tmp_path, tied):
     assert half.embed.weight.dtype == torch.bfloat16
 
 
+def test_config_missing_a_shape_key_is_named(tmp_path):
+    m = tiny()
+    save_checkpoint(tmp_path / "ck", model_state_dict(m), make_config(m.cfg))
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    del config["model"]["n_embd"]
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"config.json: model config lacks n_embd"):
+        load_model(tmp_path / "ck")
+
+
 def test_interrupted_checkpoint_writes(tmp_path):
     m1, m2 = tiny(), tiny(n_layer=2)
     with torch.no_grad():
