@@ -30,6 +30,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -118,6 +119,8 @@ sample_prompt = ""
 sample_tokens = 100
 sample_temperature = 0.8
 # -----------------------------------------------------------------------------
+
+_STOP_GRACE_S = 60   # after Ctrl-C / SIGTERM, a run that has not saved and exited by then exits anyway
 
 _MODEL_KEYS = ("n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size", "block_size", "rope_theta",
                "norm_eps", "tie_embeddings", "attn_impl")
@@ -636,6 +639,7 @@ class StopSignal:
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
             self.previous[s] = signal.signal(s, self._handle)
+            signal.siginterrupt(s, False)  # restart interrupted system calls: a collective in flight must not fail
         return self
 
     def __exit__(self, *exc):
@@ -645,6 +649,10 @@ class StopSignal:
     def _handle(self, signum, frame):
         if self.signum is None:
             self.signum, self.at = signum, time.monotonic()
+            # if another rank died instead of stopping, the collectives of the save would wait for it forever
+            watchdog = threading.Timer(_STOP_GRACE_S, os._exit, (128 + signum,))
+            watchdog.daemon = True
+            watchdog.start()
             if os.environ.get("RANK", "0") == "0":
                 os.write(2, f"train.py: {signal.Signals(signum).name}: finishing this step, then saving (again to exit now)\n".encode())
         elif time.monotonic() - self.at > 1.0:

@@ -177,11 +177,13 @@ def test_sigterm_saves_and_the_resume_is_exact(tmp_path, config, reference):
 
 
 def test_killing_torchrun_stops_its_ranks(tmp_path, config):
-    """SIGKILL to the launcher: its ranks get SIGTERM (parent-death signal), save and exit."""
+    """SIGKILL to the launcher: its ranks get SIGTERM (parent-death signal), save and exit (or, if the
+    save hangs, exit through the stop watchdog within train._STOP_GRACE_S)."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
            str(config), f"--out_dir={out}", "--max_iters=100000", "--eval_interval=1000"]
-    launcher = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = open(tmp_path / "stderr", "w")
+    launcher = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=err)
     assert wait_for(out, "train", 2, launcher)
     ranks = [int(p) for p in open(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read().split()]
     assert len(ranks) == 2
@@ -192,11 +194,14 @@ def test_killing_torchrun_stops_its_ranks(tmp_path, config):
                                          for p in ranks):
         time.sleep(0.1)
     alive = [p for p in ranks if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    why = [open(f"/proc/{p}/stat").read()[:80] for p in alive] + [(tmp_path / "stderr").read_text()[-3000:]]
     for p in alive:  # (only if the test fails: leave nothing running)
         os.kill(p, signal.SIGKILL)
-    assert not alive
-    stopped = records(out, "stopped")
-    assert len(stopped) == 1 and json.loads((out / "config.json").read_text())["step"] == stopped[0]["step"]
+    assert not alive, why
+    # usually both ranks save first; a rank that hangs in that save is ended by the stop watchdog instead
+    assert not (out / ".ckpt.partial").exists() and not (out / ".ckpt.ready").exists()
+    for stopped in records(out, "stopped"):
+        assert json.loads((out / "config.json").read_text())["step"] == stopped["step"]
 
 
 # ---- the checkpoint folder under concurrency (model.py's checkpoint functions)
