@@ -813,13 +813,24 @@ class Trainer:
             self.save(step)
         if cfg.eval_humaneval_interval and step > 0 and (step % cfg.eval_humaneval_interval == 0 or step == self.max_iters):
             if env.master:
-                with env.autocast():
-                    he = codelm_eval.evaluate(self.raw, self.data.tok, ("humaneval",), limit=cfg.eval_humaneval_limit or None,
-                                              executor=self.executor, postprocess=self.data.meta.get("postprocess"))["humaneval"]
-                self.log(f"step {step} | humaneval pass@1 {100 * he['pass@1']:.1f}% ({he['passed']}/{he['n_samples']}, "
-                         f"{he['generate_s'] + he['execute_s']:.0f}s)", event="humaneval", step=step, **he)
+                self.humaneval(step)
             if env.world > 1:
                 dist.barrier()
+
+    def humaneval(self, step):
+        """HumanEval pass@1 on rank 0. An evaluation that fails (the executor died, the sandbox could not be
+        set up) is logged and training goes on: the run, not the side measurement, is what matters."""
+        cfg = self.cfg
+        try:
+            with self.env.autocast():
+                he = codelm_eval.evaluate(self.raw, self.data.tok, ("humaneval",), limit=cfg.eval_humaneval_limit or None,
+                                          executor=self.executor, postprocess=self.data.meta.get("postprocess"))["humaneval"]
+        except (codelm_eval.EvalError, codelm_eval.ExecutorError, DataError, OSError) as e:
+            self.log(f"step {step} | humaneval failed ({type(e).__name__}: {e}); training goes on",
+                     event="humaneval_failed", step=step, error=f"{type(e).__name__}: {e}")
+            return
+        self.log(f"step {step} | humaneval pass@1 {100 * he['pass@1']:.1f}% ({he['passed']}/{he['n_samples']}, "
+                 f"{he['generate_s'] + he['execute_s']:.0f}s)", event="humaneval", step=step, **he)
 
     def count_sources(self, step):
         """Add `step`'s tokens to the corpus each micro-batch drew from (every rank counts them all:

@@ -247,6 +247,29 @@ def test_humaneval_during_training(tmp_path, config):
     assert r.returncode != 0 and r.stderr.count("train.py: error: eval_humaneval_interval needs parallel='ddp'") == 1
 
 
+def test_a_failed_humaneval_is_logged_and_training_goes_on(monkeypatch):
+    """The executor dying (or any evaluation error) during training's periodic HumanEval is one log
+    record, not the end of the run."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import eval as codelm_eval
+    import train as T
+
+    def dead_executor(*args, **kwargs):
+        raise codelm_eval.ExecutorError("executor exited unexpectedly (status -9)")
+
+    monkeypatch.setattr(codelm_eval, "evaluate", dead_executor)
+    logged = []
+    run = SimpleNamespace(cfg=SimpleNamespace(eval_humaneval_limit=2), env=SimpleNamespace(autocast=nullcontext),
+                          raw=None, data=SimpleNamespace(tok=None, meta={}), executor=None,
+                          log=lambda line, **rec: logged.append((line, rec)))
+    T.Trainer.humaneval(run, 10)  # returns: the caller's loop continues
+    (line, rec), = logged
+    assert rec["event"] == "humaneval_failed" and rec["step"] == 10 and "executor exited" in rec["error"]
+    assert "training goes on" in line
+
+
 # ---- pretraining mixtures (data_mix)
 def test_mixture_draws_each_corpus_by_weight():
     from train import batch_rng, draw_source
