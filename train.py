@@ -937,8 +937,8 @@ def run(cfg):
             trainer.sample()
     finally:
         trainer.close()
-    if env.world > 1:
-        dist.destroy_process_group()
+    if env.world > 1:  # leave together; the process then ends without teardown (see the end of this file)
+        dist.barrier()  # (destroy_process_group here left a rank waiting now and then after its peer had exited)
     return code
 
 
@@ -968,10 +968,10 @@ if __name__ == "__main__":
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # A distributed run ends here, without interpreter teardown: a process group can outlive
-        # destroy_process_group (FSDP's device mesh holds it), and its threads dying in teardown
-        # aborted FSDP test runs now and then (SIGABRT, "terminate called without an active exception")
-        # after checkpoint and logs were written. Logs are flushed per line; nothing else is pending.
+        # A distributed run ends here, after a final barrier and without destroy_process_group or
+        # interpreter teardown: both left ranks stuck or aborting now and then after everything was
+        # written (a gloo peer waiting on one that had exited; SIGABRT, "terminate called without an
+        # active exception", when FSDP's device mesh kept the group alive). Logs are flushed per line.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code or 0)

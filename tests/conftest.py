@@ -16,7 +16,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 def run_torchrun(cmd, **kw):
     """subprocess.run of a torchrun command, once more if rendezvous lost a race for a port (two
-    tests launch torchrun at the same moment under xdist); any other failure is returned as is."""
+    tests launch torchrun at the same moment under xdist); any other failure is returned as is. A launch
+    that hangs fails after `timeout` seconds (its ranks die with it: parent-death signal)."""
+    kw.setdefault("timeout", 600)
     r = subprocess.run(cmd, **kw)
     if r.returncode and re.search(r"Address already in use|EADDRINUSE|DistNetworkError", r.stderr or ""):
         r = subprocess.run(cmd, **kw)
