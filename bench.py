@@ -216,11 +216,11 @@ def bench_attention(args):
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
     if on_cpu and not flash_attention._FLASH_INTERPRET:
-        raise SystemExit("codelm: bench.py attention --device cpu: set TRITON_INTERPRET=1 (triton was imported first)")
+        raise BenchError("attention --device cpu: set TRITON_INTERPRET=1 (triton was imported first)")
     if not on_cpu and not torch.cuda.is_available():
-        raise SystemExit("codelm: bench.py attention: no CUDA device (use --device cpu for the interpreter check)")
+        raise BenchError("attention: no CUDA device (use --device cpu for the interpreter check)")
     if flash_attention.triton is None:
-        raise SystemExit("codelm: bench.py attention: triton is not installed")
+        raise BenchError("attention: triton is not installed")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("fp32" if on_cpu else "bf16")]
     seqs = args.seq or (ATTN_CPU_SEQ if on_cpu else ATTN_GPU_SEQ)
@@ -287,10 +287,12 @@ SUBCOMMANDS["attention"] = (bench_attention, _attention_args,
 
 
 # ---- sample_tok ----
-# ZeTT tokenizer sampling (sample_tok.py) at the seed's sizes: 128 texts x 2,048 characters per batch, a
+# ZeTT tokenizer sampling (sample_tok.py) at ZeTT's sizes: 128 texts x 2,048 characters per batch, a
 # queue of 16 batches (2,048 texts), 32,768-piece vocabularies, noise median 1e-5 / log-sd 4. Baseline: a
 # straightforward pure-Python version of the same algorithm (dict counting per batch, the queue re-summed
 # every batch as ZeTT's Rust code does, Python noise and sort), measured on fewer batches in the same run.
+SAMPLE_TOK_SPAN, SAMPLE_TOK_BATCH, SAMPLE_TOK_QUEUE, SAMPLE_TOK_VOCAB = 2048, 128, 16, 32768
+
 
 def _sample_tok_args(p):
     p.add_argument("--batches", type=int, default=100, help="timed batches for sample_tok.py (after 15 that fill the queue)")
@@ -337,46 +339,80 @@ class _BaselineSampler:
         return [k for k, _ in pieces], [s for _, s in pieces]
 
 
-def bench_sample_tok(args):
-
-
-
-    span, bs, queue, vocab = 2048, 128, 16, 32768
-    files = stdlib_files() if args.src == "stdlib" else sorted(Path(args.src).rglob("*.py"))
-    docs = []
+def _sample_tok_texts(src, span, batch_size):
+    """The .py files of `src` that fill a whole span (ZeTT's sizes: every text a full span)."""
+    files = stdlib_files() if src == "stdlib" else sorted(Path(src).rglob("*.py"))
+    texts = []
     for f in files:
         try:
             t = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        if len(t) >= span:  # the seed's sizes: every text a full 2,048-character span
-            docs.append(t)
-    if len(docs) < bs:
-        raise SystemExit(f"codelm: bench.py sample_tok: only {len(docs)} files of >= {span} characters in {args.src}")
+        if len(t) >= span:
+            texts.append(t)
+    if len(texts) < batch_size:
+        raise BenchError(f"sample_tok: only {len(texts)} files of >= {span} characters in {src}")
+    return texts
+
+
+def _sample_tok_end_to_end(texts, args, row):
+    """The statistics tool end to end: JSONL reading, spans, pre-tokenizing (inline or in a second process)."""
+    def children_cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with open(tmp / "code.jsonl", "w") as f:
+            for t in texts:
+                f.write(json.dumps({"text": t}) + "\n")
+        (tmp / "langs.txt").write_text("code,1\n")
+        (tmp / "config.json").write_text(json.dumps({"langs": str(tmp / "langs.txt"), "train_directory": str(tmp)}))
+        cfg = sample_tok.load_config(tmp / "config.json")
+        for workers in (0, 1):
+            c0, k0 = time.process_time(), children_cpu()
+            stats = sample_tok.collect_stats(cfg, args.batches, seed=args.seed, workers=workers)
+            row(f"statistics tool, {workers + 1} process{'es' if workers else ''}", args.batches, stats["seconds"],
+                time.process_time() - c0, (children_cpu() - k0) if workers else None,
+                f"incl. reading JSONL and the {SAMPLE_TOK_QUEUE - 1} batches that fill the queue")
+
+
+def _sample_tok_agree(fill, timed, baseline, rnd, baseline_batches):
+    """Same algorithm: with noise 0, ours and the baseline rank the same scores (ties may order differently)."""
+    check = sample_tok.TokenizerSampler(SAMPLE_TOK_QUEUE)
+    window = (fill + timed)[max(0, baseline_batches - 1):SAMPLE_TOK_QUEUE - 1 + baseline_batches]
+    for b in window:
+        check.push(b)
+    p1, s1 = check.sample("default", SAMPLE_TOK_VOCAB)
+    p2, s2 = baseline.sample(SAMPLE_TOK_VOCAB, 0.0, rnd)
+    return p1[:391] == p2[:391] and bool(np.allclose(sorted(s1), sorted(s2), rtol=1e-12, atol=0))
+
+
+def bench_sample_tok(args):
+    span, bs, queue, vocab = SAMPLE_TOK_SPAN, SAMPLE_TOK_BATCH, SAMPLE_TOK_QUEUE, SAMPLE_TOK_VOCAB
+    texts = _sample_tok_texts(args.src, span, bs)
     rng = np.random.default_rng(args.seed)
 
     def batch():
         out = []
-        for i in rng.integers(len(docs), size=bs).tolist():
-            s = int(rng.integers(len(docs[i]) - span + 1))
-            out.append(docs[i][s:s + span])
+        for i in rng.integers(len(texts), size=bs).tolist():
+            s = int(rng.integers(len(texts[i]) - span + 1))
+            out.append(texts[i][s:s + span])
         return out
 
     fill = [batch() for _ in range(queue - 1)]
     timed = [batch() for _ in range(args.batches)]
     sigmas = [sample_tok.draw_noise_std(rng, 1e-5, 4) for _ in range(args.batches)]
-    print(f"# sample_tok: {len(docs)} files of >= {span} chars from {args.src} ({sum(map(len, docs)) / 1e6:.1f}M chars), "
+    print(f"# sample_tok: {len(texts)} files of >= {span} chars from {args.src} ({sum(map(len, texts)) / 1e6:.1f}M chars), "
           f"batches of {bs} x {span} chars, queue {queue} batches, vocabulary {vocab}, numpy {np.__version__}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
-
     rows = []
 
     def row(what, n, seconds, cpu, reader_cpu=None, note=""):
         rows.append({"what": what, "batches": n, "s_per_1000": 1000 * seconds / n, "cpu_s_per_1000": 1000 * cpu / n,
                      "reader_cpu_s": "" if reader_cpu is None else 1000 * reader_cpu / n, "note": note})
 
-    # ours, in this process: push + sample (pieces and scores) per batch
-    sampler = sample_tok.TokenizerSampler(queue)
+    sampler = sample_tok.TokenizerSampler(queue)  # ours, in this process: push + sample per batch
     for b in fill:
         sampler.push(b)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -386,37 +422,17 @@ def bench_sample_tok(args):
         assert len(pieces) == vocab
     row("sample_tok.py, 1 process", args.batches, time.perf_counter() - t0, time.process_time() - c0,
         note=f"{len(sampler._str):,} interned substrings")
-
-    # the statistics tool end to end: JSONL reading, spans, pre-tokenizing (inline or in a second process)
     if args.end_to_end:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            with open(tmp / "code.jsonl", "w") as f:
-                for t in docs:
-                    f.write(json.dumps({"text": t}) + "\n")
-            (tmp / "langs.txt").write_text("code,1\n")
-            (tmp / "config.json").write_text(json.dumps({"langs": str(tmp / "langs.txt"), "train_directory": str(tmp)}))
-            cfg = sample_tok.load_config(tmp / "config.json")
-            def children_cpu():
-                r = resource.getrusage(resource.RUSAGE_CHILDREN)
-                return r.ru_utime + r.ru_stime
+        _sample_tok_end_to_end(texts, args, row)
 
-            for workers in (0, 1):
-                c0, k0 = time.process_time(), children_cpu()
-                stats = sample_tok.collect_stats(cfg, args.batches, seed=args.seed, workers=workers)
-                row(f"statistics tool, {workers + 1} process{'es' if workers else ''}", args.batches, stats["seconds"],
-                    time.process_time() - c0, (children_cpu() - k0) if workers else None,
-                    f"incl. reading JSONL and the {queue - 1} batches that fill the queue")
-
-    # the baseline, on fewer batches
-    base = _BaselineSampler(queue)
+    baseline = _BaselineSampler(queue)  # on fewer batches: it is slow
     for b in fill:
-        base.push(b)
+        baseline.push(b)
     rnd = random.Random(args.seed)
     t0, c0 = time.perf_counter(), time.process_time()
     for b, sigma in zip(timed[:args.baseline_batches], sigmas):
-        base.push(b)
-        base.sample(vocab, sigma, rnd)
+        baseline.push(b)
+        baseline.sample(vocab, sigma, rnd)
     base_s = (time.perf_counter() - t0) / args.baseline_batches
     row("baseline: straightforward Python", args.baseline_batches, base_s * args.baseline_batches,
         time.process_time() - c0, note=f"extrapolated from {args.baseline_batches} batches")
@@ -424,14 +440,7 @@ def bench_sample_tok(args):
     for r in rows:
         r["speedup"] = f"{1000 * base_s / r['s_per_1000']:.1f}x"
         r["cpu_speedup"] = f"{base_cpu / (r['cpu_s_per_1000'] + (r['reader_cpu_s'] or 0)):.1f}x"
-
-    # same algorithm: with noise 0, both rank the same scores (ties may order differently)
-    check = sample_tok.TokenizerSampler(queue)
-    for b in (fill + timed)[max(0, queue - 1 + args.baseline_batches - queue):queue - 1 + args.baseline_batches]:
-        check.push(b)
-    p1, s1 = check.sample("default", vocab)
-    p2, s2 = base.sample(vocab, 0.0, rnd)
-    agree = p1[:391] == p2[:391] and bool(np.allclose(sorted(s1), sorted(s2), rtol=1e-12, atol=0))
+    agree = _sample_tok_agree(fill, timed, baseline, rnd, args.baseline_batches)
     print_table(rows, ["what", "batches", "s_per_1000", "cpu_s_per_1000", "reader_cpu_s", "speedup", "cpu_speedup", "note"])
     print(f"# s_per_1000: wall seconds per 1,000 batches; cpu_s_per_1000: CPU seconds of this process; reader_cpu_s: "
           f"of the reader process (with 2 free cores the wall time approaches the larger of the two); "
@@ -654,12 +663,82 @@ def _lintseq_args(p):
     p.add_argument("-s", type=int, default=5, help="sequences per program in the end-to-end CLI run")
 
 
+def _lintseq_row(case, linter, programs, seconds, speedup=""):
+    return dict(case=case, linter=linter, programs=programs, seconds=seconds, ms_per_program=1000 * seconds / programs,
+                programs_per_min=60 * programs / seconds, speedup=speedup)
+
+
+def _lintseq_time(programs, linter, incremental=True):
+    """Seconds to sample one edit sequence per program (seed per program)."""
+    t0 = time.perf_counter()
+    for i, p in enumerate(programs):
+        ls.sample_rounds(p, f"bench:{i}", linter, 1, incremental=incremental)
+    return time.perf_counter() - t0
+
+
+def _lintseq_mbpp_rows(progs, pyflakes, pylint, pylint_version, pylint_n):
+    """MBPP: pylint on a spread subset (extrapolated), ours on the same subset and on every program."""
+    rows, n = [], len(progs)
+    subset = progs[::max(1, n // max(1, pylint_n))][:pylint_n]
+    t_ours_sub = _lintseq_time(subset, pyflakes)
+    t_ours = _lintseq_time(progs, pyflakes)
+    t_full = _lintseq_time(progs, pyflakes, incremental=False)
+    base = None
+    if pylint is not None:
+        _lintseq_time(subset[:1], pylint)                     # imports and astroid's builtins, not timed
+        t_pl = _lintseq_time(subset, pylint)
+        base = t_pl / len(subset)
+        rows.append(_lintseq_row(f"MBPP ({len(subset)} of {n}, extrapolated)",
+                                 f"pylint {pylint_version} (E,F,W0311,W0231)", len(subset), t_pl, 1.0))
+        rows.append(_lintseq_row(f"MBPP (same {len(subset)})", "pyflakes, skip+focus", len(subset), t_ours_sub,
+                                 t_pl / t_ours_sub))
+    rows.append(_lintseq_row(f"MBPP (all {n})", "pyflakes, lint every state", n, t_full,
+                             base / (t_full / n) if base else ""))
+    rows.append(_lintseq_row(f"MBPP (all {n})", "pyflakes, skip+focus (default)", n, t_ours,
+                             base / (t_ours / n) if base else ""))
+    return rows
+
+
+def _lintseq_module_rows(modules, pyflakes, pylint, pylint_max_lines):
+    """Larger stdlib modules, best of 3 (pylint: 2) on a shared machine; pylint only up to pylint_max_lines."""
+    rows, root = [], sysconfig.get_paths()["stdlib"]
+    for mod in [m for m in modules.split(",") if m]:
+        src = open(os.path.join(root, mod), encoding="utf-8").read()
+        lines = len(ls.normalize_program(src).split("\n"))
+        t_m = min(_lintseq_time([src], pyflakes) for _ in range(3))
+        t_mf = min(_lintseq_time([src], pyflakes, incremental=False) for _ in range(3))
+        t_mp = min(_lintseq_time([src], pylint) for _ in range(2)) \
+            if pylint is not None and lines <= pylint_max_lines else None
+        label = f"{mod} ({lines} lines)"
+        if t_mp is not None:
+            rows.append(_lintseq_row(label, "pylint", 1, t_mp, 1.0))
+        rows.append(_lintseq_row(label, "pyflakes, lint every state", 1, t_mf, t_mp / t_mf if t_mp else ""))
+        rows.append(_lintseq_row(label, "pyflakes, skip+focus (default)", 1, t_m, t_mp / t_m if t_mp else ""))
+    return rows
+
+
+def _lintseq_cli_row(recs, args):
+    """lintseq.py's run() end to end on MBPP (pool start included)."""
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "mbpp.jsonl")
+        with open(src, "w") as f:
+            for r in recs:
+                f.write(json.dumps({"instruction": r["text"], "response": r["code"]}) + "\n")
+        cli = ls.parse_args(["--src", src, "--out", os.path.join(d, "out.jsonl"), "--prompt_field", "instruction",
+                             "--code_field", "response", "-s", str(args.s), "--workers", str(args.workers),
+                             "--seed", "1"])
+        t0 = time.perf_counter()
+        summary = ls.run(cli)
+        t_cli = time.perf_counter() - t0
+    row = _lintseq_row(f"CLI on MBPP, s={args.s}, {args.workers} workers", "pyflakes (default)",
+                       summary["programs"], t_cli)
+    return row, summary
+
+
 def bench_lintseq(args):
     """Edit-sequence generation per program: our in-process linter (compile + pyflakes, skipping lints that
     cannot find anything) vs the same with a lint of every state vs pylint's error mode (the paper's),
     on the MBPP reference solutions and on larger stdlib modules; then the CLI end to end on MBPP."""
-
-
     with open(args.mbpp) as f:
         recs = [json.loads(line) for line in f if line.strip()]
     if args.limit:
@@ -672,67 +751,10 @@ def bench_lintseq(args):
     except ls.LintseqError:
         pylint, pylint_version = None, None
     pyflakes = ls.make_linter("pyflakes")
-
-    def per_program(programs, linter, incremental=True):
-        t0 = time.perf_counter()
-        for i, p in enumerate(programs):
-            ls.sample_rounds(p, f"bench:{i}", linter, 1, incremental=incremental)
-        return time.perf_counter() - t0
-
-    rows = []
-    stride = max(1, len(progs) // max(1, args.pylint_n))
-    subset = progs[::stride][:args.pylint_n]
-    t_ours_sub = per_program(subset, pyflakes)
-    t_ours = per_program(progs, pyflakes)
-    t_full = per_program(progs, pyflakes, incremental=False)
-    n = len(progs)
-    base = None
-    if pylint is not None:
-        per_program(subset[:1], pylint)                     # imports and astroid's builtins, not timed
-        t_pl = per_program(subset, pylint)
-        base = t_pl / len(subset)
-        rows.append(dict(case=f"MBPP ({len(subset)} of {n}, extrapolated)", linter=f"pylint {pylint_version} (E,F,W0311,W0231)",
-                         programs=len(subset), seconds=t_pl, ms_per_program=1000 * base, programs_per_min=60 / base,
-                         speedup=1.0))
-        rows.append(dict(case=f"MBPP (same {len(subset)})", linter="pyflakes, skip+focus", programs=len(subset),
-                         seconds=t_ours_sub, ms_per_program=1000 * t_ours_sub / len(subset),
-                         programs_per_min=60 * len(subset) / t_ours_sub, speedup=t_pl / t_ours_sub))
-    rows.append(dict(case=f"MBPP (all {n})", linter="pyflakes, lint every state", programs=n, seconds=t_full,
-                     ms_per_program=1000 * t_full / n, programs_per_min=60 * n / t_full,
-                     speedup=base / (t_full / n) if base else ""))
-    rows.append(dict(case=f"MBPP (all {n})", linter="pyflakes, skip+focus (default)", programs=n, seconds=t_ours,
-                     ms_per_program=1000 * t_ours / n, programs_per_min=60 * n / t_ours,
-                     speedup=base / (t_ours / n) if base else ""))
-    root = sysconfig.get_paths()["stdlib"]
-    for mod in [m for m in args.modules.split(",") if m]:
-        src = open(os.path.join(root, mod), encoding="utf-8").read()
-        lines = len(ls.normalize_program(src).split("\n"))
-        t_m = min(per_program([src], pyflakes) for _ in range(3))          # best of 3 (shared machines)
-        t_mf = min(per_program([src], pyflakes, incremental=False) for _ in range(3))
-        t_mp = min(per_program([src], pylint) for _ in range(2)) \
-            if pylint is not None and lines <= args.pylint_max_lines else None
-        label = f"{mod} ({lines} lines)"
-        if t_mp is not None:
-            rows.append(dict(case=label, linter="pylint", programs=1, seconds=t_mp, ms_per_program=1000 * t_mp,
-                             programs_per_min=60 / t_mp, speedup=1.0))
-        rows.append(dict(case=label, linter="pyflakes, lint every state", programs=1, seconds=t_mf,
-                         ms_per_program=1000 * t_mf, programs_per_min=60 / t_mf, speedup=t_mp / t_mf if t_mp else ""))
-        rows.append(dict(case=label, linter="pyflakes, skip+focus (default)", programs=1, seconds=t_m,
-                         ms_per_program=1000 * t_m, programs_per_min=60 / t_m, speedup=t_mp / t_m if t_mp else ""))
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "mbpp.jsonl")
-        with open(src, "w") as f:
-            for r in recs:
-                f.write(json.dumps({"instruction": r["text"], "response": r["code"]}) + "\n")
-        cli = SimpleNamespace(src=src, out=os.path.join(d, "out.jsonl"), prompt_field="instruction",
-                              code_field="response", s=args.s, workers=args.workers, seed=1, limit=0,
-                              linter="pyflakes", random=False, baseline=False)
-        t0 = time.perf_counter()
-        summary = ls.run(cli)
-        t_cli = time.perf_counter() - t0
-    rows.append(dict(case=f"CLI on MBPP, s={args.s}, {args.workers} workers", linter="pyflakes (default)",
-                     programs=summary["programs"], seconds=t_cli, ms_per_program=1000 * t_cli / summary["programs"],
-                     programs_per_min=60 * summary["programs"] / t_cli, speedup=""))
+    rows = _lintseq_mbpp_rows(progs, pyflakes, pylint, pylint_version, args.pylint_n)
+    rows += _lintseq_module_rows(args.modules, pyflakes, pylint, args.pylint_max_lines)
+    cli_row, summary = _lintseq_cli_row(recs, args)
+    rows.append(cli_row)
     print_table(rows, ["case", "linter", "programs", "seconds", "ms_per_program", "programs_per_min", "speedup"])
     print(f"# one edit sequence per program (seed per program) unless noted; stdlib rows: best of 3 (pylint: 2); "
           f"speedup = pylint time / this time on the same programs; pylint runs in process on a temp file per state, as in the "

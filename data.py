@@ -280,73 +280,77 @@ def iter_source_texts(src, ext=(".py",), text_field="text", stats=None):
 
     src = str(src)
     if src == "stdlib" or os.path.isdir(src):
-        files = stdlib_files() if src == "stdlib" else sorted(p for p in Path(src).rglob("*") if p.is_file() and _wanted(p, ext))
-        for p in files:
-            try:
-                raw = p.read_bytes()
-            except OSError:
-                skip("unreadable", p)
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                skip("not UTF-8", p)
-                continue
-            if not text.strip():
-                skip("empty", p)
-                continue
-            stats["documents"] += 1
-            yield str(p), text
+        texts = _folder_texts(src, ext, skip)
     elif src.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-        opener = gzip.open if src.endswith(".gz") else open
-        try:
-            with opener(src, "rb") as f:  # decode line by line: one bad line does not end the file
-                for lineno, raw in enumerate(f, 1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        rec = json.loads(raw.decode("utf-8"))
-                    except UnicodeDecodeError:
-                        skip("not UTF-8", f"{src}:{lineno}")
-                        continue
-                    except json.JSONDecodeError:
-                        skip("not JSON", f"{src}:{lineno}")
-                        continue
-                    text = rec.get(text_field) if isinstance(rec, dict) else None
-                    if not isinstance(text, str):
-                        skip(f"no '{text_field}' field", f"{src}:{lineno}")
-                        continue
-                    if not text.strip():
-                        skip("empty", f"{src}:{lineno}")
-                        continue
-                    stats["documents"] += 1
-                    yield f"{src}:{lineno}", text
-        except (OSError, EOFError) as e:
-            raise DataError(f"{src}: cannot read ({e})")
+        texts = _jsonl_texts(src, text_field, skip)
     elif src.endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq  # optional: only parquet sources need it
-        except ImportError:
-            raise DataError(f"{src}: reading parquet needs pyarrow (pip install pyarrow), or convert it to .jsonl")
-        try:
-            pf = pq.ParquetFile(src)
-        except Exception as e:
-            raise DataError(f"{src}: not a readable parquet file ({e})")
-        if text_field not in pf.schema_arrow.names:
-            raise DataError(f"{src}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); pass --text_field")
-        row = 0
-        for batch in pf.iter_batches(columns=[text_field], batch_size=1024):  # one batch in memory at a time
-            for text in batch.column(0).to_pylist():
-                row += 1
-                if not isinstance(text, str) or not text.strip():
-                    skip("empty", f"{src}:row {row}")
-                    continue
-                stats["documents"] += 1
-                yield f"{src}:row {row}", text
+        texts = _parquet_texts(src, text_field, skip)
     elif os.path.isfile(src):
         raise DataError(f"{src}: unsupported file type (expected a folder, .jsonl, .jsonl.gz, .parquet or 'stdlib')")
     else:
         raise DataError(f"{src}: no such file or folder (give a folder of source files, a .jsonl/.jsonl.gz/.parquet file, or 'stdlib')")
+    for name, text in texts:
+        if not text.strip():
+            skip("empty", name)
+            continue
+        stats["documents"] += 1
+        yield name, text
+
+
+def _folder_texts(src, ext, skip):
+    files = stdlib_files() if src == "stdlib" else sorted(p for p in Path(src).rglob("*") if p.is_file() and _wanted(p, ext))
+    for p in files:
+        try:
+            raw = p.read_bytes()
+        except OSError:
+            skip("unreadable", p)
+            continue
+        try:
+            yield str(p), raw.decode("utf-8")
+        except UnicodeDecodeError:
+            skip("not UTF-8", p)
+
+
+def _jsonl_texts(src, text_field, skip):
+    opener = gzip.open if src.endswith(".gz") else open
+    try:
+        with opener(src, "rb") as f:  # decode line by line: one bad line does not end the file
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    skip("not UTF-8", f"{src}:{lineno}")
+                    continue
+                except json.JSONDecodeError:
+                    skip("not JSON", f"{src}:{lineno}")
+                    continue
+                text = rec.get(text_field) if isinstance(rec, dict) else None
+                if not isinstance(text, str):
+                    skip(f"no '{text_field}' field", f"{src}:{lineno}")
+                    continue
+                yield f"{src}:{lineno}", text
+    except (OSError, EOFError) as e:
+        raise DataError(f"{src}: cannot read ({e})")
+
+
+def _parquet_texts(src, text_field, skip):
+    try:
+        import pyarrow.parquet as pq  # optional: only parquet sources need it
+    except ImportError:
+        raise DataError(f"{src}: reading parquet needs pyarrow (pip install pyarrow), or convert it to .jsonl")
+    try:
+        pf = pq.ParquetFile(src)
+    except Exception as e:
+        raise DataError(f"{src}: not a readable parquet file ({e})")
+    if text_field not in pf.schema_arrow.names:
+        raise DataError(f"{src}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); pass --text_field")
+    row = 0
+    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):  # one batch in memory at a time
+        for text in batch.column(0).to_pylist():
+            row += 1
+            yield f"{src}:row {row}", text if isinstance(text, str) else ""
 
 
 # ----------------------------------------------------------------------------- tokenizer training

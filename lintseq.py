@@ -910,8 +910,8 @@ def _lines_list(nums, limit=10):
     return ", ".join(map(str, nums[:limit])) + (f", ... ({len(nums) - limit} more)" if len(nums) > limit else "")
 
 
-def run(args):
-    """The CLI's work; returns the summary dict. Raises LintseqError for bad input."""
+def _check_args(args):
+    """Bad input before any work; returns the number of records to process."""
     if args.baseline and args.random:
         raise LintseqError("choose one of --baseline and --random")
     if args.s < 1:
@@ -927,63 +927,72 @@ def run(args):
         total = sum(1 for line in f if line.strip())
     if total == 0:
         raise LintseqError(f"{args.src}: empty input (no records)")
-    if args.limit:
-        total = min(total, args.limit)
+    return min(total, args.limit) if args.limit else total
 
-    def tasks():
-        n = 0
-        with open(args.src, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                if args.limit and n >= args.limit:
-                    return
-                n += 1
-                yield lineno, line
 
+def _tasks(src, limit):
+    """(line number, raw line) of the non-blank input lines, at most `limit` (0 = all)."""
+    n = 0
+    with open(src, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if limit and n >= limit:
+                return
+            n += 1
+            yield lineno, line
+
+
+def _write_results(results, tmp, total):
+    """Write the workers' records to `tmp` in input order, with progress; returns the counts."""
+    counts = {"read": 0, "programs": 0, "records": 0, "skipped": {}, "bad": {}}
+    t0 = last = time.time()
+    with open(tmp, "w", encoding="utf-8") as out:
+        for status, lineno, payload in results:
+            counts["read"] += 1
+            if status == "ok":
+                counts["programs"] += 1
+                for r in payload:
+                    out.write(json.dumps(r, ensure_ascii=False) + "\n")
+                counts["records"] += len(payload)
+            else:
+                counts["skipped" if status == "skip" else "bad"].setdefault(payload, []).append(lineno)
+            now = time.time()
+            if now - last >= 2.0:
+                last, n_done = now, counts["read"]
+                rate = n_done / (now - t0)
+                print(f"[lintseq] {n_done:,}/{total:,} ({100 * n_done / total:.1f}%) {rate:,.1f} programs/s "
+                      f"ETA {format_eta((total - n_done) / max(rate, 1e-9))}", file=sys.stderr, flush=True)
+    return counts
+
+
+def run(args):
+    """The CLI's work; returns the summary dict. Raises LintseqError for bad input."""
+    total = _check_args(args)
     opts = {"prompt_field": args.prompt_field, "code_field": args.code_field, "seed": args.seed, "s": args.s,
             "linter": args.linter, "random": args.random, "baseline": args.baseline, "reference": args.reference}
     workers = max(1, args.workers or os.cpu_count() or 1)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = f"{args.out}.tmp-{os.getpid()}"
-    skipped, bad = {}, {}
-    n_done = n_ok = n_records = 0
-    t0 = last = time.time()
+    t0 = time.time()
     pool = None
     try:
         if workers > 1:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
             pool = ctx.Pool(workers, initializer=_init_worker, initargs=(opts,))
-            results = _ordered_results(pool, tasks(), window=4 * workers)
+            results = _ordered_results(pool, _tasks(args.src, args.limit), window=4 * workers)
         else:
             _init_worker(opts)
-            results = map(_work, tasks())
-        with open(tmp, "w", encoding="utf-8") as out:
-            for status, lineno, payload in results:
-                n_done += 1
-                if status == "ok":
-                    n_ok += 1
-                    for r in payload:
-                        out.write(json.dumps(r, ensure_ascii=False) + "\n")
-                    n_records += len(payload)
-                elif status == "skip":
-                    skipped.setdefault(payload, []).append(lineno)
-                else:
-                    bad.setdefault(payload, []).append(lineno)
-                now = time.time()
-                if now - last >= 2.0:
-                    last = now
-                    rate = n_done / (now - t0)
-                    print(f"[lintseq] {n_done:,}/{total:,} ({100 * n_done / total:.1f}%) {rate:,.1f} programs/s "
-                          f"ETA {format_eta((total - n_done) / max(rate, 1e-9))}", file=sys.stderr, flush=True)
+            results = map(_work, _tasks(args.src, args.limit))
+        counts = _write_results(results, tmp, total)
         if pool is not None:
             pool.close()
             pool.join()
             pool = None
-        if n_records == 0:
-            raise LintseqError(f"{args.src}: no usable records (read {n_done}, bad {sum(map(len, bad.values()))}, "
-                               f"skipped {sum(map(len, skipped.values()))}); nothing written")
+        if counts["records"] == 0:
+            raise LintseqError(f"{args.src}: no usable records (read {counts['read']}, bad "
+                               f"{sum(map(len, counts['bad'].values()))}, skipped "
+                               f"{sum(map(len, counts['skipped'].values()))}); nothing written")
         os.replace(tmp, args.out)
     finally:
         if pool is not None:
@@ -991,21 +1000,23 @@ def run(args):
             pool.join()
         if os.path.exists(tmp):
             os.remove(tmp)
-    elapsed = time.time() - t0
+    _print_summary(args, counts, time.time() - t0, workers)
+    return {**counts, "skipped": {k: len(v) for k, v in counts["skipped"].items()}}
+
+
+def _print_summary(args, counts, elapsed, workers):
     mode = ("baseline" if args.baseline else "randseq" if args.random
             else f"lintseq ({'reference, ' if args.reference else ''}{args.linter})")
-    print(f"[lintseq] done: {n_done:,} records read, {n_ok:,} programs -> {n_records:,} {mode} examples in "
-          f"{args.out} in {format_eta(elapsed)} ({n_done / max(elapsed, 1e-9):,.1f} programs/s, {workers} workers)",
-          file=sys.stderr)
-    for reason, nums in sorted(skipped.items()):
+    print(f"[lintseq] done: {counts['read']:,} records read, {counts['programs']:,} programs -> {counts['records']:,} "
+          f"{mode} examples in {args.out} in {format_eta(elapsed)} ({counts['read'] / max(elapsed, 1e-9):,.1f} "
+          f"programs/s, {workers} workers)", file=sys.stderr)
+    for reason, nums in sorted(counts["skipped"].items()):
         print(f"[lintseq] skipped ({reason}): {len(nums)} (lines {_lines_list(nums)})", file=sys.stderr)
-    for reason, nums in sorted(bad.items()):
+    for reason, nums in sorted(counts["bad"].items()):
         print(f"[lintseq] bad lines ({reason}): {len(nums)} (lines {_lines_list(nums)})", file=sys.stderr)
-    return {"read": n_done, "programs": n_ok, "records": n_records,
-            "skipped": {k: len(v) for k, v in skipped.items()}, "bad": {k: v for k, v in bad.items()}}
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="input JSONL, one record per line")
     p.add_argument("--out", required=True, help="output JSONL of {prompt, completion} records")
@@ -1025,7 +1036,11 @@ def main(argv=None):
     p.add_argument("--random", action="store_true", help="RandSeq ablation: random chunked deletions, no linter")
     p.add_argument("--baseline", action="store_true",
                    help="plain SFT records: prompt = instruction + newline, completion = program")
-    return run(p.parse_args(argv))
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

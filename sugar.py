@@ -410,17 +410,26 @@ def _scan_fields(text, pos, mode, table):
                 return _check_fields(fields, i), pos
             else:
                 raise SugarError(f"char {i}: {END_TOKEN} without an expr token before it")
-        else:
-            sugar = table.by_token.get(tok)
-            if sugar is None:
-                raise SugarError(f"char {i}: unknown sugar token {tok}")
-            if sugar.type != "expr":
-                raise SugarError(f"char {i}: statement token {tok} inside the fields of another token")
-            if sugar.holes:
-                opened.append(depth)
-            elif depth == 0 and not opened and _starts_field(text, pos, table):
-                fields.append(text[start:pos])
-                start = pos
+        elif _nested_expr(table, tok, i).holes:
+            opened.append(depth)
+        elif depth == 0 and not opened and _starts_field(text, pos, table):
+            fields.append(text[start:pos])
+            start = pos
+    return _last_field(text, fields, start, end, mode)
+
+
+def _nested_expr(table, tok, i):
+    """The expr sugar of a token met inside fields (a statement token or an unknown one is an error)."""
+    sugar = table.by_token.get(tok)
+    if sugar is None:
+        raise SugarError(f"char {i}: unknown sugar token {tok}")
+    if sugar.type != "expr":
+        raise SugarError(f"char {i}: statement token {tok} inside the fields of another token")
+    return sugar
+
+
+def _last_field(text, fields, start, end, mode):
+    """Append the field text[start:end] (trailing blanks dropped where the line ends it); (fields, end)."""
     last = text[start:end]
     if mode != "all":
         stripped = last.rstrip(" \t\f\r")
