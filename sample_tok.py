@@ -608,7 +608,7 @@ def _resolve(path, base):
 
 
 def load_config(path):
-    """The seed's JSON config with defaults filled in and every key this tool reads checked."""
+    """ZeTT's JSON config with defaults filled in and every key this tool reads checked."""
     try:
         raw = Path(path).read_text(encoding="utf-8")
     except OSError as e:
@@ -972,7 +972,7 @@ def _show(piece):
 
 
 def print_summary(stats, items, top=20, left_out=0, out=None):
-    """The seed's console summary. items: [(piece, count)] as written (sorted, maybe filtered)."""
+    """The console summary ZeTT's statistics tool prints. items: [(piece, count)] as written (sorted, maybe filtered)."""
     out = out or sys.stdout
     n = stats["num_batches"]
     total = sum(stats["counts"].values())
