@@ -1,7 +1,8 @@
 """
 Fine-tuning pieces: vocabulary growth for added tokens, LoRA adapters (add, merge, state dicts), the
 model a fine-tuning run starts from (train.py task='sft') and the adapters checkpoint format
-(adapters.safetensors + config.json["lora"] naming the base folder), written and read here.
+(adapters.safetensors: the adapters and whatever embedding/head the run trained, whole or the added
+tokens' rows; config.json["lora"] names the base folder), written and read here.
 
     from finetune import add_lora, grow_vocab, merge_lora
     grow_vocab(model, new_vocab_size)             # new rows = mean of the old ones
@@ -166,7 +167,8 @@ def merge_lora_state(state, scale):
 
 def load_adapter_checkpoint(folder, config, device="cpu", dtype=None):
     """A LoRA adapters checkpoint: config.json["lora"] names the base folder (ours or Hugging Face); the
-    base is loaded, grown to this vocab, the adapters (and new token rows) applied and merged."""
+    base is loaded, grown to this vocab, the adapters applied and merged, and the embedding/head the run
+    trained put in (whole, or the new tokens' rows)."""
     folder = Path(folder)
     lora = config["lora"]
     base = Path(lora["base"])
@@ -180,12 +182,13 @@ def load_adapter_checkpoint(folder, config, device="cpu", dtype=None):
     add_lora(model, lora["r"], lora["alpha"], 0.0, lora["targets"])
     adapters = load_file(folder / "adapters.safetensors", device=str(device))
     ids = lora.get("token_ids")   # rows of embed/head that were trained (tokens the fine-tune added)
+    whole = ("embed.weight",) + (() if cfg.tie_embeddings else ("head.weight",)) if lora.get("embeddings") else ()
     state = dict(model.state_dict())
-    missing = sorted(set(lora_state_dict(state)) - set(adapters))
+    missing = sorted((set(lora_state_dict(state)) | set(whole)) - set(adapters))
     if missing:
         raise ModelError(f"{folder / 'adapters.safetensors'}: missing adapters {missing[:8]}")
     for k, v in adapters.items():
-        if k.endswith((".lora_A", ".lora_B")) and k in state:
+        if (k.endswith((".lora_A", ".lora_B")) and k in state) or k in whole:  # (load_state checks the shapes)
             state[k] = v.to(state[k].dtype)
         elif ids and k in ("embed.weight.new_rows", "head.weight.new_rows"):
             w = state[k[:-len(".new_rows")]].clone()
@@ -212,6 +215,7 @@ class LoraSettings:
     targets: tuple = ("q", "v")
     save: str = "merged"        # 'merged': a plain checkpoint | 'adapters': adapters + the base's path
     new_tokens: bool = True     # also train the embedding/head rows of tokens the data added
+    embeddings: bool = False    # train the whole embedding and head beside the adapters (PEFT's modules_to_save)
 
 
 def check_vocab_extension(src, src_tok, meta, data_dir):
@@ -226,8 +230,9 @@ def check_vocab_extension(src, src_tok, meta, data_dir):
     return meta["vocab_size"]
 
 
-def _train_embedding_rows(model):
-    """Let the embedding/head (one Parameter when tied) learn; new_rows_only keeps it to the added rows."""
+def _train_embeddings(model):
+    """Let the embedding/head (one Parameter when tied) learn: all of it (lora.embeddings), or only the
+    added tokens' rows (new_rows_only zeroes the other rows' gradient)."""
     for p in {id(p): p for p in (model.embed.weight, model.head.weight)}.values():
         p.requires_grad_(True)
 
@@ -257,10 +262,12 @@ def finetune_model(src, ckpt, meta, data_dir, block_size, lora, resume_state=Non
     if lora.r > 0:
         targets = parse_lora_targets(lora.targets)
         add_lora(model, lora.r, lora.alpha, lora.dropout, targets)
-        ids = new_ids if lora.new_tokens and new_ids else None
-        if ids:  # the added tokens' rows learn too (else every new token keeps the same mean embedding)
-            _train_embedding_rows(model)
-        info["lora"] = {"r": lora.r, "alpha": float(lora.alpha), "targets": list(targets), "token_ids": ids}
+        # the added tokens' rows learn too (else every new token keeps the same mean embedding), or every row
+        ids = new_ids if lora.new_tokens and new_ids and not lora.embeddings else None
+        if ids or lora.embeddings:
+            _train_embeddings(model)
+        info["lora"] = {"r": lora.r, "alpha": float(lora.alpha), "targets": list(targets), "token_ids": ids,
+                        "embeddings": bool(lora.embeddings)}
     return model, info
 
 
@@ -273,14 +280,16 @@ def _resumed_model(src, ckpt, block_size, lora, resume_state):
             raise ModelError(f"init_from='resume': the run in {src} did not train LoRA adapters; set lora_r=0")
         model, _ = load_model(src, device="cpu", dtype=torch.float32)
     else:
-        now = {"r": lora.r, "alpha": float(lora.alpha), "targets": list(parse_lora_targets(lora.targets))}
-        if {k: trained[k] for k in now} != now:
-            raise ModelError(f"init_from='resume': the run in {src} trained LoRA {({k: trained[k] for k in now})}, this one asks for {now}")
+        now = {"r": lora.r, "alpha": float(lora.alpha), "targets": list(parse_lora_targets(lora.targets)),
+               "embeddings": bool(lora.embeddings)}
+        then = {k: trained.get(k, False) for k in now}  # a run from before lora.embeddings existed: False
+        if then != now:
+            raise ModelError(f"init_from='resume': the run in {src} trained LoRA {then}, this one asks for {now}")
         model, _ = load_model(info["base"], device="cpu", dtype=torch.float32)
         grow_vocab(model, info["vocab_size"], info["init_ids"], info["mean_of"])
         add_lora(model, trained["r"], trained["alpha"], lora.dropout, trained["targets"])
-        if trained.get("token_ids"):
-            _train_embedding_rows(model)
+        if trained.get("token_ids") or trained.get("embeddings"):
+            _train_embeddings(model)
         load_trainable(model, resume_state["lora_state"], trained.get("token_ids"))
     model.cfg.block_size = block_size
     model.reset_rope()
@@ -302,18 +311,21 @@ def new_rows_only(model, ids):
         g.mul_(mask)
 
 
-def pack_trainable(state, ids):
-    """The tensors a LoRA run trains, from a full state dict: adapters, and the new tokens' rows."""
+def pack_trainable(state, ids, embeddings=False):
+    """The tensors a LoRA run trains, from a full state dict as a checkpoint holds it (a tied head not
+    repeated): adapters, and the whole embedding/head (embeddings) or the new tokens' rows (ids)."""
     out = dict(lora_state_dict(state))
-    for name in ("embed.weight", "head.weight") if ids else ():
-        if name in state:
+    for name in ("embed.weight", "head.weight"):
+        if name in state and embeddings:
+            out[name] = state[name]
+        elif name in state and ids:
             out[name + ".new_rows"] = state[name][ids].clone()
     return out
 
 
 @torch.no_grad()
 def load_trainable(model, packed, ids):
-    """Put pack_trainable()'s tensors back into a model wrapped the same way."""
+    """Put pack_trainable()'s tensors back into a model wrapped the same way (whole tensors: copied)."""
     for k, v in packed.items():
         if k.endswith(".new_rows"):
             model.get_parameter(k[:-len(".new_rows")])[ids] = v
@@ -332,10 +344,11 @@ def finetune_checkpoint(state, ckpt_config, train_state, info, lora_save="merged
     lo = info.get("lora")
     if not lo:
         return state, "model.safetensors"
-    trainable = pack_trainable(state, lo.get("token_ids"))
+    trainable = pack_trainable(state, lo.get("token_ids"), lo.get("embeddings", False))
     train_state["lora_state"] = trainable
     if lora_save == "adapters":
         ckpt_config["lora"] = {"r": lo["r"], "alpha": lo["alpha"], "targets": lo["targets"], "base": info["base"],
-                               "token_ids": lo.get("token_ids"), "init_ids": info["init_ids"], "mean_of": info["mean_of"]}
+                               "token_ids": lo.get("token_ids"), "embeddings": lo.get("embeddings", False),
+                               "init_ids": info["init_ids"], "mean_of": info["mean_of"]}
         return trainable, "adapters.safetensors"
     return merge_lora_state(state, lo["alpha"] / lo["r"]), "model.safetensors"

@@ -47,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import eval as codelm_eval
 from configurator import ConfigError, configurable, configure, describe
+from data import BATCH_BUDGETS as _SFT_BUDGETS  # (a private name: configurator takes public globals as settings)
 from data import (DataError, SFTData, SFTSchedule, Tokenizer, atomic_write_bytes, collate_sft, format_eta,
                   load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, run_command, sample_windows)
 from finetune import LoraSettings, finetune_checkpoint, finetune_model, new_rows_only, parse_lora_targets
@@ -84,6 +85,7 @@ learning_rate = 6e-4
 min_lr = 6e-5
 lr_schedule = "cosine"      # after warmup: 'cosine' | 'linear' (to min_lr) | 'constant'
 warmup_iters = 100
+warmup_fraction = 0.0       # warmup as a share of the run's steps (rounded up, as Hugging Face's warmup_ratio); 0 = warmup_iters
 lr_decay_iters = 0          # step at which the decay reaches min_lr (0 = max_iters)
 weight_decay = 0.1          # applied to weights with >= 2 dimensions only
 beta1 = 0.9
@@ -92,13 +94,16 @@ grad_clip = 1.0             # 0 = off
 optimizer = "adamw"         # 'adamw' (torch) | 'adamw8bit' (ours: 8-bit block-wise moments, ~2 bytes/param of state)
 # fine-tuning: task='sft' with init_from a checkpoint folder (ours, or a Hugging Face Llama/Mistral one)
 epochs = 0                  # sft: passes over the training examples; sets max_iters (0 = run max_iters steps)
-batch_tokens = 0            # sft: micro-batches by padded tokens (length-bucketed) instead of batch_size examples
+batch_tokens = 0            # sft: micro-batches by tokens (length-bucketed) instead of batch_size examples
+sft_budget = "padded"       # sft: batch_tokens counts 'padded' (rows x longest) | 'unpadded' (the examples' own tokens)
+sft_longest_first = False   # sft: each epoch visits the longest examples first (else shuffled)
 lora_r = 0                  # LoRA rank; 0 = full fine-tuning
 lora_alpha = 16.0           # LoRA scale = lora_alpha / lora_r
 lora_dropout = 0.0
 lora_targets = ("q", "v")   # among q, k, v, o, gate, up, down (--lora_targets=q,k,v,o)
 lora_save = "merged"        # 'merged': a plain checkpoint (eval.py, export) | 'adapters': adapters + the base's path
 lora_new_tokens = True      # LoRA: also train the embedding/head rows of tokens the data added to the vocab
+lora_train_embeddings = False   # LoRA: train the whole embedding and head beside the adapters (PEFT's modules_to_save)
 # evaluation, logging, checkpoints
 eval_interval = 200         # val loss (and a checkpoint) every this many steps
 eval_iters = 20             # val batches per evaluation
@@ -120,6 +125,7 @@ sample_tokens = 100
 sample_temperature = 0.8
 # -----------------------------------------------------------------------------
 
+_DEFAULT_WARMUP_ITERS = warmup_iters   # warmup_fraction may be set only while warmup_iters keeps this
 _STOP_GRACE_S = 60   # after Ctrl-C / SIGTERM, a run that has not saved and exited by then exits anyway
 
 _MODEL_KEYS = ("n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size", "block_size", "rope_theta",
@@ -145,7 +151,7 @@ def settings(argv=()):
 
 _CHOICES = {"task": ("pretrain", "sft"), "lr_schedule": ("cosine", "linear", "constant"),
             "optimizer": ("adamw", "adamw8bit"), "parallel": ("ddp", "fsdp"), "dtype": ("auto", "bfloat16", "float32"),
-            "attn_impl": ("auto", "triton", "sdpa"), "lora_save": ("merged", "adapters")}
+            "attn_impl": ("auto", "triton", "sdpa"), "lora_save": ("merged", "adapters"), "sft_budget": _SFT_BUDGETS}
 _AT_LEAST_1 = ("n_layer", "n_head", "n_embd", "block_size", "gradient_accumulation_steps", "eval_interval",
                "eval_iters", "log_interval", "data_vocab_size", "sample_tokens")
 _AT_LEAST_0 = ("max_iters", "warmup_iters", "lr_decay_iters", "n_kv_head", "intermediate_size", "epochs", "batch_tokens",
@@ -168,10 +174,13 @@ def check_settings(cfg):
         need(getattr(cfg, key) >= 0, key, ">= 0")
     for key in _NON_NEGATIVE:
         need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
-    for key in ("beta1", "beta2", "lora_dropout"):
+    for key in ("beta1", "beta2", "lora_dropout", "warmup_fraction"):
         need(0 <= getattr(cfg, key) < 1, key, "in [0, 1)")
     for key in ("rope_theta", "norm_eps", "lora_alpha"):
         need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) > 0, key, "a finite number > 0")
+    if cfg.warmup_fraction > 0 and cfg.warmup_iters != _DEFAULT_WARMUP_ITERS:
+        raise TrainError(f"warmup_fraction={cfg.warmup_fraction!r} and warmup_iters={cfg.warmup_iters!r} both set the warmup; "
+                         f"set only one (leave warmup_iters at its default, {_DEFAULT_WARMUP_ITERS})")
     need(0 <= cfg.seed < 2**63, "seed", "in [0, 2**63)")
     need(_DEVICE.fullmatch(cfg.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     need(cfg.n_embd % cfg.n_head == 0, "n_embd", f"a multiple of n_head={cfg.n_head}")
@@ -210,7 +219,7 @@ def parse_mixture(entries):
 
 def lora_settings(cfg):
     return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=tuple(cfg.lora_targets),
-                        save=cfg.lora_save, new_tokens=cfg.lora_new_tokens)
+                        save=cfg.lora_save, new_tokens=cfg.lora_new_tokens, embeddings=cfg.lora_train_embeddings)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -294,17 +303,26 @@ def all_agree(env, ok):
 
 
 # ----------------------------------------------------------------------------- schedule, batches, optimizer
+def warmup_steps(cfg, max_iters):
+    """The run's warmup in steps: warmup_iters, or warmup_fraction of its max_iters rounded up (as
+    Hugging Face's Trainer turns warmup_ratio into steps, which the papers' recipes use)."""
+    if cfg.warmup_fraction > 0:
+        return math.ceil(cfg.warmup_fraction * max_iters)
+    return cfg.warmup_iters
+
+
 def lr_at(step, cfg, max_iters):
     """Linear warmup to learning_rate, then cosine / linear decay to min_lr at lr_decay_iters (0 = the
     run's max_iters), or constant."""
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    warmup = warmup_steps(cfg, max_iters)
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / (warmup + 1)
     if cfg.lr_schedule == "constant":
         return cfg.learning_rate
     end = cfg.lr_decay_iters or max_iters
     if step >= end:
         return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / max(1, end - cfg.warmup_iters)
+    progress = (step - warmup) / max(1, end - warmup)
     if cfg.lr_schedule == "linear":
         return cfg.learning_rate + progress * (cfg.min_lr - cfg.learning_rate)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
@@ -511,8 +529,10 @@ class SFTFeed:
         bs = 0 if cfg.batch_tokens > 0 else cfg.batch_size
         self.loss_tokens = {s: self._loss_tokens(d) for s, d in self.data.items()}
         try:
-            self.sched = SFTSchedule(self.data["train"].lengths, cfg.gradient_accumulation_steps, cfg.seed, bs, cfg.batch_tokens)
-            self.val_plan = SFTSchedule(self.data["val"].lengths, 1, cfg.seed, bs, cfg.batch_tokens).plan(0)
+            self.sched = SFTSchedule(self.data["train"].lengths, cfg.gradient_accumulation_steps, cfg.seed, bs, cfg.batch_tokens,
+                                     budget=cfg.sft_budget, longest_first=cfg.sft_longest_first)
+            # val batches: the same budget (the same memory), shuffled (the first eval_iters are a fair sample)
+            self.val_plan = SFTSchedule(self.data["val"].lengths, 1, cfg.seed, bs, cfg.batch_tokens, budget=cfg.sft_budget).plan(0)
             self.steps_per_epoch = self.sched.steps(1)
         except DataError as e:
             raise TrainError(str(e))
@@ -570,10 +590,10 @@ class SFTFeed:
 def run_length(cfg, data):
     """The run's max_iters: epochs > 0 (task='sft') sets it to that many passes over the examples."""
     max_iters = data.sft.sched.steps(cfg.epochs) if data.sft is not None and cfg.epochs > 0 else cfg.max_iters
-    if cfg.warmup_iters >= max_iters > 0:
-        print(f"warning: warmup_iters={cfg.warmup_iters} >= the run's {max_iters} steps: the learning rate never "
+    if warmup_steps(cfg, max_iters) >= max_iters > 0:
+        print(f"warning: a warmup of {warmup_steps(cfg, max_iters)} steps >= the run's {max_iters} steps: the learning rate never "
               f"leaves warmup (it peaks at {lr_at(max_iters - 1, cfg, max_iters):.2e}, not {cfg.learning_rate:.2e}); "
-              "lower warmup_iters", file=sys.stderr)
+              "lower warmup_iters or warmup_fraction", file=sys.stderr)
     return max_iters
 
 
@@ -610,9 +630,28 @@ def load_resume_state(cfg, src, ckpt, shape, meta):
     if not (src / "train_state.pt").is_file():
         raise TrainError(f"init_from='resume': {src} has no train_state.pt")
     try:
-        return torch.load(src / "train_state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(src / "train_state.pt", map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError) as e:
         raise TrainError(f"{src / 'train_state.pt'}: unreadable ({e})")
+    check_same_sft_batches(cfg, src, state.get("config", {}))
+    return state
+
+
+_SFT_BATCH_KEYS = ("seed", "gradient_accumulation_steps", "batch_size", "batch_tokens", "sft_budget", "sft_longest_first")
+
+
+def check_same_sft_batches(cfg, src, before):
+    """A resumed SFT run replays the batches of the run it continues only with the settings that chose
+    them (a checkpoint older than a setting ran with its default); TrainError names those that differ."""
+    if cfg.task != "sft":
+        return
+    keys = [k for k in _SFT_BATCH_KEYS if not (k == "batch_size" and cfg.batch_tokens > 0)]  # unused by a token budget
+    # globals()[k]: the default above, for a key the checkpoint's run did not have yet
+    diff = [f"{k}={before.get(k, globals()[k])!r} there, {getattr(cfg, k)!r} here" for k in keys
+            if before.get(k, globals()[k]) != getattr(cfg, k)]
+    if diff:
+        raise TrainError(f"init_from='resume': the run in {src} chose its batches with other settings ({'; '.join(diff)}); "
+                         "resume with the same ones")
 
 
 def resume_note(state, cfg, env):
@@ -869,6 +908,10 @@ class Trainer:
                  event="start", params=n_params, world_size=env.world, device=env.dev.type,
                  parallel=cfg.parallel if env.world > 1 else None, tokens_per_step=tokens, start_step=self.start_step,
                  max_iters=self.max_iters, config=self.config)
+        if cfg.warmup_fraction > 0:
+            warmup = warmup_steps(cfg, self.max_iters)
+            self.log(f"warmup {warmup} steps ({cfg.warmup_fraction:g} of {self.max_iters} steps, rounded up)",
+                     event="warmup", warmup_iters=warmup, warmup_fraction=cfg.warmup_fraction, max_iters=self.max_iters)
 
     def loop(self):
         """Train to max_iters, evaluating (and saving) every eval_interval steps. Returns the exit code:

@@ -16,7 +16,7 @@ epochs = 10                          # = 2 epochs x 5 edit sequences per program
 learning_rate = 3e-4
 min_lr = 0.0
 lr_schedule = "linear"
-warmup_iters = 2                     # 0.1% of the steps
+warmup_fraction = 0.001              # the LintSeq paper: warmup over 0.1% of the steps (rounded up)
 weight_decay = 0.01
 beta1 = 0.9
 beta2 = 0.999

@@ -2,7 +2,8 @@
 merging is exact (module and state-dict paths agree bit for bit), bad targets, and growing the embedding
 for added tokens (mean rows, padding, tied heads). Then the helpers train.py fine-tunes with: the model a
 run starts from (grown + LoRA), the trained tensors packed for resume and put back, only the new rows
-learning, and the adapters checkpoint written and read back equal to the merged one."""
+learning (or the whole embedding and head), and the adapters checkpoint written and read back equal to
+the merged one."""
 import pytest
 import torch
 
@@ -143,7 +144,8 @@ def test_finetune_model_grows_wraps_and_records_how(tiny_ckpt):
     model, info = finetune_model(tiny_ckpt, {"format": "codelm"}, meta, "data/x", 128, lora())
     assert model.cfg.vocab_size == tok.vocab_size + 2 and model.cfg.block_size == 128
     assert info["new_token_ids"] == [tok.vocab_size, tok.vocab_size + 1] == info["lora"]["token_ids"]
-    assert info["lora"] == {"r": 2, "alpha": 4.0, "targets": ["q", "v", "down"], "token_ids": info["new_token_ids"]}
+    assert info["lora"] == {"r": 2, "alpha": 4.0, "targets": ["q", "v", "down"], "token_ids": info["new_token_ids"],
+                            "embeddings": False}
     assert isinstance(model.blocks[1].mlp.down, LoRALinear)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "embed.weight" in trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable - {"embed.weight", "head.weight"})
@@ -154,6 +156,10 @@ def test_finetune_model_grows_wraps_and_records_how(tiny_ckpt):
     assert not model.embed.weight.requires_grad and info["lora"]["token_ids"] is None
     model, info = finetune_model(tiny_ckpt, {}, meta, "data/x", 128, lora(r=0))
     assert info["lora"] is None and all(p.requires_grad for p in model.parameters())
+    # embeddings: the whole embedding and head train beside the adapters (no row mask: token_ids is None)
+    model, info = finetune_model(tiny_ckpt, {}, meta, "data/x", 128, lora(embeddings=True))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"embed.weight", "head.weight"} <= trainable and info["lora"]["embeddings"] and info["lora"]["token_ids"] is None
 
 
 def test_changed_added_tokens_are_refused(tiny_ckpt):
@@ -221,3 +227,67 @@ def test_trainable_tensors_round_trip_and_adapters_load_as_merged(tiny_ckpt, tmp
         loaded[how] = model_state_dict(load_model(tmp_path / how)[0])
     a, b = loaded["merged"], loaded["adapters"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def tied_ckpt(folder, tokenizer_file):
+    """A tiny checkpoint whose head is its embedding."""
+    from data import Tokenizer
+    from model import make_config, model_state_dict, save_checkpoint
+
+    model = tiny(tie=True, vocab=Tokenizer(tokenizer_file).vocab_size)
+    save_checkpoint(folder, model_state_dict(model), make_config(model.cfg, Tokenizer(tokenizer_file).to_config()),
+                    tokenizer_file=tokenizer_file)
+    return folder
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_whole_embeddings_save_with_the_adapters_and_load_merged(tiny_ckpt, tmp_path, tie):
+    """lora.embeddings: every embedding/head row trains; the adapters file carries the whole tensors (a
+    tied matrix once), and loading it (what eval.py --ckpt does) gives the merged checkpoint's logits."""
+    from safetensors.torch import load_file, save_file
+
+    from data import Tokenizer
+    from finetune import finetune_checkpoint, finetune_model, load_trainable, pack_trainable
+    from model import ModelError, load_model, make_config, model_state_dict, save_checkpoint
+
+    tokenizer_file = tiny_ckpt / "tokenizer.model"
+    src = tied_ckpt(tmp_path / "tied", tokenizer_file) if tie else tiny_ckpt
+    tok = Tokenizer.load(src)
+    meta = sft_meta(tok, ["<a>"])
+    model, info = finetune_model(src, {"format": "codelm"}, meta, "data/x", 32, lora(embeddings=True))
+    assert (model.head.weight is model.embed.weight) == tie
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    before = {w: getattr(model, w).weight.detach().clone() for w in ("embed", "head")}
+    for n, p in model.named_parameters():  # B = 0 at the start: give the adapters something to merge
+        if n.endswith("lora_B"):
+            p.data.normal_(std=0.05)
+    x = ids(tok.vocab_size, (2, 16))
+    model(x, x)[1].backward()
+    opt.step()
+    rows = sorted(set(x.flatten().tolist()))[:3]  # known tokens the batch used: their rows moved
+    for w, b in before.items():
+        assert not torch.equal(getattr(model, w).weight[rows], b[rows]), w
+    state = model_state_dict(model)
+    packed = pack_trainable(state, info["lora"]["token_ids"], embeddings=True)
+    whole = {"embed.weight"} | (set() if tie else {"head.weight"})
+    assert set(packed) == {k for k in state if k.endswith(("lora_A", "lora_B"))} | whole
+    again, _ = finetune_model(src, {"format": "codelm"}, meta, "data/x", 32, lora(embeddings=True))
+    load_trainable(again, packed, None)
+    assert all(torch.equal(v, model_state_dict(again)[k]) for k, v in state.items())
+    loaded = {}
+    for how in ("merged", "adapters"):
+        config = make_config(model.cfg, tok.to_config())
+        weights, name = finetune_checkpoint(dict(state), config, {}, info, how)
+        save_checkpoint(tmp_path / how, weights, config, tokenizer_file=tokenizer_file, weights_name=name)
+        loaded[how] = load_model(tmp_path / how)[0]
+    assert config["lora"]["embeddings"] is True
+    with torch.no_grad():
+        want = model.eval()(x)[0]
+        merged, from_adapters = loaded["merged"](x)[0], loaded["adapters"](x)[0]
+    assert torch.equal(merged, from_adapters)
+    torch.testing.assert_close(from_adapters, want, atol=1e-5, rtol=1e-5)  # merging reorders the sums only
+    # an adapters file without the trained embedding is refused by name
+    tensors = load_file(tmp_path / "adapters" / "adapters.safetensors")
+    save_file({k: v for k, v in tensors.items() if k != "embed.weight"}, tmp_path / "adapters" / "adapters.safetensors")
+    with pytest.raises(ModelError, match=r"missing adapters \['embed.weight'\]"):
+        load_model(tmp_path / "adapters")

@@ -270,6 +270,22 @@ def test_a_failed_humaneval_is_logged_and_training_goes_on(monkeypatch):
     assert "training goes on" in line
 
 
+# ---- the learning-rate schedule
+def test_warmup_fraction_sets_the_warmup_from_the_run_length():
+    """warmup_fraction: warmup = the fraction of the run's steps, rounded up (Hugging Face's warmup_ratio,
+    which the LintSeq and reasoning-recipe papers used); then the schedule decays as before."""
+    import train as T
+
+    cfg = T.settings(["--warmup_fraction=0.05", "--learning_rate=1e-3", "--min_lr=0", "--lr_schedule=linear"])
+    assert [T.warmup_steps(cfg, n) for n in (7, 20, 21, 2000)] == [1, 1, 2, 100]
+    lrs = [T.lr_at(s, cfg, 21) for s in (0, 1, 2, 12, 21)]
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3 * 9 / 19, 0.0])
+    assert T.warmup_steps(T.settings(["--warmup_iters=7"]), 21) == 7  # off (0): warmup_iters as before
+    for name in ("lintseq_tinycodelm_hf.py", "lintseq_tinycodelm_hf_baseline.py"):  # the paper's 0.1% of the steps
+        lintseq = T.settings([str(REPO / "config" / name)])
+        assert [T.warmup_steps(lintseq, n) for n in (400, 1500, 20_000)] == [1, 2, 20]
+
+
 # ---- pretraining mixtures (data_mix)
 def test_mixture_draws_each_corpus_by_weight():
     from train import batch_rng, draw_source

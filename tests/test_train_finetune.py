@@ -2,10 +2,12 @@
 round trips), and the whole user flow of issue 4: a Llama-shaped Hugging Face folder -> `data.py sft` /
 `data.py intent` -> task='sft' with LoRA (config/intent_lora.py) and with adamw8bit (config/intent_full.py)
 -> exact resume -> DDP and FSDP on two CPU ranks -> `hf.py export` -> loaded back (and by transformers,
-when installed). Single-process runs call train.main() in this process (settings are arguments, so
+when installed). Then the reasoning recipe's own settings: unpadded token budgets, longest-first batches,
+the whole embedding and head trained beside LoRA, warmup as a fraction of the steps, and its configs. Single-process runs call train.main() in this process (settings are arguments, so
 nothing carries over between runs) to save interpreter start-ups; two-rank runs go through torchrun as
 users run them."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -201,12 +203,103 @@ def test_export_and_load_back(flow, lora_run):
         torch.testing.assert_close(ours(ids)[0], theirs(ids).logits, atol=1e-5, rtol=0)
 
 
+# ---- the reasoning recipe's reference settings: token budgets, order, whole embeddings, warmup as a fraction
+def sft_feed(args):
+    """The SFT feed train.py builds from these arguments (settings -> check_settings -> load_data)."""
+    cfg = train_module.settings([str(a) for a in args])
+    train_module.check_settings(cfg)
+    env = train_module.Env(0, 1, torch.device("cpu"), cfg.gradient_accumulation_steps, torch.float32, False, False)
+    return train_module.load_data(cfg, env).sft
+
+
+def test_unpadded_budget_and_longest_first_reach_the_schedule(flow, tmp_path):
+    from data import SFTData
+
+    lengths = SFTData(flow / "intent", "train").lengths
+    padded = sft_feed(lora_args(flow, tmp_path))
+    unpadded = sft_feed(lora_args(flow, tmp_path, sft_budget="unpadded", sft_longest_first=True))
+    plan = unpadded.sched.plan(0)
+    assert all(lengths[b].sum() <= 600 or len(b) == 1 for b in plan)  # real tokens within batch_tokens
+    assert any(len(b) * (lengths[b].max() - 1) > 600 for b in plan)     # which padding would put over it
+    assert all(len(b) * (lengths[b].max() - 1) <= 600 or len(b) == 1 for b in padded.sched.plan(0))
+    first = unpadded.sched.micro_batch(0, 0)
+    assert lengths[first].max() == lengths.max()  # the first batch of the run holds the longest example
+    longest = [int(lengths[b].max()) for b in plan]
+    assert longest == sorted(longest, reverse=True)
+    x, _, _ = unpadded.batch(0, 0)  # what the first micro-batch trains on
+    assert x.shape == (len(first), lengths.max() - 1)
+
+
+def test_unpadded_longest_first_resume_is_exact(flow):
+    kw = {"sft_budget": "unpadded", "sft_longest_first": True}
+    straight, split = flow / "unpadded", flow / "unpadded_resumed"
+    train(*lora_args(flow, straight, **kw))
+    train(*lora_args(flow, split, max_iters=2, **kw))
+    train(*lora_args(flow, split, init_from="resume", **kw))
+    assert curve(split) == curve(straight) and len(curve(straight)) == 7  # 4 train, 3 eval records
+    a, b = weights(straight), weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_train_embeddings_trains_them_whole_and_adapters_carry_them(flow):
+    """lora_train_embeddings: every row of the embedding and head moves; the adapters folder (resumed
+    midway) holds both whole and loads, as eval.py --ckpt loads it, to the merged run's weights and logits."""
+    from safetensors import safe_open
+
+    from model import load_model
+
+    merged, adapters = flow / "emb_merged", flow / "emb_adapters"
+    train(*lora_args(flow, merged, lora_train_embeddings=True))
+    train(*lora_args(flow, adapters, lora_train_embeddings=True, lora_save="adapters", max_iters=2))
+    train(*lora_args(flow, adapters, lora_train_embeddings=True, lora_save="adapters", init_from="resume"))
+    assert curve(adapters) == curve(merged)
+    with safe_open(adapters / "adapters.safetensors", "pt") as f:
+        assert {"embed.weight", "head.weight"} <= set(f.keys())
+    config = json.loads((adapters / "config.json").read_text())
+    assert config["lora"]["embeddings"] is True and config["lora"]["token_ids"] is None
+    base, _ = load_model(flow / "hf_llama")
+    b, tuned = base.state_dict(), weights(merged)
+    new = set(json.loads((merged / "config.json").read_text())["finetune"]["new_token_ids"])
+    old = [i for i in range(base.cfg.vocab_size) if i not in new]
+    moved = {name: (tuned[name][old] != b[name][old]).any(dim=1) for name in ("embed.weight", "head.weight")}
+    assert moved["head.weight"].all() and moved["embed.weight"].sum() > 100  # known tokens' rows, not only the tags'
+    assert torch.equal(tuned["blocks.0.attn_norm.weight"], b["blocks.0.attn_norm.weight"])  # still frozen
+    a, m = load_model(adapters)[0], load_model(merged)[0]
+    ids = torch.randint(0, a.cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(a(ids)[0], m(ids)[0])
+
+
+@pytest.mark.parametrize("config,data", [("intent_lora_reference", "intent"), ("intent_full_reference", "intent")])
+def test_reference_configs_at_toy_scale(flow, tmp_path, config, data):
+    """The recipe's configs run as written (only the scale shrunk): epochs set the steps, the warmup is 5%
+    of them rounded up (one line says how many), then the learning rate peaks."""
+    out = tmp_path / config
+    args = {"init_from": flow / "hf_llama", "data_dir": flow / data, "out_dir": out, "block_size": 256,
+            "batch_tokens": 600, "epochs": 1, "eval_interval": 100, "eval_iters": 1, "log_interval": 1}
+    train(REPO / "config" / f"{config}.py", *[f"--{k}={v}" for k, v in args.items()])
+    recs = [json.loads(line) for line in open(out / "log.jsonl")]
+    steps = next(r for r in recs if r["event"] == "start")["max_iters"]
+    warmup = next(r for r in recs if r["event"] == "warmup")
+    w = warmup["warmup_iters"]
+    assert steps >= 4 and w == math.ceil(0.05 * steps) and "warmup" in (out / "log.jsonl").read_text()
+    lr = {r["step"]: r["lr"] for r in recs if r["event"] == "train"}  # record k: the lr of step k - 1
+    peak = json.loads((out / "config.json").read_text())["train"]["learning_rate"]
+    assert [lr[k] for k in range(1, w + 2)] == pytest.approx([peak * k / (w + 1) for k in range(1, w + 1)] + [peak])
+
+
 @pytest.mark.parametrize("case,expect", [
     ("bad target", "lora_targets: 'qkv' matches no module"),
     ("lora from scratch", "needs init_from"),
     ("no tokenizer.model", "no tokenizer.model"),
     ("added tokens differ", "has added token '<reasoning>'"),
     ("pretraining corpus", "not SFT data"),
+    ("sft_budget", "sft_budget must be one of 'padded', 'unpadded', got 'rows'"),
+    ("sft_longest_first", "sft_longest_first"),
+    ("warmup_fraction 1", "warmup_fraction must be in [0, 1), got 1.0"),
+    ("warmup_fraction and warmup_iters", "warmup_fraction=0.05 and warmup_iters=1 both set the warmup"),
+    ("resume with another budget", "chose its batches with other settings (sft_budget='padded' there, 'unpadded' here)"),
+    ("resume training embeddings", "'embeddings': False}, this one asks for"),
 ])
 def test_bad_input(flow, lora_run, tmp_path, capsys, case, expect):
     args = lora_args(flow, tmp_path / "out", max_iters=1)
@@ -222,6 +315,17 @@ def test_bad_input(flow, lora_run, tmp_path, capsys, case, expect):
         args.append(f"--init_from={tmp_path / 'hf'}")
     elif case == "added tokens differ":  # the intent checkpoint's tags are not in the LintSeq data's tokenizer
         args += [f"--init_from={lora_run}", f"--data_dir={flow / 'sft'}", "--block_size=160"]
+    elif case == "sft_budget":
+        args.append("--sft_budget=rows")
+    elif case == "sft_longest_first":
+        args.append("--sft_longest_first=sometimes")
+    elif case == "warmup_fraction 1":
+        args += ["--warmup_fraction=1.0", "--warmup_iters=100"]
+    elif case == "warmup_fraction and warmup_iters":
+        args.append("--warmup_fraction=0.05")  # lora_args sets warmup_iters=1
+    elif case.startswith("resume"):  # lora_run trained with the defaults: padded, only the new rows
+        args += [f"--out_dir={lora_run}", "--init_from=resume",
+                 "--sft_budget=unpadded" if case == "resume with another budget" else "--lora_train_embeddings=true"]
     else:
         (tmp_path / "corpus").mkdir()
         (tmp_path / "corpus" / "meta.json").write_text(json.dumps({"format": "codelm-corpus-v1"}))
