@@ -75,7 +75,7 @@ PLUS_TASKS = {"humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}  # EvalPlus: r
 # s per sample; MBPP's reference for task 123 needs ~5-7 s; EvalPlus runs hundreds of inputs per problem
 TIMEOUT = {"humaneval": 3.0, "mbpp": 10.0, "humaneval_plus": 30.0, "mbpp_plus": 30.0}
 EVALPLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input")
-EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR = 4.0, 4.0  # per input: max(min, factor x the reference's time), s
+EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR = 4.0, 4.0  # s per input: EvalPlus's --min-time-limit, --gt-time-limit-factor
 MAX_NEW_TOKENS = 512          # per sample, and never past the model's context
 BATCH_SIZE = 16               # sequences per generate() call
 STOP_HUMANEVAL = ["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n@"]  # bigcode harness, at column 0
@@ -178,30 +178,96 @@ def load_mbpp(path=None):
     return problems, {"path": str(path), "sha256": file_sha256(path)}
 
 
-def load_tasks(tasks, mbpp_path=None, plus_paths=None):
-    """{task: (problems, dataset info)} for the names in tasks. plus_paths: {EvalPlus task: release file}."""
+def load_tasks(tasks, mbpp_path=None, plus_paths=None, plus_limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
+    """{task: (problems, dataset info)} for the names in tasks. plus_paths: {EvalPlus task: release file};
+    plus_limits: EvalPlus's (min_time_limit, gt_time_limit_factor)."""
     out = {}
     for t in tasks:
         if t not in TASKS:
             raise EvalError(f"unknown task {t!r} (known: {', '.join(TASKS)})")
         if t in PLUS_TASKS:
-            out[t] = load_evalplus(t, (plus_paths or {}).get(t))
+            out[t] = load_evalplus(t, (plus_paths or {}).get(t), plus_limits)
         else:
             out[t] = load_humaneval() if t == "humaneval" else load_mbpp(mbpp_path)
     return out
 
 
 # ----------------------------------------------------------------------------- EvalPlus
-# Judged as EvalPlus does, written as test code the sandbox runs: the canonical solution (in its own
-# namespace) gives the expected output of every input, the candidate must match it exactly or, for
-# floats, within atol (1e-6 when the file says 0) at rtol 1e-7 with the same type and length; each
-# input within max(4 s, 4 x the reference's time). Known gaps: MBPP+'s per-task input conversions
-# (tuples, sets) and its special oracles beyond Mbpp/164 and Mbpp/295 are not reproduced.
-EVALPLUS_CHECK = """
+# Judged as EvalPlus judges (evalplus/eval/__init__.py, unsafe_execute), written as test code the trusted
+# judge runs: the canonical solution (in its own namespace) gives the expected output of every input;
+# the candidate must match it exactly or, for floats, within atol (1e-6 when the file says 0) at rtol
+# 1e-7 with the same type and length; MBPP+'s special oracles (set equality, "not None" answers, Mbpp/
+# 164, 295, 558, 581) and HumanEval+'s find_zero are applied; base and plus inputs are checked as two
+# runs (EvalPlus's atol, once raised to 1e-6 by a float answer, stays raised for the rest of a run).
+# Each input is stopped at its time limit, max(min_time_limit, gt_time_limit_factor x the reference's
+# time), wall clock, and then fails the sample (EvalPlus's per-input limit: status "fail").
+# MBPP+ stores some inputs in JSON forms that its loader converts before the function sees them
+# (evalplus/data/mbpp.py, mbpp_deserialize_inputs): task number -> what is converted
+MBPP_PLUS_INPUTS = {
+    "args": (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726, 740,
+             744, 809),                               # every argument a tuple
+    "args_items": (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780),  # lists of tuples
+    "args_nested": (259, 401, 445),                  # every argument a tuple of tuples
+    "first": (250, 307, 405, 446, 617, 720, 763, 808),  # the first argument a tuple
+    "first_items": (75, 413, 444, 753),              # the first argument a list of tuples
+    "first_mixed": (278,),                           # the first argument a tuple, its lists tuples
+    "second": (106, 750),                            # the second argument a tuple
+    "dict_values": (722,),                           # the first argument's dict values tuples
+    "sets": (115,),                                  # the first argument's lists sets ([] gives {})
+    "float_complex": (124,),                         # (float, complex) from their strings
+    "complex": (252,),                               # a complex number from its string
+    "deep": (580, 615, 791),                         # every list at any depth a tuple
+}
+MBPP_PLUS_CONVERSION = {n: kind for kind, ids in MBPP_PLUS_INPUTS.items() for n in ids}
+# MBPP+ tasks whose answers are compared only as "is not None" (a bool answer as itself): their answers
+# (re.Match objects) cannot cross the channel, so the sample reduces them with this wrapper
+MBPP_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
+NOT_NONE_WRAPPER = """
+
+def _evalplus_not_none(*args):
+    out = {entry_point}(*args)
+    return out if isinstance(out, bool) else out is not None
+"""
+
+EVALPLUS_CHECK = '''
 import copy as _copy, json as _json, math as _math, time as _time
 
-_INPUTS = _json.loads({inputs!r})
-_REFERENCE = {reference!r}
+_P = _json.loads(_PROBLEM)
+_SET_EQUAL = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
+              "intersection_array", "find_dissimilar", "Diff")
+_NUMBERS = (bool, int, float, complex)
+
+
+def _tuples(x):
+    return tuple(_tuples(i) for i in x) if isinstance(x, list) else x
+
+
+def _convert(args, kind):
+    if kind == "args":
+        return [tuple(a) for a in args]
+    if kind == "args_items":
+        return [[tuple(i) for i in a] for a in args]
+    if kind == "args_nested":
+        return [tuple(tuple(i) for i in a) for a in args]
+    if kind == "first":
+        return [tuple(args[0])] + args[1:]
+    if kind == "first_items":
+        return [[tuple(i) for i in args[0]]] + args[1:]
+    if kind == "first_mixed":
+        return [tuple(tuple(i) if isinstance(i, list) else i for i in args[0])] + args[1:]
+    if kind == "second":
+        return [args[0], tuple(args[1])] + args[2:]
+    if kind == "dict_values":
+        return [{k: tuple(v) for k, v in args[0].items()}] + args[1:]
+    if kind == "sets":
+        return [[set(i) if isinstance(i, list) and i else {} for i in args[0]]] + args[1:]
+    if kind == "float_complex":
+        return [float(args[0]), complex(args[1])]
+    if kind == "complex":
+        return [complex(args[0])]
+    if kind == "deep":
+        return [_tuples(a) for a in args]
+    return args
 
 
 def _floats(x):
@@ -209,52 +275,85 @@ def _floats(x):
 
 
 def _close(out, exp, atol):
-    if isinstance(exp, (list, tuple)):
+    # numpy.allclose(out, exp, rtol=1e-07, atol=atol) for same-shaped numbers (numpy would broadcast shapes)
+    if isinstance(out, (list, tuple)) and isinstance(exp, (list, tuple)):
         return len(out) == len(exp) and all(_close(a, b, atol) for a, b in zip(out, exp))
-    return abs(out - exp) <= atol + 1e-07 * abs(exp)
+    if not (isinstance(out, _NUMBERS) and isinstance(exp, _NUMBERS)):
+        return False
+    return out == exp or abs(out - exp) <= atol + 1e-07 * abs(exp)
 
 
-def _same(out, exp, atol):
-    exact = out == exp
-    if {entry_point!r} == "are_equivalent" and {dataset!r} == "mbpp":
-        exact = True
-    if {entry_point!r} == "sum_div" and {dataset!r} == "mbpp":
-        exact = exact or out == 0
+def _surface_area(base_edge, height):  # Mbpp/581's oracle: height is the apex's perpendicular distance
+    slant = _math.sqrt((base_edge / 2) ** 2 + height ** 2)
+    return round(base_edge ** 2 + 4 * (base_edge * slant) / 2)
+
+
+def _digit_distance(a, b):  # Mbpp/558's oracle: the shorter number padded with zeros
+    x, y = str(a), str(b)
+    x, y = x.zfill(max(len(x), len(y))), y.zfill(max(len(x), len(y)))
+    return sum(abs(int(i) - int(j)) for i, j in zip(x, y))
+
+
+def _same(out, exp, args, atol):
+    """(out passes, the atol for the next input of this run)."""
+    exact, name = out == exp, _P["entry_point"]
+    if _P["dataset"] == "mbpp":
+        if name == "are_equivalent":
+            exact = True
+        elif name == "sum_div":
+            exact = exact or out == 0
+        elif name == "surface_Area":
+            exact = exact or abs(out - _surface_area(*args)) <= atol
+        elif name == "digit_distance_nums":
+            exact = exact or out == _digit_distance(*args)
+        elif name in _SET_EQUAL:
+            exact = set(out) == set(exp)
+    if _P["dataset"] == "humaneval" and name == "find_zero":
+        return abs(sum(c * _math.pow(out, k) for k, c in enumerate(args[0]))) <= atol, atol
     if atol == 0 and _floats(exp):
         atol = 1e-6
     if not exact and atol != 0:
-        return type(out) == type(exp) and _close(out, exp, atol)
-    return bool(exact)
+        return type(out) == type(exp) and _close(out, exp, atol), atol
+    return bool(exact), atol
 
 
 def check(candidate):
-    namespace = {{}}
-    exec(_REFERENCE, namespace)
-    reference = namespace[{entry_point!r}]
-    for i, args in enumerate(_INPUTS):
-        t0 = _time.perf_counter()
-        expected = reference(*_copy.deepcopy(args))
-        limit = max({min_time}, {factor} * (_time.perf_counter() - t0))
-        t0 = _time.perf_counter()
-        out = candidate(*_copy.deepcopy(args))
-        assert _time.perf_counter() - t0 <= limit, f"input {{i}}: slower than {{limit:.1f}} s"
-        if {entry_point!r} == "find_zero" and {dataset!r} == "humaneval":
-            assert abs(sum(c * _math.pow(out, k) for k, c in enumerate(args[0]))) <= {atol!r}, f"input {{i}}: not a zero"
-            continue
-        assert _same(out, expected, {atol!r}), f"input {{i}}: wrong output"
+    namespace = {}
+    exec(_P["reference"], namespace)
+    reference = namespace[_P["entry_point"]]
+    within = getattr(candidate, "within", None)  # the judge's stub: a call stopped at its time limit
+    i = 0
+    for run in _P["inputs"]:  # base, then plus
+        atol = _P["atol"]
+        for args in run:
+            args = _convert(args, _P["conversion"])
+            t0 = _time.perf_counter()
+            expected = reference(*_copy.deepcopy(args))
+            limit = max(_P["min_time"], _P["factor"] * (_time.perf_counter() - t0))
+            if _P["not_none"]:
+                expected = expected is not None
+            t0 = _time.perf_counter()
+            out = within(limit, *args) if within else candidate(*args)
+            assert _time.perf_counter() - t0 <= limit, f"input {i}: over its time limit of {limit:.1f} s"
+            ok, atol = _same(out, expected, args, atol)
+            assert ok, f"input {i}: wrong output"
+            i += 1
+'''
 
 
-check({entry_point})
-"""
+def evalplus_test(task_id, reference, entry_point, runs, atol, dataset, limits):
+    """The judge's test code for one EvalPlus problem: runs is [base inputs] or [base, plus]; limits is
+    (min_time_limit, gt_time_limit_factor)."""
+    number = int(str(task_id).rsplit("/", 1)[-1]) if dataset == "mbpp" else None
+    not_none = dataset == "mbpp" and entry_point in MBPP_NOT_NONE
+    problem = dict(reference=reference, entry_point=entry_point, inputs=runs, atol=float(atol or 0), dataset=dataset,
+                   conversion=MBPP_PLUS_CONVERSION.get(number), not_none=not_none, min_time=limits[0],
+                   factor=limits[1])
+    return (f"_PROBLEM = {json.dumps(problem)!r}\n" + EVALPLUS_CHECK
+            + f"\n\ncheck({'_evalplus_not_none' if not_none else entry_point})\n")
 
 
-def evalplus_test(reference, entry_point, inputs, atol, dataset):
-    return EVALPLUS_CHECK.format(inputs=json.dumps(inputs), reference=reference, entry_point=entry_point,
-                                 atol=float(atol or 0), dataset=dataset, min_time=EVALPLUS_MIN_TIME,
-                                 factor=EVALPLUS_TIME_FACTOR)
-
-
-def load_evalplus(task, path):
+def load_evalplus(task, path, limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
     """HumanEval+ or MBPP+ from an EvalPlus release file (HumanEvalPlus.jsonl[.gz], MbppPlus.jsonl[.gz]).
     Each problem is judged on base + plus inputs ("test") and on the base inputs alone ("base_test")."""
     if not path:
@@ -272,6 +371,8 @@ def load_evalplus(task, path):
         missing = [f for f in EVALPLUS_FIELDS if f not in d]
         if missing:
             raise EvalError(f"{path}:{lineno}: missing field {missing[0]!r} (an EvalPlus record has {', '.join(EVALPLUS_FIELDS)})")
+        if base == "mbpp" and not re.fullmatch(r"\D*\d+", str(d["task_id"])):
+            raise EvalError(f"{path}:{lineno}: task_id {d['task_id']!r} is not an MBPP+ id (Mbpp/N)")
         if base == "humaneval":
             reference, prompt = d["prompt"] + d["canonical_solution"], d["prompt"]
             try:
@@ -289,11 +390,13 @@ def load_evalplus(task, path):
                 prompt, instruction = mbpp_prompt({"text": text, "test_list": [first]}), f"{text}\n{first}"
             reference = canonical = d["canonical_solution"]
             preamble, stop = "", STOP_MBPP
-        args = (reference, d["entry_point"])
+        args = (d["task_id"], reference, d["entry_point"])
         problems.append(dict(task=task, task_id=d["task_id"], prompt=prompt, instruction=instruction, preamble=preamble,
                              entry_point=d["entry_point"],
-                             test=evalplus_test(*args, d["base_input"] + d["plus_input"], d.get("atol", 0), base),
-                             base_test=evalplus_test(*args, d["base_input"], d.get("atol", 0), base),
+                             test=evalplus_test(*args, [d["base_input"], d["plus_input"]], d.get("atol", 0), base, limits),
+                             base_test=evalplus_test(*args, [d["base_input"]], d.get("atol", 0), base, limits),
+                             answer_wrapper=NOT_NONE_WRAPPER.format(entry_point=d["entry_point"])
+                             if base == "mbpp" and d["entry_point"] in MBPP_NOT_NONE else "",
                              canonical=canonical, stop=stop))
     if not problems:
         raise EvalError(f"{path}: no problems")
@@ -401,7 +504,7 @@ def sample_job(problem, head, completion):
     or an instruction prompt's preamble, + completion) apart from the benchmark's test, which is judged
     outside the sandbox; problems whose tests need more than plain values (IN_PROCESS) run candidate and
     test together in the sandbox."""
-    return {"code": head + completion, "test": problem["test"], "trusted": head,
+    return {"code": head + completion + problem.get("answer_wrapper", ""), "test": problem["test"], "trusted": head,
             "entry_point": problem.get("entry_point"),
             "mode": "in_process" if problem["task_id"] in IN_PROCESS else "channel"}
 
@@ -717,15 +820,15 @@ def generate_split(model, tok, problems, sampling, pp, strip_prompt, label, rank
 
 def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampling=None, timeout=None,
              postprocess=None, executor=None, mbpp_path=None, strip_prompt=False, verbose=False,
-             return_records=False, ranks=None, plus_paths=None):
+             return_records=False, ranks=None, plus_paths=None, plus_limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
     """Generate, execute and score. For train.py: call on rank 0 with the unwrapped model and a
     started Executor (reuse it across evaluations). Returns {task: {"pass@1": ..., counts}} and, with
     return_records, also the per-sample records (with the raw generated text). ranks=(rank, world):
     every rank of a process group calls it and generates its share; rank 0 judges, the others get {}.
-    plus_paths: {EvalPlus task: release file}."""
+    plus_paths: {EvalPlus task: release file}; plus_limits: EvalPlus's per-input time limits (see load_tasks)."""
     sampling = sampling or Sampling()
     pp = as_postprocess(postprocess or {})
-    data = load_tasks(tasks, mbpp_path, plus_paths)
+    data = load_tasks(tasks, mbpp_path, plus_paths, plus_limits)
     judging = not ranks or ranks[0] == 0
     own = executor is None and judging
     if own:
@@ -940,6 +1043,11 @@ def build_parser():
     ap.add_argument("--mbpp_path", default=None, help="mbpp.jsonl (default: benchmarks/mbpp.jsonl, shipped)")
     ap.add_argument("--humaneval_plus_path", default=None, help="EvalPlus HumanEvalPlus.jsonl[.gz] (for humaneval_plus)")
     ap.add_argument("--mbpp_plus_path", default=None, help="EvalPlus MbppPlus.jsonl[.gz] (for mbpp_plus)")
+    ap.add_argument("--min_time_limit", type=float, default=EVALPLUS_MIN_TIME,
+                    help=f"EvalPlus tasks: seconds an input may take at least (default {EVALPLUS_MIN_TIME:g}, as EvalPlus)")
+    ap.add_argument("--gt_time_limit_factor", type=float, default=EVALPLUS_TIME_FACTOR,
+                    help="EvalPlus tasks: an input may take this many times the canonical solution's time, if longer "
+                         f"than --min_time_limit (default {EVALPLUS_TIME_FACTOR:g}, as EvalPlus)")
     ap.add_argument("--strip_prompt", action="store_true", help="strip the prompt's trailing whitespace (bigcode harness default)")
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
     ap.add_argument("--seed", type=int, default=0, help=">= 0 (default 0)")
@@ -965,7 +1073,8 @@ def resolve_settings(args):
                               ("batch_size", lambda v: v >= 1, ">= 1"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
                               ("limit", lambda v: v >= 1, ">= 1 (leave it out for every problem)"),
                               ("timeout", lambda v: v > 0, "> 0 seconds"), ("workers", lambda v: v >= 1, ">= 1"),
-                              ("memory_limit", lambda v: v >= 1 << 20, "at least 1M"), ("seed", lambda v: v >= 0, ">= 0")):
+                              ("memory_limit", lambda v: v >= 1 << 20, "at least 1M"), ("seed", lambda v: v >= 0, ">= 0"),
+                              ("min_time_limit", lambda v: v > 0, "> 0 seconds"), ("gt_time_limit_factor", lambda v: v > 0, "> 0")):
         check_range(name, getattr(args, name), ok, allowed)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -988,6 +1097,10 @@ def resolve_settings(args):
 
 def plus_paths(args):
     return {"humaneval_plus": args.humaneval_plus_path, "mbpp_plus": args.mbpp_plus_path}
+
+
+def plus_limits(args):
+    return args.min_time_limit, args.gt_time_limit_factor
 
 
 def rank_and_world():
@@ -1043,7 +1156,7 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
     pp = checkpoint_postprocess(config, args.ckpt, args.prompt_format or preset.get("prompt_format"))
     metrics, results = evaluate(model, tok, tasks, args.limit, ks, sampling, args.timeout, pp, executor,
                                 args.mbpp_path, args.strip_prompt, verbose=True, return_records=True,
-                                ranks=rank_and_world(), plus_paths=plus_paths(args))
+                                ranks=rank_and_world(), plus_paths=plus_paths(args), plus_limits=plus_limits(args))
     if rank_and_world()[1] > 1:
         import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
         dist.destroy_process_group()
@@ -1077,7 +1190,7 @@ def main(argv=None):
         sp = Path(args.samples)
         out = Path(args.out or sp.with_name(sp.stem + "_eval"))
     check_out(out)
-    data = load_tasks(tasks, args.mbpp_path, plus_paths(args))
+    data = load_tasks(tasks, args.mbpp_path, plus_paths(args), plus_limits(args))
     problems = {t: data[t][0][:args.limit] if args.limit else data[t][0] for t in tasks}
     by_id = {p["task_id"]: p for t in tasks for p in problems[t]}
     samples = None if args.ckpt else read_samples(args.samples, by_id, tasks)

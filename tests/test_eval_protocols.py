@@ -342,3 +342,109 @@ def test_tokensugar_protocol_stop_rule_and_banned_words(ex, humaneval, tokenizer
     ban = sorted(set(free))[:5]
     kept = model.generate([[5, 9, 17]], 20, banned_ids=ban)[0]
     assert not set(kept) & set(ban)
+
+
+# ----------------------------------------------------------------------------- MBPP+
+MBPP_PLUS = {  # MbppPlus.jsonl records (EvalPlus release format) for four MBPP problems, inputs written here
+    "Mbpp/2": ("similar_elements", "def similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
+               [[[3, 4, 5, 6], [5, 7, 4, 10]], [[1, 2, 3, 4], [5, 4, 3, 7]]], [[[], []], [[1, 2, 3, 9], [9, 3, 2]]]),
+    # stored as strings (JSON has no complex numbers): the canonical solution fails on them unconverted
+    "Mbpp/124": ("angle_complex", "import cmath\ndef angle_complex(a,b):\n  cn=complex(a,b)\n  angle=cmath.phase(a+b)\n  return angle\n",
+                 [["0.0", "1j"], ["2.0", "1j"]], [["0.0", "2j"], ["-1.5", "0.5j"]]),
+    "Mbpp/787": ("text_match_three", "import re\ndef text_match_three(text):\n        patterns = 'ab{3}?'\n        return re.search(patterns,  text)\n",
+                 [["ac"], ["dc"], ["abbbba"]], [["caacabbbba"], [""], ["xabbbbbbbbbbbbbbbbbbbb"]]),
+    "Mbpp/3": ("is_not_prime", "import math\ndef is_not_prime(n):\n    if n == 1:\n        return True\n    for i in range(2, int(math.sqrt(n))+1):\n"
+               "        if n % i == 0:\n            return True\n    return False\n", [[2], [10], [35], [37]], [[7919], [7920]]),
+}
+
+
+def mbpp_plus_fixture(path):
+    rows = [{"task_id": tid, "prompt": f'"""\nWrite a function.\nassert {entry} is not None\n"""\n', "entry_point": entry,
+             "canonical_solution": code, "base_input": base, "plus_input": plus, "atol": 0}
+            for tid, (entry, code, base, plus) in MBPP_PLUS.items()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_mbpp_plus_inputs_oracles_and_time_limits_as_evalplus(tmp_path):
+    """MBPP+ as EvalPlus judges it: inputs stored as lists or strings reach the function as tuples and
+    complex numbers; Mbpp/2's answers compare as sets; Mbpp/787's answers (re.Match) compare as "not
+    None"; a candidate that loops on one plus input is stopped at its per-input time limit and fails
+    (EvalPlus's status "fail") while the rest of the run goes on."""
+    plus = mbpp_plus_fixture(tmp_path / "MbppPlus.jsonl")
+    samples = [
+        ("Mbpp/2", "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b), reverse=True))\n"),  # order differs
+        ("Mbpp/2", "def similar_elements(a, b):\n    if type(a) is not tuple:\n        raise TypeError('expected tuples')\n"
+                   "    return tuple(set(a) & set(b))\n"),  # passes only when the inputs are converted
+        ("Mbpp/2", "def similar_elements(a, b):\n    return tuple(set(a) | set(b))\n"),
+        ("Mbpp/124", "import cmath\ndef angle_complex(a, b):\n    return cmath.phase(complex(a) + b)\n"),
+        ("Mbpp/124", "import cmath\ndef angle_complex(a, b):\n    return cmath.phase(a + b) + 1e-3\n"),
+        ("Mbpp/787", "import re\ndef text_match_three(text):\n    return re.search('abbb', text)\n"),  # a Match or None
+        ("Mbpp/787", "def text_match_three(text):\n    return 'abbb' in text\n"),  # a bool: compared as itself
+        ("Mbpp/787", "import re\ndef text_match_three(text):\n    return re.search('c', text)\n"),
+        ("Mbpp/3", "def is_not_prime(n):\n    while n == 7919:\n        pass\n"
+                   "    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),  # loops on one plus input
+        ("Mbpp/3", "def is_not_prime(n):\n    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),
+    ]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "mbpp_plus",
+                        "--mbpp_plus_path", str(plus), "--out", str(tmp_path / "o"), "--workers", "2",
+                        "--min_time_limit", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr  # (the canonical solutions pass their base inputs: Mbpp/124's only when converted)
+    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [(x["base_passed"], x["passed"]) for x in res] == [
+        (True, True), (True, True), (False, False), (True, True), (False, False),
+        (True, True), (True, True), (False, False), (True, False), (True, True)], [x["result"] for x in res]
+    assert res[8]["result"] == "failed: time limit exceeded: no answer within 1.0 s"  # the judge's limit, not the sample timeout
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["mbpp_plus"]
+    assert m["timed_out"] == 0 and m["n_problems"] == 4
+
+
+def evalplus_check_code(**problem):
+    """The judge's EvalPlus check code, run here on plain functions (what the sandbox runs, minus the sandbox)."""
+    p = dict(reference="", entry_point="f", inputs=[], atol=0.0, dataset="mbpp", conversion=None, not_none=False,
+             min_time=4.0, factor=4.0)
+    ns = {"_PROBLEM": json.dumps(dict(p, **problem))}
+    exec(ev.EVALPLUS_CHECK, ns)
+    return ns
+
+
+def test_mbpp_plus_input_conversions():
+    """Each MBPP+ conversion gives the function what EvalPlus's loader (mbpp_deserialize_inputs) gives it."""
+    convert = evalplus_check_code()["_convert"]
+    cases = {"args": ([[1, 2], [3]], [(1, 2), (3,)]), "args_items": ([[[1, 2], [3]]], [[(1, 2), (3,)]]),
+             "args_nested": ([[[1], [2, 3]]], [((1,), (2, 3))]), "first": ([[1, 2], 5], [(1, 2), 5]),
+             "first_items": ([[[1, 2]], 3], [[(1, 2)], 3]), "first_mixed": ([[[1], 2]], [((1,), 2)]),
+             "second": ([1, [2, 3]], [1, (2, 3)]), "dict_values": ([{"a": [1, 2]}, 3], [{"a": (1, 2)}, 3]),
+             "sets": ([[[1, 2], []]], [[{1, 2}, {}]]), "float_complex": (["1", "2j"], [1.0, 2j]),
+             "complex": (["(1+2j)"], [1 + 2j]), "deep": ([[[1, [2]]], 3], [((1, (2,)),), 3])}
+    assert set(cases) == set(ev.MBPP_PLUS_INPUTS)
+    for kind, (stored, given) in cases.items():
+        out = convert(stored, kind)
+        assert out == given and [type(a) for a in out] == [type(a) for a in given], kind
+    assert type(convert([[[]]], "sets")[0][0]) is dict  # an empty list becomes {} (as EvalPlus does)
+    assert [ev.MBPP_PLUS_CONVERSION[n] for n in (2, 63, 106, 115, 124, 252, 259, 278, 307, 580, 722, 753)] == [
+        "args", "args_items", "second", "sets", "float_complex", "complex", "args_nested", "first_mixed", "first",
+        "deep", "dict_values", "first_items"]
+    assert 11 not in ev.MBPP_PLUS_CONVERSION
+
+
+def test_evalplus_comparison_rules():
+    """atol: raised to 1e-6 by a float answer and kept for the rest of that run (base and plus are runs of
+    their own, as in EvalPlus); numpy.allclose's closeness; the special oracles."""
+    ref = "def f(x):\n    return [x, x]\n"
+    near = lambda x: [x, x + 1e-9]  # noqa: E731
+    evalplus_check_code(reference=ref, inputs=[[[1.0], [2]]])["check"](near)  # [2, 2.000000001] passes: atol kept
+    with pytest.raises(AssertionError, match="input 1: wrong output"):
+        evalplus_check_code(reference=ref, inputs=[[[1.0]], [[2]]])["check"](near)  # a new run: exact again
+    close = evalplus_check_code()["_close"]
+    inf = float("inf")
+    assert close([1.0, inf], [1.0 + 1e-9, inf], 1e-6) and not close([1.0, 2.0], [1.0, 2.1], 1e-6)
+    assert not close(["a", 1.0], ["a", 1.0], 1e-6) and not close([1.0], [1.0, 1.0], 1e-6)
+    same = evalplus_check_code(entry_point="sum_div")["_same"]
+    assert same(0, 7, [10], 0)[0] and not same(3, 7, [10], 0)[0]
+    same = evalplus_check_code(entry_point="surface_Area")["_same"]
+    assert same(35, 33, [3, 4], 0)[0] and not same(34, 33, [3, 4], 0)[0]  # the oracle: 34.63... rounded
+    same = evalplus_check_code(entry_point="find_zero", dataset="humaneval", atol=1e-6)["_same"]
+    assert same(3.0, 1.0, [[-6, 11, -6, 1]], 1e-6)[0] and not same(2.5, 1.0, [[-6, 11, -6, 1]], 1e-6)[0]
