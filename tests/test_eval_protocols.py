@@ -296,6 +296,40 @@ def test_evalplus_bad_files_are_named(tmp_path, humaneval):
     assert not (tmp_path / "o").exists()
 
 
+def test_samples_of_humaneval_and_humaneval_plus_in_one_file(tmp_path, humaneval):
+    """HumanEval and HumanEval+ share task ids: records name their task (as eval.py's own files do) and
+    are scored in it; an unnamed record whose id both tasks have is refused, naming the line."""
+    plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
+    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n    for idx", 1)
+    rows = [{"task_id": "HumanEval/0", "task": "humaneval", "completion": short_only},  # passes HumanEval's tests
+            {"task_id": "HumanEval/0", "task": "humaneval_plus", "completion": short_only},  # fails the plus inputs
+            {"task_id": "HumanEval/2", "task": "humaneval_plus", "completion": humaneval[2]["canonical"]}]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(samples, out):
+        return subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(samples), "--tasks",
+                               "humaneval,humaneval_plus", "--humaneval_plus_path", str(plus), "--out", str(out),
+                               "--workers", "2"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = run(f, tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [(x["task"], x["task_id"], x["passed"]) for x in res] == [
+        ("humaneval", "HumanEval/0", True), ("humaneval_plus", "HumanEval/0", False), ("humaneval_plus", "HumanEval/2", True)]
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]
+    assert (m["humaneval"]["n_samples"], m["humaneval_plus"]["n_samples"], m["humaneval_plus"]["base_pass@1"]) == (1, 2, 1.0)
+    again = run(tmp_path / "o" / "results.jsonl", tmp_path / "o2")  # eval.py's output is a samples file again
+    assert again.returncode == 0 and (tmp_path / "o2" / "results.jsonl").read_text() == (tmp_path / "o" / "results.jsonl").read_text()
+    f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "task"}) + "\n" for r in rows))
+    r = run(f, tmp_path / "o3")
+    assert r.returncode == 2 and ("s.jsonl:1: task_id 'HumanEval/0' is in humaneval and humaneval_plus: give each record "
+                                  'a "task" field') in r.stderr, r.stderr
+    f.write_text(json.dumps({"task_id": "HumanEval/0", "task": "mbpp", "completion": ""}) + "\n")
+    r = run(f, tmp_path / "o3")
+    assert r.returncode == 2 and "s.jsonl:1: task 'mbpp' does not have task_id 'HumanEval/0'" in r.stderr, r.stderr
+    assert not (tmp_path / "o3").exists()
+
+
 # ----------------------------------------------------------------------------- Token Sugar figures
 def test_token_sugar_figures_from_a_scripted_model(ex, humaneval, tokenizer_path):
     """A model that writes shorthand: tokens generated, the share saved against the desugared code
