@@ -17,7 +17,9 @@ result: "passed" | "failed: <error>" | "timed out") and metrics.json into --out 
 SAMPLES_eval/ beside a samples file). Nothing is written until everything is judged. Under torchrun
 each rank generates every world-th problem (a sample's randomness depends only on its problem and
 index, so the files equal one process's); rank 0 judges and writes. EvalPlus tasks report pass@k on
-base + plus inputs and base_pass@k on the base inputs alone. Checkpoints with a Token Sugar table
+base + plus inputs and base_pass@k on the base inputs alone, judged as EvalPlus judges (MBPP+'s input
+conversions and special oracles; an input slower than max(--min_time_limit, --gt_time_limit_factor x
+the canonical solution's time) is stopped there and fails the sample). Checkpoints with a Token Sugar table
 also get its figures (tokens generated per sample, share saved, sugars per sample, desugar failures).
 
 Prompt formats (config.json["postprocess"]["prompt_format"] of the checkpoint, or --prompt_format):
@@ -40,7 +42,9 @@ documents, the default; "bos"; or "none"). build_program() is the one post-proce
 
 Presets (--preset) set what a paper fixed; flags given explicitly win, and metrics.json records both:
   lintseq     n 10, top-p 0.95, temperature 1.0 (models under 300M parameters) or 0.2, instruction
-              prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025)
+              prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025). MBPP(+) on the paper's problems:
+              MBPP+ without its first 100 (mbpp: the same task numbers, so it needs --mbpp_plus_path too),
+              each asked as the paper's evaluation asks, "Write a function `SIGNATURE` to ..."
   tokensugar  greedy, 512 tokens in all (prompt + completion), `pass`, `#` and `...` banned, a stop at a
               column-0 line starting with a lowercase letter or "<" (Token Sugar; the prompt's code is
               given as written, not in shorthand)
@@ -95,6 +99,7 @@ PRESETS = {
     "intent": dict(temperature=0.2, repetition_penalty=1.05),
 }
 LINE_STOPS = ["\n" + c for c in "abcdefghijklmnopqrstuvwxyz<"]  # Token Sugar: a column-0 line starting so ends
+LINTSEQ_MBPP_HELD_OUT = 100   # --preset lintseq: MBPP+'s first problems, held out by the LintSeq paper
 LINTSEQ_SMALL = 300e6         # --preset lintseq: temperature 1.0 below this many parameters (150M), else 0.2
 # Problems whose tests need more than plain values across the sandbox, measured by running every reference
 # solution through the channel: MBPP/40 and MBPP/88 answer a Counter, MBPP/367 is given a tree of the test's
@@ -156,9 +161,9 @@ def find_mbpp(path=None):
     return path
 
 
-def load_mbpp(path=None):
-    """MBPP test split (task_ids 11-510). Programs run as published: exec copes with the reference
-    code's CRLF line endings and tabs, so nothing is normalised."""
+def load_mbpp(path=None, ids=MBPP_TEST_IDS):
+    """MBPP problems (default: the test split, task_ids 11-510). Programs run as published: exec copes
+    with the reference code's CRLF line endings and tabs, so nothing is normalised."""
     path = find_mbpp(path)
     docs = {}
     for lineno, d in read_jsonl(path):
@@ -166,16 +171,17 @@ def load_mbpp(path=None):
             docs[int(d["task_id"])] = d
         except (KeyError, TypeError, ValueError) as e:
             raise EvalError(f"{path}:{lineno}: not an MBPP record ({e})")
-    missing = [i for i in MBPP_TEST_IDS if i not in docs]
+    missing = [i for i in ids if i not in docs]
     if missing:
-        raise EvalError(f"{path}: test split incomplete, {len(missing)} task_ids missing (first {missing[0]})")
+        what = "test split incomplete" if ids is MBPP_TEST_IDS else "problems missing"
+        raise EvalError(f"{path}: {what}, {len(missing)} task_ids missing (first {missing[0]})")
     problems = []
-    for i in MBPP_TEST_IDS:
+    for i in ids:
         d = docs[i]
         test = d.get("test_setup_code", "") + "\n" + "\n".join(d["test_list"])
         problems.append(dict(task="mbpp", task_id=f"MBPP/{i}", prompt=mbpp_prompt(d),
-                             instruction=f"{d['text']}\n{d['test_list'][0]}", preamble="", test=test,
-                             canonical=d["code"], stop=STOP_MBPP))
+                             instruction=f"{d['text']}\n{d['test_list'][0]}", description=d["text"], preamble="",
+                             test=test, canonical=d["code"], stop=STOP_MBPP))
     return problems, {"path": str(path), "sha256": file_sha256(path)}
 
 
@@ -190,6 +196,48 @@ def load_tasks(tasks, mbpp_path=None, plus_paths=None, plus_limits=(EVALPLUS_MIN
             out[t] = load_evalplus(t, (plus_paths or {}).get(t), plus_limits)
         else:
             out[t] = load_humaneval() if t == "humaneval" else load_mbpp(mbpp_path)
+    return out
+
+
+def lintseq_signature(code):
+    """The signature LintSeq's MBPP instruction names, found as its evaluation finds it: the first line of
+    the code that holds "def", stripped of ":" on the right and of the characters d, e, f on the left
+    (kept as it is, so that the prompts are the paper's)."""
+    lines = [line for line in code.lstrip().split("\n") if "def" in line]
+    return lines[0].rstrip().rstrip(":").lstrip("def").lstrip() if lines else None
+
+
+def lintseq_mbpp(data, tasks, mbpp_path, plus_path, plus_limits):
+    """--preset lintseq: MBPP(+) as the LintSeq paper scored it (upiterbarg/lintseq, src/eval/mbpp/run_eval.py):
+    EvalPlus's MBPP+ problems after its first 100 (held out), each asked as its description with
+    "function" replaced by "function `SIGNATURE`". mbpp_plus keeps MBPP+'s tests; mbpp takes the same
+    task numbers from MBPP, with MBPP's own tests. Each task's dataset info records the selection."""
+    chosen = [t for t in ("mbpp", "mbpp_plus") if t in tasks]
+    if not chosen:
+        return data
+    if "mbpp_plus" not in data and not plus_path:
+        raise EvalError("--preset lintseq scores mbpp on the LintSeq paper's problems, which come from MBPP+: "
+                        "pass --mbpp_plus_path FILE (MbppPlus.jsonl from github.com/evalplus/mbppplus_release)")
+    plus = data["mbpp_plus"][0] if "mbpp_plus" in data else load_evalplus("mbpp_plus", plus_path, plus_limits)[0]
+    if len(plus) <= LINTSEQ_MBPP_HELD_OUT:
+        raise EvalError(f"--preset lintseq: the MBPP+ file has {len(plus)} problems; the LintSeq paper holds out "
+                        f"the first {LINTSEQ_MBPP_HELD_OUT} and scores the rest")
+    held, kept = plus[:LINTSEQ_MBPP_HELD_OUT], plus[LINTSEQ_MBPP_HELD_OUT:]
+    out = dict(data)
+    for t in chosen:
+        if t == "mbpp_plus":
+            problems, info = [dict(p) for p in kept], data[t][1]
+        else:
+            problems, info = load_mbpp(mbpp_path, [int(str(p["task_id"]).rsplit("/", 1)[-1]) for p in kept])
+        for p in problems:
+            signature = lintseq_signature(p["canonical"])
+            if signature:
+                p["instruction"] = p["description"].replace("function", f"function `{signature}`")
+        selection = {"preset": "lintseq", "held_out": LINTSEQ_MBPP_HELD_OUT,
+                     "held_out_ids": [held[0]["task_id"], held[-1]["task_id"]], "n_problems": len(problems),
+                     "task_ids": [problems[0]["task_id"], problems[-1]["task_id"]],
+                     "why": "LintSeq scores MBPP(+) on EvalPlus's MBPP+ without its first 100 problems"}
+        out[t] = (problems, {**info, "selection": selection})
     return out
 
 
@@ -381,7 +429,7 @@ def load_evalplus(task, path, limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
             except (SyntaxError, IndexError):
                 raise EvalError(f"{path}:{lineno}: prompt does not define {d['entry_point']!r}")
             instruction = f"Write a Python function `{signature}` to solve the following problem:\n{doc}"
-            canonical, stop = d["canonical_solution"], STOP_HUMANEVAL
+            canonical, stop, description = d["canonical_solution"], STOP_HUMANEVAL, doc
         else:
             first = (d.get("test_list") or [""])[0]
             text = d["prompt"].strip()
@@ -389,11 +437,12 @@ def load_evalplus(task, path, limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
                 prompt, instruction = d["prompt"], text.strip('"').strip()
             else:
                 prompt, instruction = mbpp_prompt({"text": text, "test_list": [first]}), f"{text}\n{first}"
+            description = "\n".join(line for line in instruction.splitlines() if not line.startswith("assert "))
             reference = canonical = d["canonical_solution"]
             preamble, stop = "", STOP_MBPP
         args = (d["task_id"], reference, d["entry_point"])
         problems.append(dict(task=task, task_id=d["task_id"], prompt=prompt, instruction=instruction, preamble=preamble,
-                             entry_point=d["entry_point"],
+                             description=description, entry_point=d["entry_point"],
                              test=evalplus_test(*args, [d["base_input"], d["plus_input"]], d.get("atol", 0), base, limits),
                              base_test=evalplus_test(*args, [d["base_input"]], d.get("atol", 0), base, limits),
                              answer_wrapper=NOT_NONE_WRAPPER.format(entry_point=d["entry_point"])
@@ -821,15 +870,17 @@ def generate_split(model, tok, problems, sampling, pp, strip_prompt, label, rank
 
 def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampling=None, timeout=None,
              postprocess=None, executor=None, mbpp_path=None, strip_prompt=False, verbose=False,
-             return_records=False, ranks=None, plus_paths=None, plus_limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
+             return_records=False, ranks=None, plus_paths=None, plus_limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR),
+             data=None):
     """Generate, execute and score. For train.py: call on rank 0 with the unwrapped model and a
     started Executor (reuse it across evaluations). Returns {task: {"pass@1": ..., counts}} and, with
     return_records, also the per-sample records (with the raw generated text). ranks=(rank, world):
     every rank of a process group calls it and generates its share; rank 0 judges, the others get {}.
-    plus_paths: {EvalPlus task: release file}; plus_limits: EvalPlus's per-input time limits (see load_tasks)."""
+    plus_paths: {EvalPlus task: release file}; plus_limits: EvalPlus's per-input time limits (see load_tasks);
+    data: the tasks already loaded (load_tasks' answer), else they are loaded here."""
     sampling = sampling or Sampling()
     pp = as_postprocess(postprocess or {})
-    data = load_tasks(tasks, mbpp_path, plus_paths, plus_limits)
+    data = data or load_tasks(tasks, mbpp_path, plus_paths, plus_limits)
     judging = not ranks or ranks[0] == 0
     own = executor is None and judging
     if own:
@@ -1157,7 +1208,7 @@ def checkpoint_postprocess(config, ckpt, override):
     return replace(pp, prompt_format=override or trained)
 
 
-def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
+def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor, data):
     """--ckpt: load, check what needs the model (context, size), generate (split over torchrun's ranks)
     and judge. Returns (metrics, results, what metrics.json says about the checkpoint, context size)."""
     model, tok, config = load_checkpoint(args.ckpt, args.device)
@@ -1170,7 +1221,8 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
     pp = checkpoint_postprocess(config, args.ckpt, args.prompt_format or preset.get("prompt_format"))
     metrics, results = evaluate(model, tok, tasks, args.limit, ks, sampling, args.timeout, pp, executor,
                                 args.mbpp_path, args.strip_prompt, verbose=True, return_records=True,
-                                ranks=rank_and_world(), plus_paths=plus_paths(args), plus_limits=plus_limits(args))
+                                ranks=rank_and_world(), plus_paths=plus_paths(args), plus_limits=plus_limits(args),
+                                data=data)
     if rank_and_world()[1] > 1:
         import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
         dist.destroy_process_group()
@@ -1204,6 +1256,8 @@ def main(argv=None):
         out = Path(args.out or sp.with_name(sp.stem + "_eval"))
     check_out(out)
     data = load_tasks(tasks, args.mbpp_path, plus_paths(args), plus_limits(args))
+    if args.preset == "lintseq":
+        data = lintseq_mbpp(data, tasks, args.mbpp_path, args.mbpp_plus_path, plus_limits(args))
     problems = {t: data[t][0][:args.limit] if args.limit else data[t][0] for t in tasks}
     samples = None if args.ckpt else read_samples(args.samples, problems, tasks)
     timeouts = {t: args.timeout or TIMEOUT[t] for t in TASKS}
@@ -1214,7 +1268,7 @@ def main(argv=None):
             if t in PLUS_TASKS and judging:
                 check_canonical(problems[t], executor, timeouts)
         if args.ckpt:
-            metrics, results, info, block = evaluate_checkpoint(args, tasks, ks, sampling, preset, executor)
+            metrics, results, info, block = evaluate_checkpoint(args, tasks, ks, sampling, preset, executor, data)
         else:
             metrics, results, info = {}, [], {}
             for t in tasks:

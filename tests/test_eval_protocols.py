@@ -3,6 +3,7 @@ the stop rule, sampling that does not depend on batching, min-p and repetition p
 tokens, presets."""
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -237,6 +238,58 @@ def test_preset_recorded_flags_win_and_context_cuts_said(tmp_path, tiny_ckpt):
             "--max_new_tokens 200 new tokens, to fit the model's 256-token context") in r.stdout
 
 
+def lintseq_plus_fixture(path, mbpp_path):
+    """An MbppPlus.jsonl made from MBPP problems 11-112 (102 problems: the LintSeq paper holds out the
+    first 100); inputs only for the last two, which the test runs."""
+    inputs = {111: ([[[[12, 18, 23, 25, 45], [7, 12, 18, 24, 28], [1, 5, 8, 12, 15, 16, 18]]]], [[[[1, 2], [2, 3]]]]),
+              112: ([[2, 4], [1, 2]], [[3, 1]])}
+    docs = {d["task_id"]: d for _, d in ev.read_jsonl(mbpp_path)}
+    rows = [{"task_id": f"Mbpp/{i}", "prompt": f'"""\n{docs[i]["text"]}\n{docs[i]["test_list"][0]}\n"""\n',
+             "entry_point": re.search(r"def (\w+)", docs[i]["code"]).group(1), "canonical_solution": docs[i]["code"],
+             "base_input": inputs.get(i, ([], []))[0], "plus_input": inputs.get(i, ([], []))[1], "atol": 0}
+            for i in range(11, 113)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_lintseq_preset_scores_mbpp_on_the_papers_problems(tmp_path, mbpp_path):
+    """--preset lintseq: MBPP+ without its first 100 problems (held out by the paper), asked as the
+    paper's evaluation asks (the description naming the signature); mbpp gets the same task numbers
+    with MBPP's own tests; the selection is in metrics.json."""
+    plus = lintseq_plus_fixture(tmp_path / "MbppPlus.jsonl", mbpp_path)
+    data = ev.load_tasks(["mbpp_plus"], plus_paths={"mbpp_plus": plus})
+    data = ev.lintseq_mbpp(data, ["mbpp", "mbpp_plus"], mbpp_path, plus, (4.0, 4.0))
+    assert [p["task_id"] for p in data["mbpp_plus"][0]] == ["Mbpp/111", "Mbpp/112"]
+    assert [p["task_id"] for p in data["mbpp"][0]] == ["MBPP/111", "MBPP/112"]
+    for t in ("mbpp", "mbpp_plus"):
+        assert [p["instruction"] for p in data[t][0]] == [
+            "Write a function `common_in_nested_lists(nestedlist)` to find common elements in given nested lists. "
+            "* list item * list item * list item * list item",
+            "Write a python function `perimeter(diameter,height) ` to find the perimeter of a cylinder."]  # as found
+        assert data[t][1]["selection"]["held_out_ids"] == ["Mbpp/11", "Mbpp/110"]
+    assert "assert perimeter(2,4) == 12" in data["mbpp"][0][1]["test"]  # MBPP's own tests
+    assert ev.lintseq_signature("from collections import defaultdict\ndef f(x):\n") == "rom collections import defaultdict"
+    rows = [{"task_id": "Mbpp/111", "completion": "def common_in_nested_lists(nestedlist):\n"
+                                                  "    return sorted(set.intersection(*map(set, nestedlist)))\n"},
+            {"task_id": "Mbpp/112", "completion": "def perimeter(diameter, height):\n    return 2 * (diameter + height)\n"}]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--preset", "lintseq",
+                               "--out", str(tmp_path / "o"), "--workers", "2", *extra],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = run("--tasks", "mbpp_plus", "--mbpp_plus_path", str(plus))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["mbpp_plus"]
+    assert m["pass@1"] == 1.0 and m["n_problems"] == 2
+    assert m["dataset"]["selection"] == {"preset": "lintseq", "held_out": 100, "held_out_ids": ["Mbpp/11", "Mbpp/110"],
+                                         "n_problems": 2, "task_ids": ["Mbpp/111", "Mbpp/112"],
+                                         "why": "LintSeq scores MBPP(+) on EvalPlus's MBPP+ without its first 100 problems"}
+    r = run("--tasks", "mbpp")
+    assert r.returncode == 2 and "--preset lintseq scores mbpp on the LintSeq paper's problems" in r.stderr, r.stderr
+
+
 # ----------------------------------------------------------------------------- EvalPlus
 def evalplus_fixture(path, humaneval, canonical_of=None):
     """A HumanEvalPlus-format file made from HumanEval problems 0 and 2 (inputs written here)."""
@@ -380,15 +433,20 @@ def test_tokensugar_protocol_stop_rule_and_banned_words(ex, humaneval, tokenizer
 
 # ----------------------------------------------------------------------------- MBPP+
 MBPP_PLUS = {  # MbppPlus.jsonl records (EvalPlus release format) for four MBPP problems, inputs written here
-    "Mbpp/2": ("similar_elements", "def similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
+    "Mbpp/2": ("similar_elements",
+               "def similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
                [[[3, 4, 5, 6], [5, 7, 4, 10]], [[1, 2, 3, 4], [5, 4, 3, 7]]], [[[], []], [[1, 2, 3, 9], [9, 3, 2]]]),
     # stored as strings (JSON has no complex numbers): the canonical solution fails on them unconverted
-    "Mbpp/124": ("angle_complex", "import cmath\ndef angle_complex(a,b):\n  cn=complex(a,b)\n  angle=cmath.phase(a+b)\n  return angle\n",
+    "Mbpp/124": ("angle_complex",
+                 "import cmath\ndef angle_complex(a,b):\n  cn=complex(a,b)\n  angle=cmath.phase(a+b)\n  return angle\n",
                  [["0.0", "1j"], ["2.0", "1j"]], [["0.0", "2j"], ["-1.5", "0.5j"]]),
-    "Mbpp/787": ("text_match_three", "import re\ndef text_match_three(text):\n        patterns = 'ab{3}?'\n        return re.search(patterns,  text)\n",
+    "Mbpp/787": ("text_match_three",
+                 "import re\ndef text_match_three(text):\n        patterns = 'ab{3}?'\n        return re.search(patterns,  text)\n",
                  [["ac"], ["dc"], ["abbbba"]], [["caacabbbba"], [""], ["xabbbbbbbbbbbbbbbbbbbb"]]),
-    "Mbpp/3": ("is_not_prime", "import math\ndef is_not_prime(n):\n    if n == 1:\n        return True\n    for i in range(2, int(math.sqrt(n))+1):\n"
-               "        if n % i == 0:\n            return True\n    return False\n", [[2], [10], [35], [37]], [[7919], [7920]]),
+    "Mbpp/3": ("is_not_prime",
+               "import math\ndef is_not_prime(n):\n    if n == 1:\n        return True\n"
+               "    for i in range(2, int(math.sqrt(n))+1):\n        if n % i == 0:\n            return True\n    return False\n",
+               [[2], [10], [35], [37]], [[7919], [7920]]),
 }
 
 
