@@ -46,8 +46,8 @@ Presets (--preset) set what a paper fixed; flags given explicitly win, and metri
               MBPP+ without its first 100 (mbpp: the same task numbers, so it needs --mbpp_plus_path too),
               each asked as the paper's evaluation asks, "Write a function `SIGNATURE` to ..."
   tokensugar  greedy, 512 tokens in all (prompt + completion), `pass`, `#` and `...` banned, a stop at a
-              column-0 line starting with a lowercase letter or "<" (Token Sugar; the prompt's code is
-              given as written, not in shorthand)
+              column-0 line starting with a lowercase letter or "<", the prompt's code given in the
+              checkpoint's shorthand (sugarized with its table, matches weighed by its tokenizer) (Token Sugar)
   intent      temperature 0.2, repetition penalty 1.05 (the reasoning-augmented recipe)
 
 Sandbox: sandbox.py (programs never run in the process that holds the model; the benchmark's tests run in a
@@ -72,7 +72,7 @@ from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, file_sha256, forma
                   write_json, write_jsonl)
 from lintseq import decode_edits
 from sandbox import MEMORY_LIMIT, Executor, ExecutorError
-from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens
+from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens, sugarize
 
 # ----------------------------------------------------------------------------- defaults
 TASKS = ("humaneval", "mbpp", "humaneval_plus", "mbpp_plus")
@@ -95,7 +95,7 @@ MIN_FREE_BYTES = 16 << 20     # --out needs at least this much free space before
 PRESETS = {
     "lintseq": dict(n_samples=10, top_p=0.95, temperature=None, prompt_format="instruction", k="1,5,10"),
     "tokensugar": dict(n_samples=1, temperature=0.0, total_tokens=512, k="1", banned=("pass", "#", "..."),
-                       line_stop=True),
+                       line_stop=True, sugar_prompt=True),
     "intent": dict(temperature=0.2, repetition_penalty=1.05),
 }
 LINE_STOPS = ["\n" + c for c in "abcdefghijklmnopqrstuvwxyz<"]  # Token Sugar: a column-0 line starting so ends
@@ -650,13 +650,19 @@ class Sampling:
     total_tokens: int = 0             # > 0: prompt + completion stop at this many tokens (Token Sugar)
     banned: tuple = ()                # words never generated: tokens that are, or hold, one are masked
     line_stop: bool = False           # also stop at a column-0 line starting with a lowercase letter or "<"
+    sugar_prompt: bool = False        # a Token Sugar checkpoint is given the prompt's code in its shorthand
     batch_size: int = BATCH_SIZE
     seed: int = 0
 
 
-def prompt_text(problem, pp, strip_prompt=False):
-    """What the model is given for a problem, as text (before the start token)."""
+def prompt_text(problem, pp, strip_prompt=False, sugar_count=None):
+    """What the model is given for a problem, as text (before the start token). sugar_count (Token Sugar
+    protocol, a checkpoint with a sugar table): the code prompt is sugarized with the table, matches
+    weighed by this token counter; it desugars back to the prompt exactly, so completions are post-
+    processed as those of the plain prompt."""
     text = problem["instruction"] if prompt_format(pp) == "instruction" else problem["prompt"]
+    if sugar_count and pp.sugar and prompt_format(pp) == "completion" and pp.edit_format != "lintseq":
+        text = sugarize(text, pp.sugar, count_tokens=sugar_count)
     text = text.rstrip() if strip_prompt else text
     if pp.edit_format == "lintseq":  # as in LintSeq SFT records: instruction + "\n<|diff|>"
         return text.rstrip("\n") + "\n" + LINTSEQ_DIFF_TOKEN
@@ -785,9 +791,12 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
     banned = banned_ids(tok, s.banned)
     head = start_ids(tok, pp)
     prompts, budgets = [], []
-    stats = {"prompts_truncated": 0, "new_tokens_capped": 0, "new_tokens": 0, "n_prompts": len(problems)}
+    stats = {"prompts_truncated": 0, "new_tokens_capped": 0, "new_tokens": 0, "n_prompts": len(problems),
+             "prompts_sugarized": 0}
+    count = (lambda texts: [len(tok.encode(t)) for t in texts]) if s.sugar_prompt else None  # noqa: E731
     for p in problems:
-        text = prompt_text(p, pp, strip_prompt)
+        text = prompt_text(p, pp, strip_prompt, count)
+        stats["prompts_sugarized"] += text != prompt_text(p, pp, strip_prompt)
         ids, budget, cut = fit_prompt(head + tok.encode(text), block, s)
         prompts.append((text, ids))
         budgets.append(budget)
@@ -810,7 +819,8 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
         for row, new in enumerate(outs):
             i = idx[row // m]
             text = tok.decode(new)
-            cut = problems[i]["prompt"][len(prompts[i][0]):]  # what --strip_prompt took off the prompt
+            prompt = problems[i]["prompt"]
+            cut = prompt[len(prompt.rstrip()):] if strip_prompt else ""  # what --strip_prompt took off the prompt
             if cut and prompt_format(pp) == "completion" and pp.edit_format != "lintseq" and text.startswith(cut):
                 text = text[len(cut):]  # completions stay relative to the published prompt
             texts[i * n + j0 + row % m] = text
@@ -907,6 +917,7 @@ def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampli
                      dataset=data[task][1], timeout=timeouts[task])
             if pp.sugar:
                 m["sugar"] = sugar_metrics(res, problems, tokenizer, pp, gstats["new_tokens"])
+                m["sugar"]["prompts_sugarized"] = gstats["prompts_sugarized"]
             metrics[task] = m
             records += res
     finally:

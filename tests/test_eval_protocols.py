@@ -540,3 +540,29 @@ def test_evalplus_comparison_rules():
     assert same(35, 33, [3, 4], 0)[0] and not same(34, 33, [3, 4], 0)[0]  # the oracle: 34.63... rounded
     same = evalplus_check_code(entry_point="find_zero", dataset="humaneval", atol=1e-6)["_same"]
     assert same(3.0, 1.0, [[-6, 11, -6, 1]], 1e-6)[0] and not same(2.5, 1.0, [[-6, 11, -6, 1]], 1e-6)[0]
+
+
+def test_tokensugar_protocol_gives_the_prompt_in_shorthand(ex, humaneval, tokenizer_path):
+    """--preset tokensugar: the prompt's code is sugarized with the checkpoint's table before generation
+    (the model continues shorthand, as it was trained on); the answer is judged against the plain prompt.
+    Without the protocol the prompt stays as written."""
+    sugar = pytest.importorskip("sugar")
+    table = {"sugars": [{"code": "from typing import List", "type": "stmt", "id": "imp1", "reward": 5.0},
+                        {"code": "abs(SUGARWILDCARD_0 - SUGARWILDCARD_1)", "type": "expr", "id": "abc1", "reward": 3.0}]}
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens(sugar.load_sugars(table).tokens())
+    p = humaneval[0]
+    sweet = p["canonical"].replace("abs(elem - elem2)", "<abc1_expr_token>elem;elem2<\\expr_token>")
+    protocol = ev.Sampling(**{k: v for k, v in ev.PRESETS["tokensugar"].items() if k in ev.Sampling.__dataclass_fields__})
+    model = ScriptedModel(tok.encode(sweet), tok.eos_id)
+    m, rec = ev.evaluate(model, tok, limit=1, sampling=protocol, postprocess={"sugar": table}, executor=ex,
+                         return_records=True)
+    shorthand = p["prompt"].replace("from typing import List", "<imp1_stmt_token>")
+    assert model.prompts[0] == [tok.eos_id] + tok.encode(shorthand)
+    assert sugar.desugarize(shorthand, table) == p["prompt"]
+    assert rec[0]["completion"] == p["canonical"] and rec[0]["passed"]
+    assert m["humaneval"]["sugar"]["prompts_sugarized"] == 1
+    plain = ScriptedModel(tok.encode(sweet), tok.eos_id)
+    m, rec = ev.evaluate(plain, tok, limit=1, postprocess={"sugar": table}, executor=ex, return_records=True)
+    assert plain.prompts[0] == [tok.eos_id] + tok.encode(p["prompt"]) and rec[0]["passed"]
+    assert m["humaneval"]["sugar"]["prompts_sugarized"] == 0
