@@ -432,7 +432,7 @@ def test_tokensugar_protocol_stop_rule_and_banned_words(ex, humaneval, tokenizer
 
 
 # ----------------------------------------------------------------------------- MBPP+
-MBPP_PLUS = {  # MbppPlus.jsonl records (EvalPlus release format) for four MBPP problems, inputs written here
+MBPP_PLUS = {  # MbppPlus.jsonl records (EvalPlus release format) for five MBPP problems, inputs written here
     "Mbpp/2": ("similar_elements",
                "def similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
                [[[3, 4, 5, 6], [5, 7, 4, 10]], [[1, 2, 3, 4], [5, 4, 3, 7]]], [[[], []], [[1, 2, 3, 9], [9, 3, 2]]]),
@@ -447,6 +447,10 @@ MBPP_PLUS = {  # MbppPlus.jsonl records (EvalPlus release format) for four MBPP 
                "import math\ndef is_not_prime(n):\n    if n == 1:\n        return True\n"
                "    for i in range(2, int(math.sqrt(n))+1):\n        if n % i == 0:\n            return True\n    return False\n",
                [[2], [10], [35], [37]], [[7919], [7920]]),
+    # answers a Counter, which the channel does not carry: judged in the sample (MBPP_PLUS_IN_PROCESS)
+    "Mbpp/88": ("freq_count",
+                "import collections\ndef freq_count(list1):\n  freq_count= collections.Counter(list1)\n  return freq_count\n",
+                [[[10, 10, 10, 10, 20, 20, 40, 50, 30]]], [[[]], [[1, "a", 1]]]),
 }
 
 
@@ -461,8 +465,8 @@ def mbpp_plus_fixture(path):
 def test_mbpp_plus_inputs_oracles_and_time_limits_as_evalplus(tmp_path):
     """MBPP+ as EvalPlus judges it: inputs stored as lists or strings reach the function as tuples and
     complex numbers; Mbpp/2's answers compare as sets; Mbpp/787's answers (re.Match) compare as "not
-    None"; a candidate that loops on one plus input is stopped at its per-input time limit and fails
-    (EvalPlus's status "fail") while the rest of the run goes on."""
+    None"; Mbpp/88's Counter answers are judged in the sample; a candidate that loops on one plus input is
+    stopped at its per-input time limit and fails (EvalPlus's status "fail") while the rest of the run goes on."""
     plus = mbpp_plus_fixture(tmp_path / "MbppPlus.jsonl")
     samples = [
         ("Mbpp/2", "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b), reverse=True))\n"),  # order differs
@@ -477,6 +481,8 @@ def test_mbpp_plus_inputs_oracles_and_time_limits_as_evalplus(tmp_path):
         ("Mbpp/3", "def is_not_prime(n):\n    while n == 7919:\n        pass\n"
                    "    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),  # loops on one plus input
         ("Mbpp/3", "def is_not_prime(n):\n    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),
+        ("Mbpp/88", "def freq_count(xs):\n    out = {}\n    for x in xs:\n        out[x] = out.get(x, 0) + 1\n    return out\n"),
+        ("Mbpp/88", "def freq_count(xs):\n    return {x: 1 for x in xs}\n"),
     ]
     f = tmp_path / "s.jsonl"
     f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
@@ -487,10 +493,12 @@ def test_mbpp_plus_inputs_oracles_and_time_limits_as_evalplus(tmp_path):
     res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
     assert [(x["base_passed"], x["passed"]) for x in res] == [
         (True, True), (True, True), (False, False), (True, True), (False, False),
-        (True, True), (True, True), (False, False), (True, False), (True, True)], [x["result"] for x in res]
+        (True, True), (True, True), (False, False), (True, False), (True, True), (True, True), (False, False)], \
+        [x["result"] for x in res]
+    assert [x.get("mode") for x in res[-2:]] == ["in_process", "in_process"]
     assert res[8]["result"] == "failed: time limit exceeded: no answer within 1.0 s"  # the judge's limit, not the sample timeout
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["mbpp_plus"]
-    assert m["timed_out"] == 0 and m["n_problems"] == 4
+    assert m["timed_out"] == 0 and m["n_problems"] == 5
 
 
 def evalplus_check_code(**problem):
@@ -527,9 +535,9 @@ def test_evalplus_comparison_rules():
     their own, as in EvalPlus); numpy.allclose's closeness; the special oracles."""
     ref = "def f(x):\n    return [x, x]\n"
     near = lambda x: [x, x + 1e-9]  # noqa: E731
-    evalplus_check_code(reference=ref, inputs=[[[1.0], [2]]])["check"](near)  # [2, 2.000000001] passes: atol kept
+    evalplus_check_code(reference=ref, inputs=[[[1.0], [2]]])["_evalplus_check"](near)  # [2, 2.000000001] passes: atol kept
     with pytest.raises(AssertionError, match="input 1: wrong output"):
-        evalplus_check_code(reference=ref, inputs=[[[1.0]], [[2]]])["check"](near)  # a new run: exact again
+        evalplus_check_code(reference=ref, inputs=[[[1.0]], [[2]]])["_evalplus_check"](near)  # a new run: exact again
     close = evalplus_check_code()["_close"]
     inf = float("inf")
     assert close([1.0, inf], [1.0 + 1e-9, inf], 1e-6) and not close([1.0, 2.0], [1.0, 2.1], 1e-6)
