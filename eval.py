@@ -1156,7 +1156,8 @@ def resolve_settings(args):
                               ("limit", lambda v: v >= 1, ">= 1 (leave it out for every problem)"),
                               ("timeout", lambda v: v > 0, "> 0 seconds"), ("workers", lambda v: v >= 1, ">= 1"),
                               ("memory_limit", lambda v: v >= 1 << 20, "at least 1M"), ("seed", lambda v: v >= 0, ">= 0"),
-                              ("min_time_limit", lambda v: v > 0, "> 0 seconds"), ("gt_time_limit_factor", lambda v: v > 0, "> 0")):
+                              ("min_time_limit", lambda v: v > 0, "> 0 seconds"),
+                              ("gt_time_limit_factor", lambda v: v > 0, "> 0")):
         check_range(name, getattr(args, name), ok, allowed)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]

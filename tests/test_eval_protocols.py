@@ -353,7 +353,8 @@ def test_samples_of_humaneval_and_humaneval_plus_in_one_file(tmp_path, humaneval
     """HumanEval and HumanEval+ share task ids: records name their task (as eval.py's own files do) and
     are scored in it; an unnamed record whose id both tasks have is refused, naming the line."""
     plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
-    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n    for idx", 1)
+    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n"
+                                                   "    for idx", 1)
     rows = [{"task_id": "HumanEval/0", "task": "humaneval", "completion": short_only},  # passes HumanEval's tests
             {"task_id": "HumanEval/0", "task": "humaneval_plus", "completion": short_only},  # fails the plus inputs
             {"task_id": "HumanEval/2", "task": "humaneval_plus", "completion": humaneval[2]["canonical"]}]
@@ -372,7 +373,8 @@ def test_samples_of_humaneval_and_humaneval_plus_in_one_file(tmp_path, humaneval
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]
     assert (m["humaneval"]["n_samples"], m["humaneval_plus"]["n_samples"], m["humaneval_plus"]["base_pass@1"]) == (1, 2, 1.0)
     again = run(tmp_path / "o" / "results.jsonl", tmp_path / "o2")  # eval.py's output is a samples file again
-    assert again.returncode == 0 and (tmp_path / "o2" / "results.jsonl").read_text() == (tmp_path / "o" / "results.jsonl").read_text()
+    assert again.returncode == 0
+    assert (tmp_path / "o2" / "results.jsonl").read_text() == (tmp_path / "o" / "results.jsonl").read_text()
     f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "task"}) + "\n" for r in rows))
     r = run(f, tmp_path / "o3")
     assert r.returncode == 2 and ("s.jsonl:1: task_id 'HumanEval/0' is in humaneval and humaneval_plus: give each record "
@@ -441,7 +443,8 @@ MBPP_PLUS = {  # MbppPlus.jsonl records (EvalPlus release format) for five MBPP 
                  "import cmath\ndef angle_complex(a,b):\n  cn=complex(a,b)\n  angle=cmath.phase(a+b)\n  return angle\n",
                  [["0.0", "1j"], ["2.0", "1j"]], [["0.0", "2j"], ["-1.5", "0.5j"]]),
     "Mbpp/787": ("text_match_three",
-                 "import re\ndef text_match_three(text):\n        patterns = 'ab{3}?'\n        return re.search(patterns,  text)\n",
+                 "import re\ndef text_match_three(text):\n        patterns = 'ab{3}?'\n"
+                 "        return re.search(patterns,  text)\n",
                  [["ac"], ["dc"], ["abbbba"]], [["caacabbbba"], [""], ["xabbbbbbbbbbbbbbbbbbbb"]]),
     "Mbpp/3": ("is_not_prime",
                "import math\ndef is_not_prime(n):\n    if n == 1:\n        return True\n"
@@ -481,7 +484,8 @@ def test_mbpp_plus_inputs_oracles_and_time_limits_as_evalplus(tmp_path):
         ("Mbpp/3", "def is_not_prime(n):\n    while n == 7919:\n        pass\n"
                    "    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),  # loops on one plus input
         ("Mbpp/3", "def is_not_prime(n):\n    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),
-        ("Mbpp/88", "def freq_count(xs):\n    out = {}\n    for x in xs:\n        out[x] = out.get(x, 0) + 1\n    return out\n"),
+        ("Mbpp/88", "def freq_count(xs):\n    out = {}\n    for x in xs:\n"
+                    "        out[x] = out.get(x, 0) + 1\n    return out\n"),
         ("Mbpp/88", "def freq_count(xs):\n    return {x: 1 for x in xs}\n"),
     ]
     f = tmp_path / "s.jsonl"
@@ -496,7 +500,8 @@ def test_mbpp_plus_inputs_oracles_and_time_limits_as_evalplus(tmp_path):
         (True, True), (True, True), (False, False), (True, False), (True, True), (True, True), (False, False)], \
         [x["result"] for x in res]
     assert [x.get("mode") for x in res[-2:]] == ["in_process", "in_process"]
-    assert res[8]["result"] == "failed: time limit exceeded: no answer within 1.0 s"  # the judge's limit, not the sample timeout
+    # stopped by the judge at the input's limit, not by the sample's timeout ("timed out")
+    assert res[8]["result"] == "failed: time limit exceeded: no answer within 1.0 s"
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["mbpp_plus"]
     assert m["timed_out"] == 0 and m["n_problems"] == 5
 
