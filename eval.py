@@ -1003,7 +1003,7 @@ def load_checkpoint(ckpt, device):
     import torch.distributed as dist
 
     from data import Tokenizer
-    from model import ModelError, load_model
+    from model import ModelError, load_model, reading_checkpoint
     cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
     if rank_and_world()[1] > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -1012,8 +1012,9 @@ def load_checkpoint(ckpt, device):
             torch.cuda.set_device(device)
     device = device or ("cuda" if cuda else "cpu")
     try:
-        model, config = load_model(ckpt, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else None)
-        tok = Tokenizer.load(ckpt)
+        with reading_checkpoint(ckpt):  # the weights and the tokenizer of one save, even while training writes
+            model, config = load_model(ckpt, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else None)
+            tok = Tokenizer.load(ckpt)
     except (ModelError, DataError) as e:
         raise EvalError(str(e))
     return model, tok, config

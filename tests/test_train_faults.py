@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 import bench
 import model
@@ -280,6 +281,57 @@ def test_a_reader_during_a_save_waits_and_deletes_nothing(tmp_path, tiny_ckpt):
         release.set()
         writer.join(60)
 
+
+
+def _numbered_save(folder, i, tok_dir):
+    """Checkpoint number i: every weight equal to i, config step i, tokenizer file b"tokenizer i"."""
+    cfg = model.GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    with torch.device("meta"):
+        shapes = model.model_state_dict(model.GPT(cfg))
+    tok = tok_dir / f"tok{i}.model"
+    tok.write_bytes(f"tokenizer {i}".encode())
+    model.save_checkpoint(folder, {k: torch.full(v.shape, float(i)) for k, v in shapes.items()},
+                          model.make_config(cfg, step=i), tokenizer_file=tok)
+
+
+def _saves(folder, tok_dir, n):
+    for i in range(1, n + 1):
+        _numbered_save(folder, i, tok_dir)
+        time.sleep(0.005)  # (room for the readers between saves: a lock is not a queue)
+
+
+def test_readers_during_saves_get_one_whole_checkpoint(tmp_path):
+    """Readers (as eval.py --ckpt out/ while training saves there) always get the config, weights and
+    tokenizer of one save, old or new, and never an error."""
+    out = tmp_path / "out"
+    _numbered_save(out, 0, tmp_path)
+    writer = multiprocessing.get_context("fork").Process(target=_saves, args=(out, tmp_path, 40))
+    seen, errors = [], []
+
+    def read_while_saving():
+        while writer.is_alive():
+            try:
+                with model.reading_checkpoint(out):
+                    m, config = model.load_model(out)
+                    tok = (out / "tokenizer.model").read_bytes()
+            except Exception as e:  # noqa: BLE001 (any error is a failure; collected to report it)
+                errors.append(repr(e))
+                continue
+            i = config["step"]
+            if tok != f"tokenizer {i}".encode() or not all(bool((p == i).all()) for p in m.parameters()):
+                errors.append(f"config of save {i} read with other files")
+            seen.append(i)
+
+    writer.start()
+    readers = [threading.Thread(target=read_while_saving) for _ in range(2)]
+    for r in readers:
+        r.start()
+    writer.join(240)
+    for r in readers:
+        r.join(60)
+    assert writer.exitcode == 0 and not errors, errors[:3]
+    assert len(set(seen)) > 2, seen  # the reads did overlap the saves
+    assert model.load_model(out)[1]["step"] == 40
 
 # ---- bench.py's command line
 @pytest.mark.parametrize("argv, expect", [
