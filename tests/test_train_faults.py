@@ -177,6 +177,32 @@ def test_sigterm_saves_and_the_resume_is_exact(tmp_path, config, reference):
     assert steps == sorted(set(steps)) == list(range(1, 11))  # each step logged once
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_exits_at_once_and_keeps_the_last_checkpoint(config, ckpt_copy, sig):
+    """The first signal asks for a save, which waits here (a reader holds the folder, as eval.py loading
+    it does); a second one, a second later, exits at once with 130 / 143, the checkpoint as it was."""
+    before = snapshot(ckpt_copy)
+    good = json.loads((ckpt_copy / "config.json").read_text())["step"]
+    with model.reading_checkpoint(ckpt_copy):
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(config), f"--out_dir={ckpt_copy}",
+                                 "--init_from=resume", "--max_iters=100000", "--eval_interval=100000"],
+                                cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(ckpt_copy, "train", good + 2, proc)
+            proc.send_signal(sig)
+            first = ""
+            while "finishing this step" not in first and proc.poll() is None:
+                first = proc.stderr.readline()
+            time.sleep(1.5)  # a repeat within a second counts as the same signal (torchrun forwards it again)
+            proc.send_signal(sig)
+            rest = proc.communicate(timeout=train_module._STOP_GRACE_S - 10)[1]  # (the watchdog exits silently)
+        finally:
+            proc.kill()
+    assert proc.returncode == 128 + sig, rest[-2000:]
+    assert f"{signal.Signals(sig).name} again: exiting now; the last checkpoint in {ckpt_copy} is kept" in rest
+    assert {k: v for k, v in snapshot(ckpt_copy).items() if k != "log.jsonl"} == {k: v for k, v in before.items() if k != "log.jsonl"}
+    assert model.load_model(ckpt_copy)[1]["step"] == good
+
 @pytest.mark.skipif(os.environ.get("CODELM_FLAKY") != "1", reason="intermittent: now and then one rank stays asleep "
                     "after the launcher's SIGKILL (about half the runs on a loaded 2-core machine); run with CODELM_FLAKY=1")
 def test_killing_torchrun_stops_its_ranks(tmp_path, config):
