@@ -23,7 +23,6 @@ first checkpoint. Ctrl-C or SIGTERM finishes the step, saves, and exits 130 / 14
 once. A resume drops log records past the checkpoint's step, so every step is logged once. Bad settings:
 one line `train.py: error: ...`, exit 2.
 """
-import ctypes
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from hf import checkpoint_config
 from model import (GPT, GPTConfig, ModelError, estimate_mfu, make_config, peak_flops, recover_checkpoint,
                    save_checkpoint, without_tied_head)
 from optim import AdamW8bit
+from sandbox import PR_SET_PDEATHSIG, _prctl  # sandbox.py holds the Linux system calls
 
 # ----------------------------------------------------------------------------- defaults
 # I/O
@@ -240,7 +240,7 @@ def die_with_parent():
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if parent == 1 or os.getppid() != parent:  # the launcher died before the call
         raise SystemExit(f"train.py: error: the launcher of rank {os.environ.get('RANK')} is gone")
 
