@@ -63,8 +63,8 @@ import types
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, file_sha256, format_eta, read_jsonl, run_command,
-                  write_json, write_jsonl)
+from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, check_output_path, file_sha256, format_eta, read_jsonl,
+                  run_command, write_json, write_jsonl)
 from lintseq import decode_edits
 from sandbox import MEMORY_LIMIT, Executor, ExecutorError
 from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens
@@ -840,15 +840,10 @@ def check_out(out):
     """--out must be a folder we can create or write, with some free space: checked before generation,
     so a bad --out never costs the run."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"--out {out}: exists and is not a folder")
+    check_output_path(out, "--out")
     base = out
     while not base.exists():
         base = base.parent
-    if not base.is_dir():
-        raise EvalError(f"--out {out}: {base} is not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise EvalError(f"--out {out}: {base} is not writable")
     free = shutil.disk_usage(base).free
     if free < MIN_FREE_BYTES:
         raise EvalError(f"--out {out}: only {free:,} bytes free on its disk (need {MIN_FREE_BYTES >> 20} MiB)")

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from data import DataError, Tokenizer, run_command
+from data import DataError, Tokenizer, check_output_path, run_command
 from model import (CHECKPOINT_FORMAT, GPT, GPTConfig, ModelError, load_model, load_state, make_config,
                    model_state_dict, read_config, reading_checkpoint, save_checkpoint)
 
@@ -473,7 +473,8 @@ def export_hf(ckpt, to, dtype=None, force=False):
     vocab rows unpadded), the tokenizer files, generation_config.json. Built under a temporary name,
     renamed at the end."""
     ckpt, to = Path(ckpt), Path(to)
-    if to.exists() and any(to.iterdir()) and not force:  # before the (slow) load
+    check_output_path(to, "--to")  # before the (slow) load
+    if to.exists() and any(to.iterdir()) and not force:
         raise ModelError(f"{to}: exists and is not empty (pass --force to replace it)")
     with reading_checkpoint(ckpt):  # the weights and the tokenizer files of one save
         model, config = load_model(ckpt, dtype=dtype)
@@ -498,6 +499,7 @@ def export_hf(ckpt, to, dtype=None, force=False):
 def import_hf(src, to, dtype=None, force=False):
     """A Hugging Face folder as a codelm checkpoint folder (weights renamed and padded, the tokenizer file
     as it came). Returns the architecture."""
+    check_output_path(to, "--to")  # before the (slow) load
     if Path(to).exists() and any(Path(to).iterdir()) and not force:
         raise ModelError(f"{to}: exists and is not empty (pass --force to replace it)")
     with reading_checkpoint(src):  # the weights and the tokenizer file (copied as it is) of one save

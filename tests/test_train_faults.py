@@ -21,7 +21,7 @@ import torch
 import bench
 import model
 import train as train_module
-from conftest import REPO, run_torchrun
+from conftest import REPO, UNWRITABLE, run_torchrun, unwritable_output
 from test_train import curve, env, make_tiny_run, records, train
 
 
@@ -100,6 +100,18 @@ def test_bad_settings_are_one_line_and_touch_nothing(case, config, ckpt_copy, tm
     assert expect in err[0]
     assert snapshot(ckpt_copy) == before
 
+
+
+@pytest.mark.parametrize("where", UNWRITABLE)
+def test_an_out_dir_nobody_can_write_is_one_line_before_any_work(config, tmp_path, where, capsys):
+    out, _ = unwritable_output(tmp_path, where)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        train_module.main([config, f"--out_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    cause = "Not a directory" if where == "below a file" else "No such file or directory"
+    assert e.value.code == 2 and err == [f"train.py: error: out_dir {str(out)!r} is not writable ({cause})"]
+    assert sorted(tmp_path.rglob("*")) == before
 
 def test_overwrite_keeps_the_old_checkpoint_and_log_until_its_own(config, ckpt_copy):
     """A scratch run told to overwrite, diverging before its first checkpoint: the old checkpoint and
