@@ -579,13 +579,12 @@ def reading_checkpoint(folder):
 
 
 def _lock_for_reading(folder):
-    """A shared flock on folder (the locked descriptor, or None), taken once no dead writer's save is
-    left half moved into place: under the shared lock no writer runs, so a .ckpt.ready found then is a
-    killed writer's, finished here (exclusive) before reading. The lock is on the directory itself, so
-    nothing is created: a read-only folder is read the same way, unless it holds such a save, which it
-    cannot finish. None when the folder cannot be opened (the reads that follow say why) or the
-    filesystem has no flock (some network mounts): it is then read unlocked, as a plain file copy
-    would be; each file there is still replaced whole."""
+    """A shared flock on folder: the locked descriptor, or None where nothing can be locked (a folder
+    that cannot be opened: the reads that follow say why; a filesystem without flock, as some network
+    mounts: read unlocked then, as a plain copy would). No writer runs while it is held, so a .ckpt.ready
+    found under it is a killed writer's: it is finished (under the exclusive lock), then locked again.
+    The lock is on the directory itself, nothing is created: a read-only folder is read the same way,
+    and refused only when it holds such a save, which it cannot finish."""
     tidied = False
     while True:
         try:
@@ -599,7 +598,7 @@ def _lock_for_reading(folder):
             fd = None
         ready, partial = (folder / READY).exists(), (folder / PARTIAL).exists()
         writable = os.access(folder, os.W_OK)
-        if not ready and (not partial or tidied or not writable):  # an uncommitted .ckpt.partial is ignored
+        if not ready and not (partial and writable and not tidied):  # a stale .ckpt.partial: tidied, or ignored
             return fd
         if fd is not None:
             os.close(fd)

@@ -198,7 +198,6 @@ def test_interrupted_checkpoint_writes(tmp_path):
     assert config["step"] == 2 and torch.all(loaded.norm.weight == 2.0) and not ready.exists()
 
 
-
 READER = """
 import json, sys
 from model import ModelError, load_model
@@ -254,6 +253,7 @@ def test_a_read_only_checkpoint_is_read_and_left_as_it_is(tmp_path):
     assert "the folder is read-only, so it cannot be finished" in got[2]["error"] and str(unfinished) in got[2]["error"]
     assert [sorted(str(p.relative_to(f)) for p in f.rglob("*")) for f in folders] == before  # no lock file, no repair
     assert load_model(unfinished)[1]["step"] == 4 and not (unfinished / READY).exists()  # writable again: finished
+
 
 def test_strict_loading_names_what_is_wrong(tmp_path):
     m = tiny()
