@@ -1,8 +1,8 @@
 """train.py and bench.py under bad input and faults: every bad setting is one line and exit 2 with the
 out folder left byte-identical; a diverged run never replaces the last good checkpoint and keeps the
-log strict JSON; a full disk during a save is one line and no partial folder; SIGTERM saves and a resume
-continues exactly; killing torchrun stops its ranks; two repairers of one folder, and a reader during a
-save, never break a checkpoint."""
+log strict JSON; a full disk during a save is one line and no partial folder; an out_dir no one can write
+is one line; SIGTERM saves and a resume continues exactly, a second signal exits at once; killing torchrun
+stops its ranks; two repairers of one folder, and readers during saves, never break a checkpoint."""
 import hashlib
 import json
 import multiprocessing
