@@ -27,6 +27,7 @@ import shutil
 import sys
 import sysconfig
 import signal
+import tempfile
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -117,6 +118,27 @@ def atomic_write_bytes(path, data):
         tmp.unlink(missing_ok=True)
         raise
 
+
+def check_output_path(path, flag, folder=True):
+    """Refuse, before any work, an output that cannot be written: `path` is a folder to create or fill
+    (folder=False: a file to write), named on the command line by `flag`. Its nearest existing ancestor
+    must be a folder in which a file can really be created: a probe file is made there and removed at
+    once, because os.access says yes to root everywhere and some folders (/proc, read-only mounts) take
+    no new file from anyone."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise DataError(f"{flag} {path}: " + ("exists and is not a folder" if folder else "is a folder, not a file"))
+    base = path if folder else path.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise DataError(f"{flag} {path}: {base} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=base)
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot create files in {base} ({e.strerror})")
+    os.close(fd)
+    os.unlink(probe)
 
 def write_json(path, obj):
     """obj as indented UTF-8 JSON, atomically (atomic_write_bytes)."""
@@ -1001,19 +1023,13 @@ def prepare_corpus(src, out, vocab_size=VOCAB_SIZE, tokenizer=None, ext=(".py",)
 
 def check_corpus_options(out, vocab_size, val_fraction, workers):
     """Bad options end here, before any work, with the allowed range."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a folder")
+    check_output_path(out, "--out")
     if not 0 <= val_fraction < 1:
         raise DataError(f"--val_fraction must be in [0, 1), got {val_fraction}")
     if vocab_size < 256 + len(SPECIAL_PIECES):
         raise DataError(f"--vocab_size must be at least {256 + len(SPECIAL_PIECES)} (byte fallback needs 256 pieces), got {vocab_size}")
     if workers is not None and workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
-    parent = out.parent if not out.exists() else out
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise DataError(f"--out {out}: {parent} is not writable")
 
 
 def remove_stale_temps(out):
@@ -1254,10 +1270,9 @@ def _source_postprocess(tokenizer_path):
 
 def _check_out(out):
     out = Path(out)
+    check_output_path(out, "--out")
     if out.exists() and not (out / "meta.json").is_file() and any(out.iterdir()):
         raise DataError(f"{out}: exists and is not a codelm data folder; refusing to overwrite it")
-    if not os.access(out.parent if out.parent.exists() else Path("."), os.W_OK):
-        raise DataError(f"{out.parent}: not writable")
 
 
 def _report(out, meta, skips, src):

@@ -68,8 +68,8 @@ import types
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, file_sha256, format_eta, read_jsonl, run_command,
-                  write_json, write_jsonl)
+from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, check_output_path, file_sha256, format_eta, read_jsonl,
+                  run_command, write_json, write_jsonl)
 from lintseq import decode_edits
 from sandbox import MEMORY_LIMIT, Executor, ExecutorError
 from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens, sugarize
@@ -1017,15 +1017,10 @@ def check_out(out):
     """--out must be a folder we can create or write, with some free space: checked before generation,
     so a bad --out never costs the run."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"--out {out}: exists and is not a folder")
+    check_output_path(out, "--out")
     base = out
     while not base.exists():
         base = base.parent
-    if not base.is_dir():
-        raise EvalError(f"--out {out}: {base} is not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise EvalError(f"--out {out}: {base} is not writable")
     free = shutil.disk_usage(base).free
     if free < MIN_FREE_BYTES:
         raise EvalError(f"--out {out}: only {free:,} bytes free on its disk (need {MIN_FREE_BYTES >> 20} MiB)")
@@ -1207,7 +1202,7 @@ def load_checkpoint(ckpt, device):
     import torch.distributed as dist
 
     from data import Tokenizer
-    from model import ModelError, load_model
+    from model import ModelError, load_model, reading_checkpoint
     cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
     if rank_and_world()[1] > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -1216,8 +1211,9 @@ def load_checkpoint(ckpt, device):
             torch.cuda.set_device(device)
     device = device or ("cuda" if cuda else "cpu")
     try:
-        model, config = load_model(ckpt, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else None)
-        tok = Tokenizer.load(ckpt)
+        with reading_checkpoint(ckpt):  # the weights and the tokenizer of one save, even while training writes
+            model, config = load_model(ckpt, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else None)
+            tok = Tokenizer.load(ckpt)
     except (ModelError, DataError) as e:
         raise EvalError(str(e))
     return model, tok, config

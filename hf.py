@@ -23,9 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from data import DataError, Tokenizer, run_command
+from data import DataError, Tokenizer, check_output_path, run_command
 from model import (CHECKPOINT_FORMAT, GPT, GPTConfig, ModelError, load_model, load_state, make_config,
-                   model_state_dict, read_config, save_checkpoint)
+                   model_state_dict, read_config, reading_checkpoint, save_checkpoint)
 
 
 # Each family is our network under other tensor names: both sides use rotate-half RoPE, so import and
@@ -473,14 +473,16 @@ def export_hf(ckpt, to, dtype=None, force=False):
     vocab rows unpadded), the tokenizer files, generation_config.json. Built under a temporary name,
     renamed at the end."""
     ckpt, to = Path(ckpt), Path(to)
-    if to.exists() and any(to.iterdir()) and not force:  # before the (slow) load
+    check_output_path(to, "--to")  # before the (slow) load
+    if to.exists() and any(to.iterdir()) and not force:
         raise ModelError(f"{to}: exists and is not empty (pass --force to replace it)")
-    model, config = load_model(ckpt, dtype=dtype)
-    family = export_family(model.cfg)
-    tok = Tokenizer.load(ckpt)
+    with reading_checkpoint(ckpt):  # the weights and the tokenizer files of one save
+        model, config = load_model(ckpt, dtype=dtype)
+        tok = Tokenizer.load(ckpt)
+        family = export_family(model.cfg)
+        files = tokenizer_files(tok, model.cfg)
     tensors = export_tensors(model, family)
     wdtype = next(iter(tensors.values())).dtype
-    files = tokenizer_files(tok, model.cfg)
     files["config.json"] = hf_config(model.cfg, family, tok, wdtype, config.get("postprocess"))
     files["generation_config.json"] = {"_from_model_config": True, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
                                        "pad_token_id": tok.pad_id}
@@ -497,12 +499,14 @@ def export_hf(ckpt, to, dtype=None, force=False):
 def import_hf(src, to, dtype=None, force=False):
     """A Hugging Face folder as a codelm checkpoint folder (weights renamed and padded, the tokenizer file
     as it came). Returns the architecture."""
+    check_output_path(to, "--to")  # before the (slow) load
     if Path(to).exists() and any(Path(to).iterdir()) and not force:
         raise ModelError(f"{to}: exists and is not empty (pass --force to replace it)")
-    model, config = load_model(src, dtype=dtype)
-    tok = Tokenizer.load(src)
-    ckpt = make_config(model.cfg, tok.to_config(), {}, 0, config.get("postprocess"))
-    replace_folder(to, lambda tmp: save_checkpoint(tmp, model_state_dict(model), ckpt, tokenizer_file=tok.model_path), force)
+    with reading_checkpoint(src):  # the weights and the tokenizer file (copied as it is) of one save
+        model, config = load_model(src, dtype=dtype)
+        tok = Tokenizer.load(src)
+        ckpt = make_config(model.cfg, tok.to_config(), {}, 0, config.get("postprocess"))
+        replace_folder(to, lambda tmp: save_checkpoint(tmp, model_state_dict(model), ckpt, tokenizer_file=tok.model_path), force)
     return FAMILIES[config["hf_family"]].arch if config.get("format") == "hf" else "codelm"
 
 

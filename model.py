@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -522,8 +523,11 @@ def estimate_mfu(flops_per_token, tokens_per_second, peak, world_size=1):
 # out/model.safetensors, config.json, tokenizer.model, train_state.pt. A save writes every file into
 # out/.ckpt.partial/, renames that folder to out/.ckpt.ready/ (the commit point), then moves the
 # files into out/. A reader that finds .ckpt.ready finishes the moves first, so a kill at any moment
-# leaves either the previous checkpoint or the new one, never a mix.
+# leaves either the previous checkpoint or the new one, never a mix. Writers hold an exclusive lock on
+# the folder for the whole save, readers a shared one while they read (reading_checkpoint), so a reader
+# never sees a save half moved into place and never touches a save in progress.
 PARTIAL, READY = ".ckpt.partial", ".ckpt.ready"
+_held = threading.local()  # .folders: the folders this thread holds a read lock on (reading_checkpoint nests)
 
 
 def make_config(model_cfg, tokenizer=None, train=None, step=0, postprocess=None):
@@ -545,14 +549,64 @@ def _fsync_dir(path):
 @contextmanager
 def _folder_lock(folder):
     """An exclusive lock on a checkpoint folder (flock on the directory itself; the kernel releases it
-    when the holder dies): one writer or repairer at a time, so a reader never repairs, or deletes,
-    a save that a live writer is still making."""
+    when the holder dies): one writer or repairer at a time, and no reader meanwhile."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def reading_checkpoint(folder):
+    """Hold checkpoint `folder` still while the caller reads it (config, weights, tokenizer): no save
+    starts or finishes meanwhile. Nests within a thread, so a caller can wrap load_model and its own
+    reads of the same folder in one."""
+    key = os.path.realpath(folder)
+    held = _held.__dict__.setdefault("folders", set())
+    if key in held:
+        yield
+        return
+    fd = _lock_for_reading(Path(folder))
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _lock_for_reading(folder):
+    """A shared flock on folder: the locked descriptor, or None where nothing can be locked (a folder
+    that cannot be opened: the reads that follow say why; a filesystem without flock, as some network
+    mounts: read unlocked then, as a plain copy would). No writer runs while it is held, so a .ckpt.ready
+    found under it is a killed writer's: it is finished (under the exclusive lock), then locked again.
+    The lock is on the directory itself, nothing is created: a read-only folder is read the same way,
+    and refused only when it holds such a save, which it cannot finish."""
+    tidied = False
+    while True:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            os.close(fd)
+            fd = None
+        ready, partial = (folder / READY).exists(), (folder / PARTIAL).exists()
+        writable = os.access(folder, os.W_OK)
+        if not ready and not (partial and writable and not tidied):  # a stale .ckpt.partial: tidied, or ignored
+            return fd
+        if fd is not None:
+            os.close(fd)
+        if not writable:
+            raise ModelError(f"{folder}: a save was killed before all its files were moved into place ({READY}); "
+                             "the folder is read-only, so it cannot be finished: make it writable and read it again")
+        recover_checkpoint(folder)
+        tidied = True
 
 
 def _repair(folder):
@@ -635,15 +689,16 @@ def _write_files(partial, state_dict, config, tokenizer_file, train_state, weigh
 
 
 def read_config(folder):
+    """The config.json of a checkpoint folder (an unfinished save of a killed writer finished first)."""
     folder = Path(folder)
-    recover_checkpoint(folder) if os.access(folder, os.W_OK) else None
     path = folder / "config.json"
-    if not path.is_file():
-        raise ModelError(f"{folder}: no config.json (not a checkpoint folder)")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: not valid JSON ({e})")
+    with reading_checkpoint(folder):
+        if not path.is_file():
+            raise ModelError(f"{folder}: no config.json (not a checkpoint folder)")
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{path}: not valid JSON ({e})")
     if not isinstance(config, dict):
         raise ModelError(f"{path}: expected a JSON object")
     return config
@@ -652,12 +707,18 @@ def read_config(folder):
 def load_model(folder, device="cpu", dtype=None):
     """Load a checkpoint folder. Returns (model in eval mode, config dict). The model is built on the
     meta device and the weights are assigned straight from the file, cast to dtype if given, so no
-    second full-precision copy is ever made."""
+    second full-precision copy is ever made. The folder is read under reading_checkpoint: the config
+    and the weights are always of the same save."""
+    folder = Path(folder)
+    with reading_checkpoint(folder):
+        return _load_model(folder, device, dtype)
+
+
+def _load_model(folder, device, dtype):
     # hf.py and finetune.py build on this file, so they are imported here, where a folder needs them
     import finetune
     import hf
 
-    folder = Path(folder)
     config = read_config(folder)
     if hf.is_hf_config(config):  # a Hugging Face Llama/Mistral folder
         return hf.load_hf_model(folder, device, dtype)

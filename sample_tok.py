@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data import SPECIAL_PIECES, DataError, Tokenizer, iter_source_texts, progress, read_jsonl, run_command, write_json
+from data import (SPECIAL_PIECES, DataError, Tokenizer, check_output_path, iter_source_texts, progress, read_jsonl,
+                  run_command, write_json)
 from hf_tokenizer import byte_symbols
 
 # ----------------------------------------------------------------------------- defaults
@@ -1009,9 +1010,7 @@ def check_output_file(path):
     p = Path(path)
     if p.is_dir():
         _fail(f"--output_file {p}: is a folder; give a .json file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if parent.exists() and (not parent.is_dir() or not os.access(parent, os.W_OK)):
-        _fail(f"--output_file {p}: {parent} is not a writable folder")
+    check_output_path(p, "--output_file", folder=False)
 
 
 def run_stats(config_path, num_batches, output_file, seed=0, exclude_always_present=False, top=20, tokenizer=None,

@@ -23,7 +23,6 @@ first checkpoint. Ctrl-C or SIGTERM finishes the step, saves, and exits 130 / 14
 once. A resume drops log records past the checkpoint's step, so every step is logged once. Bad settings:
 one line `train.py: error: ...`, exit 2.
 """
-import ctypes
 import json
 import math
 import os
@@ -55,6 +54,7 @@ from hf import checkpoint_config
 from model import (GPT, GPTConfig, ModelError, estimate_mfu, make_config, peak_flops, recover_checkpoint,
                    save_checkpoint, without_tied_head)
 from optim import AdamW8bit
+from sandbox import PR_SET_PDEATHSIG, _prctl  # sandbox.py holds the Linux system calls
 
 # ----------------------------------------------------------------------------- defaults
 # I/O
@@ -249,7 +249,7 @@ def die_with_parent():
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if parent == 1 or os.getppid() != parent:  # the launcher died before the call
         raise SystemExit(f"train.py: error: the launcher of rank {os.environ.get('RANK')} is gone")
 
@@ -670,22 +670,40 @@ def resume_note(state, cfg, env):
 class StopSignal:
     """Ctrl-C / SIGTERM while training: the first asks the run to stop after the current step and save;
     another one, a second or more later, exits at once (a launcher such as torchrun forwards the user's
-    Ctrl-C to ranks that already got it, so repeats within a second count as one)."""
+    Ctrl-C to ranks that already got it, so repeats within a second count as one). A thread acts on the
+    signals, woken through signal.set_wakeup_fd, not the main thread's handler: the main thread may wait
+    in a call that signals do not interrupt (a collective, the checkpoint folder's lock held by a
+    reader), and a second signal must still end the run then."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, out_dir):
         self.out_dir, self.signum, self.at, self.previous = out_dir, None, 0.0, {}
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self.previous[s] = signal.signal(s, self._handle)
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)  # (set_wakeup_fd requires it)
+        self.previous_wakeup = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="stop-signal", daemon=True).start()
+        for s in self.SIGNALS:
+            self.previous[s] = signal.signal(s, lambda *_: None)  # the watcher thread acts; this only wakes it
             signal.siginterrupt(s, False)  # restart interrupted system calls: a collective in flight must not fail
         return self
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+        signal.set_wakeup_fd(self.previous_wakeup)
+        os.close(self.write_fd)  # the watcher reads end of file and ends
 
-    def _handle(self, signum, frame):
+    def _watch(self):
+        while received := os.read(self.read_fd, 64):  # one byte per signal
+            for signum in received:
+                if signum in self.SIGNALS:
+                    self._handle(signum)
+        os.close(self.read_fd)
+
+    def _handle(self, signum):
         if self.signum is None:
             self.signum, self.at = signum, time.monotonic()
             # if another rank died instead of stopping, the collectives of the save would wait for it forever

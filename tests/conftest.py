@@ -73,3 +73,17 @@ def tiny_ckpt(tmp_path_factory, tokenizer_path):
     folder = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(folder, model_state_dict(model), make_config(cfg, tok.to_config()), tokenizer_file=tokenizer_path)
     return folder
+
+
+UNWRITABLE = ("below a file", "below /proc")
+
+
+def unwritable_output(tmp_path, where, name="out"):
+    """(path, cause in the error) of an output no one can write, root included (tests run as root, where
+    chmod stops nothing): below a regular file (tmp_path/a_file, which must stay as it is), or below /proc,
+    which takes no new file."""
+    if where == "below a file":
+        blocker = tmp_path / "a_file"
+        blocker.write_text("kept")
+        return blocker / name, f"{blocker} is not a folder"
+    return Path("/proc/codelm-test") / name, "cannot create files in /proc (No such file or directory)"

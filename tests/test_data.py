@@ -246,6 +246,8 @@ def test_cli_errors_are_one_line(tmp_path):
     ("tiny vocabulary", ["--vocab_size", "10"], "--vocab_size must be at least 260"),
     ("no workers", ["--workers", "0"], "--workers must be >= 1, got 0"),
     ("out is a file", ["--out", "{tmp}/afile"], "afile: exists and is not a folder"),
+    ("out below a file", ["--out", "{tmp}/afile/out"], "afile/out: {tmp}/afile is not a folder"),
+    ("out below /proc", ["--out", "/proc/codelm-test/out"], "cannot create files in /proc (No such file or directory)"),
     ("suffix with no files", ["--ext", ".rs"], "no files with suffix .rs"),
 ])
 def test_corpus_bad_options_fail_before_any_work(tmp_path, case, args, message):
@@ -256,6 +258,7 @@ def test_corpus_bad_options_fail_before_any_work(tmp_path, case, args, message):
     base = ["corpus", "--src", str(src)] + ([] if "--out" in args else ["--out", str(out)])
     r = run_cli(*base, *args)
     assert r.returncode == 2, (case, r.stderr)
+    message = message.replace("{tmp}", str(tmp_path))
     assert r.stderr.startswith("data.py: error: ") and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not out.exists() and (tmp_path / "afile").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "src"]

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import UNWRITABLE, unwritable_output
+
 INTENT_RECORDS = [  # realistic records: a module's left context, the signature, then what the model writes
     {"left_context": "import os\nimport json\nfrom pathlib import Path\n\nCONFIG_NAME = 'settings.json'\n\n\n"
                      "def config_dir():\n    return Path(os.environ.get('APP_HOME', '~/.app')).expanduser()\n\n\n",
@@ -406,3 +408,16 @@ def test_eval_prompts_start_as_the_training_examples_did(tmp_path, tokenizer_pat
         for i in range(len(d)):
             tokens, _ = d.example(i)
             assert list(tokens[:len(head)]) == head and (head or int(tokens[0]) not in (tok.bos_id, tok.eos_id))
+
+
+@pytest.mark.parametrize("where", UNWRITABLE)
+def test_sft_out_nobody_can_write_is_one_line_before_any_work(tmp_path, sft_src, tokenizer_path, where, capsys):
+    import data
+
+    out, cause = unwritable_output(tmp_path, where)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        data.run_command("data.py", data.main, ["sft", "--src", str(sft_src), "--tokenizer", str(tokenizer_path),
+                                                "--out", str(out), "--max_len", "64"])
+    assert e.value.code == 2 and capsys.readouterr().err == f"data.py: error: --out {out}: {cause}\n"
+    assert sorted(tmp_path.rglob("*")) == before

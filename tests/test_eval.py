@@ -365,10 +365,11 @@ def test_bad_out_folder_is_refused_before_any_work(tmp_path, monkeypatch):
     samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\n')
     a_file = tmp_path / "taken"
     a_file.write_text("x")
-    for out, message in ((a_file, "exists and is not a folder"), (a_file / "sub", "is not a folder")):
+    for out, message in ((a_file, "exists and is not a folder"), (a_file / "sub", f"{a_file} is not a folder"),
+                         ("/proc/codelm-test/out", "cannot create files in /proc (No such file or directory)")):
         r = run_cli("--samples", samples, "--out", out)
-        assert r.returncode == 2 and message in r.stderr, r.stderr
-        assert a_file.read_text() == "x"
+        assert r.returncode == 2 and r.stderr == f"eval.py: error: --out {out}: {message}\n", r.stderr
+        assert a_file.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl", "taken"]
     # a full disk (its free space faked; a real one cannot be made without privileges)
     monkeypatch.setattr(ev.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=4096))
     with pytest.raises(ev.EvalError, match="only 4,096 bytes free"):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO
+from conftest import REPO, UNWRITABLE, unwritable_output
 
 
 def hf_tensors(vocab, n_layer=2, hidden=64, heads=4, kv=2, inter=96, tie=False, seed=0):
@@ -289,3 +289,16 @@ def test_bad_hf_folders_are_refused_by_name(tmp_path, hf_dir, what, expect):
     with pytest.raises(ModelError) as e:
         load_model(folder)
     assert expect in str(e.value)
+
+
+@pytest.mark.parametrize("where", UNWRITABLE)
+@pytest.mark.parametrize("cmd", ["import", "export"])
+def test_a_target_nobody_can_write_is_one_line_before_the_load(tmp_path, tiny_ckpt, cmd, where, capsys):
+    import hf
+
+    to, cause = unwritable_output(tmp_path, where)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        hf.main([cmd, "--hf" if cmd == "import" else "--ckpt", str(tiny_ckpt), "--to", str(to)])
+    assert e.value.code == 2 and capsys.readouterr().err == f"hf.py: error: --to {to}: {cause}\n"
+    assert sorted(tmp_path.rglob("*")) == before

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import sample_tok as st
+from conftest import UNWRITABLE, unwritable_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -534,6 +535,16 @@ def test_output_file_folder_fails_before_sampling(small_config, tmp_path):
     r = run_cli(path, "--num_batches", "500", "--output_file", folder, "--workers", "0")
     assert r.returncode == 2 and r.stderr == f"sample_tok.py: error: --output_file {folder}: is a folder; give a .json file name\n"
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", UNWRITABLE)
+def test_output_file_nobody_can_write_fails_before_sampling(small_config, tmp_path, where):
+    path, _ = small_config
+    out, cause = unwritable_output(tmp_path, where, "freq.json")
+    before = sorted(tmp_path.rglob("*"))
+    r = run_cli(path, "--num_batches", "500", "--output_file", out, "--workers", "0")
+    assert r.returncode == 2 and r.stderr == f"sample_tok.py: error: --output_file {out}: {cause}\n"
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_cli_help():

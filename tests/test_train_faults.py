@@ -1,8 +1,8 @@
 """train.py and bench.py under bad input and faults: every bad setting is one line and exit 2 with the
 out folder left byte-identical; a diverged run never replaces the last good checkpoint and keeps the
-log strict JSON; a full disk during a save is one line and no partial folder; SIGTERM saves and a resume
-continues exactly; killing torchrun stops its ranks; two repairers of one folder, and a reader during a
-save, never break a checkpoint."""
+log strict JSON; a full disk during a save is one line and no partial folder; an out_dir no one can write
+is one line; SIGTERM saves and a resume continues exactly, a second signal exits at once; killing torchrun
+stops its ranks; two repairers of one folder, and readers during saves, never break a checkpoint."""
 import hashlib
 import json
 import multiprocessing
@@ -16,11 +16,12 @@ import threading
 import time
 
 import pytest
+import torch
 
 import bench
 import model
 import train as train_module
-from conftest import REPO, run_torchrun
+from conftest import REPO, UNWRITABLE, run_torchrun, unwritable_output
 from test_train import curve, env, make_tiny_run, records, train
 
 
@@ -100,6 +101,18 @@ def test_bad_settings_are_one_line_and_touch_nothing(case, config, ckpt_copy, tm
     assert snapshot(ckpt_copy) == before
 
 
+@pytest.mark.parametrize("where", UNWRITABLE)
+def test_an_out_dir_nobody_can_write_is_one_line_before_any_work(config, tmp_path, where, capsys):
+    out, _ = unwritable_output(tmp_path, where)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        train_module.main([config, f"--out_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    cause = "Not a directory" if where == "below a file" else "No such file or directory"
+    assert e.value.code == 2 and err == [f"train.py: error: out_dir {str(out)!r} is not writable ({cause})"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_overwrite_keeps_the_old_checkpoint_and_log_until_its_own(config, ckpt_copy):
     """A scratch run told to overwrite, diverging before its first checkpoint: the old checkpoint and
     log are untouched; its own log (log.jsonl.new) is strict JSON and names no checkpoint as good."""
@@ -176,8 +189,33 @@ def test_sigterm_saves_and_the_resume_is_exact(tmp_path, config, reference):
     assert steps == sorted(set(steps)) == list(range(1, 11))  # each step logged once
 
 
-@pytest.mark.skipif(os.environ.get("CODELM_FLAKY") != "1", reason="intermittent: now and then one rank stays asleep "
-                    "after the launcher's SIGKILL (about half the runs on a loaded 2-core machine); run with CODELM_FLAKY=1")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_exits_at_once_and_keeps_the_last_checkpoint(config, ckpt_copy, sig):
+    """The first signal asks for a save, which waits here (a reader holds the folder, as eval.py loading
+    it does); a second one, a second later, exits at once with 130 / 143, the checkpoint as it was."""
+    before = snapshot(ckpt_copy)
+    good = json.loads((ckpt_copy / "config.json").read_text())["step"]
+    with model.reading_checkpoint(ckpt_copy):
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(config), f"--out_dir={ckpt_copy}",
+                                 "--init_from=resume", "--max_iters=100000", "--eval_interval=100000"],
+                                cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(ckpt_copy, "train", good + 2, proc)
+            proc.send_signal(sig)
+            first = ""
+            while "finishing this step" not in first and proc.poll() is None:
+                first = proc.stderr.readline()
+            time.sleep(1.5)  # a repeat within a second counts as the same signal (torchrun forwards it again)
+            proc.send_signal(sig)
+            rest = proc.communicate(timeout=train_module._STOP_GRACE_S - 10)[1]  # (the watchdog exits silently)
+        finally:
+            proc.kill()
+    assert proc.returncode == 128 + sig, rest[-2000:]
+    assert f"{signal.Signals(sig).name} again: exiting now; the last checkpoint in {ckpt_copy} is kept" in rest
+    assert {k: v for k, v in snapshot(ckpt_copy).items() if k != "log.jsonl"} == {k: v for k, v in before.items() if k != "log.jsonl"}
+    assert model.load_model(ckpt_copy)[1]["step"] == good
+
+
 def test_killing_torchrun_stops_its_ranks(tmp_path, config):
     """SIGKILL to the launcher: its ranks get SIGTERM (parent-death signal), save and exit (or, if the
     save hangs, exit through the stop watchdog within train._STOP_GRACE_S)."""
@@ -279,6 +317,57 @@ def test_a_reader_during_a_save_waits_and_deletes_nothing(tmp_path, tiny_ckpt):
     finally:
         release.set()
         writer.join(60)
+
+
+def _numbered_save(folder, i, tok_dir):
+    """Checkpoint number i: every weight equal to i, config step i, tokenizer file b"tokenizer i"."""
+    cfg = model.GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    with torch.device("meta"):
+        shapes = model.model_state_dict(model.GPT(cfg))
+    tok = tok_dir / f"tok{i}.model"
+    tok.write_bytes(f"tokenizer {i}".encode())
+    model.save_checkpoint(folder, {k: torch.full(v.shape, float(i)) for k, v in shapes.items()},
+                          model.make_config(cfg, step=i), tokenizer_file=tok)
+
+
+def _saves(folder, tok_dir, n):
+    for i in range(1, n + 1):
+        _numbered_save(folder, i, tok_dir)
+        time.sleep(0.005)  # (room for the readers between saves: a lock is not a queue)
+
+
+def test_readers_during_saves_get_one_whole_checkpoint(tmp_path):
+    """Readers (as eval.py --ckpt out/ while training saves there) always get the config, weights and
+    tokenizer of one save, old or new, and never an error."""
+    out = tmp_path / "out"
+    _numbered_save(out, 0, tmp_path)
+    writer = multiprocessing.get_context("fork").Process(target=_saves, args=(out, tmp_path, 40))
+    seen, errors = [], []
+
+    def read_while_saving():
+        while writer.is_alive():
+            try:
+                with model.reading_checkpoint(out):
+                    m, config = model.load_model(out)
+                    tok = (out / "tokenizer.model").read_bytes()
+            except Exception as e:  # noqa: BLE001 (any error is a failure; collected to report it)
+                errors.append(repr(e))
+                continue
+            i = config["step"]
+            if tok != f"tokenizer {i}".encode() or not all(bool((p == i).all()) for p in m.parameters()):
+                errors.append(f"config of save {i} read with other files")
+            seen.append(i)
+
+    writer.start()
+    readers = [threading.Thread(target=read_while_saving) for _ in range(2)]
+    for r in readers:
+        r.start()
+    writer.join(240)
+    for r in readers:
+        r.join(60)
+    assert writer.exitcode == 0 and not errors, errors[:3]
+    assert len(set(seen)) > 2, seen  # the reads did overlap the saves
+    assert model.load_model(out)[1]["step"] == 40
 
 
 # ---- bench.py's command line
