@@ -21,7 +21,6 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyflakes as _pf
@@ -34,6 +33,7 @@ import lintseq as ls
 import sample_tok
 import sugar as sg
 import train
+from checkpoint import CheckpointError
 from configurator import ConfigError
 from data import Tokenizer, iter_source_texts, run_command, stdlib_files, train_tokenizer
 from hf import ours_to_hf
@@ -119,7 +119,7 @@ def _run(argv):
 def main(argv=None):
     """Bad input (a missing config, a misspelt override, --steps 0, an unknown device): one line
     `bench.py: error: ...`, exit 2."""
-    return run_command("bench.py", _run, argv, errors=(BenchError, ConfigError, train.TrainError, ModelError),
+    return run_command("bench.py", _run, argv, errors=(BenchError, ConfigError, train.TrainError, ModelError, CheckpointError),
                        kept="nothing was written")
 
 

@@ -1202,7 +1202,8 @@ def load_checkpoint(ckpt, device):
     import torch.distributed as dist
 
     from data import Tokenizer
-    from model import ModelError, load_model, reading_checkpoint
+    from checkpoint import CheckpointError, reading_checkpoint
+    from model import ModelError, load_model
     cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
     if rank_and_world()[1] > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -1214,7 +1215,7 @@ def load_checkpoint(ckpt, device):
         with reading_checkpoint(ckpt):  # the weights and the tokenizer of one save, even while training writes
             model, config = load_model(ckpt, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else None)
             tok = Tokenizer.load(ckpt)
-    except (ModelError, DataError) as e:
+    except (ModelError, CheckpointError, DataError) as e:
         raise EvalError(str(e))
     return model, tok, config
 

@@ -23,9 +23,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from checkpoint import CheckpointError, reading_checkpoint, save_checkpoint
 from data import DataError, Tokenizer, check_output_path, run_command
 from model import (CHECKPOINT_FORMAT, GPT, GPTConfig, ModelError, load_model, load_state, make_config,
-                   model_state_dict, read_config, reading_checkpoint, save_checkpoint)
+                   model_state_dict, read_config)
 
 
 # Each family is our network under other tensor names: both sides use rotate-half RoPE, so import and
@@ -534,7 +535,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def main(argv=None):
     """Run the command line (one line `hf.py: error: ...` and exit 2 on bad input, nothing written)."""
-    return run_command("hf.py", _main, argv, errors=(ModelError,))
+    return run_command("hf.py", _main, argv, errors=(ModelError, CheckpointError))
 
 
 def _main(argv=None):

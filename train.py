@@ -45,14 +45,14 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import eval as codelm_eval
+from checkpoint import CheckpointError, recover_checkpoint, save_checkpoint
 from configurator import ConfigError, configurable, configure, describe
 from data import BATCH_BUDGETS as _SFT_BUDGETS  # (a private name: configurator takes public globals as settings)
 from data import (DataError, SFTData, SFTSchedule, Tokenizer, atomic_write_bytes, collate_sft, format_eta,
                   load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, run_command, sample_windows)
 from finetune import LoraSettings, finetune_checkpoint, finetune_model, new_rows_only, parse_lora_targets
 from hf import checkpoint_config
-from model import (GPT, GPTConfig, ModelError, estimate_mfu, make_config, peak_flops, recover_checkpoint,
-                   save_checkpoint, without_tied_head)
+from model import GPT, GPTConfig, ModelError, estimate_mfu, make_config, peak_flops, without_tied_head
 from optim import AdamW8bit
 from sandbox import PR_SET_PDEATHSIG, _prctl  # sandbox.py holds the Linux system calls
 
@@ -137,7 +137,7 @@ class TrainError(Exception):
     """Bad input to a training run; the message names the key, file or step."""
 
 
-_BAD_INPUT = (ConfigError, TrainError, DataError, ModelError)
+_BAD_INPUT = (ConfigError, TrainError, DataError, ModelError, CheckpointError)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -849,7 +849,7 @@ class Trainer:
             try:
                 save_checkpoint(self.out, state, ckpt_config, tokenizer_file=self.data.tok.model_path,
                                 train_state=train_state, weights_name=weights_name)
-            except ModelError as e:
+            except CheckpointError as e:
                 error = e
         if not all_agree(env, error is None):
             raise error or TrainError("rank 0 could not save the checkpoint")

@@ -64,7 +64,8 @@ def tiny_ckpt(tmp_path_factory, tokenizer_path):
     import torch
 
     from data import Tokenizer
-    from model import GPT, GPTConfig, make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig, make_config, model_state_dict
 
     tok = Tokenizer(tokenizer_path)
     torch.manual_seed(0)

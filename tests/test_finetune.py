@@ -198,7 +198,8 @@ def test_new_rows_only_keeps_the_other_rows_bit_identical(tiny_ckpt):
 def test_trainable_tensors_round_trip_and_adapters_load_as_merged(tiny_ckpt, tmp_path):
     from data import Tokenizer
     from finetune import finetune_checkpoint, finetune_model, load_trainable, pack_trainable
-    from model import load_model, make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import load_model, make_config, model_state_dict
 
     tok = Tokenizer.load(tiny_ckpt)
     meta = sft_meta(tok, ["<a>"])
@@ -232,7 +233,8 @@ def test_trainable_tensors_round_trip_and_adapters_load_as_merged(tiny_ckpt, tmp
 def tied_ckpt(folder, tokenizer_file):
     """A tiny checkpoint whose head is its embedding."""
     from data import Tokenizer
-    from model import make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import make_config, model_state_dict
 
     model = tiny(tie=True, vocab=Tokenizer(tokenizer_file).vocab_size)
     save_checkpoint(folder, model_state_dict(model), make_config(model.cfg, Tokenizer(tokenizer_file).to_config()),
@@ -248,7 +250,8 @@ def test_whole_embeddings_save_with_the_adapters_and_load_merged(tiny_ckpt, tmp_
 
     from data import Tokenizer
     from finetune import finetune_checkpoint, finetune_model, load_trainable, pack_trainable
-    from model import ModelError, load_model, make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import ModelError, load_model, make_config, model_state_dict
 
     tokenizer_file = tiny_ckpt / "tokenizer.model"
     src = tied_ckpt(tmp_path / "tied", tokenizer_file) if tie else tiny_ckpt

@@ -159,7 +159,8 @@ def _grown_ckpt(tmp_path, tiny_ckpt):
     """tiny_ckpt with two added tokens (the vocab grown, new rows = mean), saved as a new checkpoint."""
     from data import Tokenizer
     from finetune import grow_vocab
-    from model import load_model, make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import load_model, make_config, model_state_dict
 
     model, config = load_model(tiny_ckpt)
     tok = Tokenizer.load(tiny_ckpt)

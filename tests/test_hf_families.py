@@ -121,7 +121,8 @@ def test_export_carries_added_tokens_into_tokenizer_json(folders, tmp_path):
     from data import Tokenizer
     from finetune import grow_vocab
     from hf import export_hf
-    from model import load_model, make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import load_model, make_config, model_state_dict
 
     model, _ = load_model(folders["gpt_neox"])
     tok = Tokenizer.load(folders["gpt_neox"])

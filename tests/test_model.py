@@ -1,18 +1,15 @@
-"""model.py: the transformer, KV-cache generation, accounting, and the checkpoint folder."""
+"""model.py: the transformer, KV-cache generation, accounting, and loading checkpoint folders."""
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (GPT, PARTIAL, READY, GPTConfig, ModelError, load_model, make_config, model_state_dict,
-                   recover_checkpoint, sample_next, save_checkpoint)
+from checkpoint import recover_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, ModelError, load_model, make_config, model_state_dict, sample_next
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,84 +172,6 @@ def test_config_missing_a_shape_key_is_named(tmp_path):
     (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=r"config.json: model config lacks n_embd"):
         load_model(tmp_path / "ck")
-
-
-def test_interrupted_checkpoint_writes(tmp_path):
-    m1, m2 = tiny(), tiny(n_layer=2)
-    with torch.no_grad():
-        m2.norm.weight.fill_(2.0)
-    folder = tmp_path / "ck"
-    save_checkpoint(folder, model_state_dict(m1), make_config(m1.cfg, step=1))
-    # killed while writing: a partial folder is ignored and the previous checkpoint loads
-    (folder / ".ckpt.partial").mkdir()
-    (folder / ".ckpt.partial" / "model.safetensors").write_bytes(b"garbage")
-    loaded, config = load_model(folder)
-    assert config["step"] == 1 and not (folder / ".ckpt.partial").exists()
-    # killed while moving a committed checkpoint into place: the reader finishes the moves
-    save_checkpoint(tmp_path / "next", model_state_dict(m2), make_config(m2.cfg, step=2))
-    ready = folder / ".ckpt.ready"
-    ready.mkdir()
-    os.replace(tmp_path / "next" / "model.safetensors", ready / "model.safetensors")
-    os.replace(tmp_path / "next" / "config.json", folder / "config.json")  # this one was already moved
-    loaded, config = load_model(folder)
-    assert config["step"] == 2 and torch.all(loaded.norm.weight == 2.0) and not ready.exists()
-
-
-READER = """
-import json, sys
-from model import ModelError, load_model
-for folder in sys.argv[1:]:
-    try:
-        print(json.dumps({"step": load_model(folder)[1]["step"]}))
-    except ModelError as e:
-        print(json.dumps({"error": str(e)}))
-"""
-
-
-def read_only_load(folders):
-    """load_model of each folder in a process that cannot write them: a read-only bind mount in a private
-    mount namespace when run as root (chmod stops nothing there), else chmod a-w. A JSON line each."""
-    cmd = [sys.executable, "-c", READER, *map(str, folders)]
-    if os.geteuid() == 0:
-        mount = 'for f; do mount --bind "$f" "$f" && mount -o remount,bind,ro "$f" || exit 97; done; exec "$PY" -c "$READER" "$@"'
-        cmd = ["unshare", "--mount", "sh", "-c", mount, "sh", *map(str, folders)]
-    else:
-        for f in folders:
-            f.chmod(0o555)
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
-                           env={**os.environ, "PYTHONPATH": str(REPO), "PY": sys.executable, "READER": READER})
-    except FileNotFoundError:  # no unshare
-        r = subprocess.CompletedProcess(cmd, 97, "", "unshare not found")
-    finally:
-        for f in folders:
-            f.chmod(0o755)
-    if r.returncode == 97:
-        pytest.skip(f"cannot make a read-only folder here as root: {r.stderr.strip()[-200:]}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return [json.loads(line) for line in r.stdout.splitlines()]
-
-
-def test_a_read_only_checkpoint_is_read_and_left_as_it_is(tmp_path):
-    m = tiny()
-    clean = tmp_path / "clean"
-    save_checkpoint(clean, model_state_dict(m), make_config(m.cfg, step=3))
-    stale = tmp_path / "stale"  # a save killed before its commit point: ignored
-    shutil.copytree(clean, stale)
-    (stale / PARTIAL).mkdir()
-    (stale / PARTIAL / "model.safetensors").write_bytes(b"garbage")
-    unfinished = tmp_path / "unfinished"  # killed after it: the folder alone is a mix, and cannot be finished
-    shutil.copytree(clean, unfinished)
-    (unfinished / READY).mkdir()
-    (unfinished / READY / "model.safetensors").write_bytes((clean / "model.safetensors").read_bytes())
-    (unfinished / "config.json").write_text(json.dumps(make_config(m.cfg, step=4)))
-    folders = [clean, stale, unfinished]
-    before = [sorted(str(p.relative_to(f)) for p in f.rglob("*")) for f in folders]
-    got = read_only_load(folders)
-    assert got[:2] == [{"step": 3}, {"step": 3}]
-    assert "the folder is read-only, so it cannot be finished" in got[2]["error"] and str(unfinished) in got[2]["error"]
-    assert [sorted(str(p.relative_to(f)) for p in f.rglob("*")) for f in folders] == before  # no lock file, no repair
-    assert load_model(unfinished)[1]["step"] == 4 and not (unfinished / READY).exists()  # writable again: finished
 
 
 def test_strict_loading_names_what_is_wrong(tmp_path):

@@ -2,23 +2,21 @@
 out folder left byte-identical; a diverged run never replaces the last good checkpoint and keeps the
 log strict JSON; a full disk during a save is one line and no partial folder; an out_dir no one can write
 is one line; SIGTERM saves and a resume continues exactly, a second signal exits at once; killing torchrun
-stops its ranks; two repairers of one folder, and readers during saves, never break a checkpoint."""
+stops its ranks. (The checkpoint folder under concurrency is tested in test_checkpoint.py.)"""
 import hashlib
 import json
-import multiprocessing
 import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-import torch
 
 import bench
+import checkpoint
 import model
 import train as train_module
 from conftest import REPO, UNWRITABLE, run_torchrun, unwritable_output
@@ -195,7 +193,7 @@ def test_a_second_signal_exits_at_once_and_keeps_the_last_checkpoint(config, ckp
     it does); a second one, a second later, exits at once with 130 / 143, the checkpoint as it was."""
     before = snapshot(ckpt_copy)
     good = json.loads((ckpt_copy / "config.json").read_text())["step"]
-    with model.reading_checkpoint(ckpt_copy):
+    with checkpoint.reading_checkpoint(ckpt_copy):
         proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(config), f"--out_dir={ckpt_copy}",
                                  "--init_from=resume", "--max_iters=100000", "--eval_interval=100000"],
                                 cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -242,132 +240,6 @@ def test_killing_torchrun_stops_its_ranks(tmp_path, config):
     assert not (out / ".ckpt.partial").exists() and not (out / ".ckpt.ready").exists()
     for stopped in records(out, "stopped"):
         assert json.loads((out / "config.json").read_text())["step"] == stopped["step"]
-
-
-# ---- the checkpoint folder under concurrency (model.py's checkpoint functions)
-def _half_done_save(folder, step):
-    """A folder as a save killed after its commit point leaves it: files still in .ckpt.ready, and a
-    stale .ckpt.partial of an earlier attempt."""
-    ready = folder / model.READY
-    ready.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "train_state.pt"):
-        (ready / name).write_text(json.dumps({"step": step, "name": name}))
-    (folder / model.PARTIAL).mkdir()
-    (folder / model.PARTIAL / "model.safetensors").write_text("half")
-
-
-def _repair(folder, go):
-    go.wait()
-    model.recover_checkpoint(folder)
-
-
-def test_two_processes_repairing_one_folder(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    for i in range(30):
-        folder = tmp_path / f"f{i}"
-        _half_done_save(folder, i)
-        go = ctx.Event()
-        procs = [ctx.Process(target=_repair, args=(folder, go)) for _ in range(2)]
-        for p in procs:
-            p.start()
-        go.set()
-        for p in procs:
-            p.join(60)
-        assert [p.exitcode for p in procs] == [0, 0]
-        assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors", "train_state.pt"]
-        assert json.loads((folder / "model.safetensors").read_text()) == {"step": i, "name": "model.safetensors"}
-
-
-def _slow_save(folder, state, config, written, release):
-    """save_checkpoint in a child process that pauses once its files are written, before the commit."""
-    write_files = model._write_files
-
-    def paused(*args):
-        write_files(*args)
-        written.set()
-        release.wait(120)
-
-    model._write_files = paused
-    model.save_checkpoint(folder, state, config)
-
-
-def test_a_reader_during_a_save_waits_and_deletes_nothing(tmp_path, tiny_ckpt):
-    out = tmp_path / "out"
-    shutil.copytree(tiny_ckpt, out)
-    m, config = model.load_model(out)
-    state = model.model_state_dict(m)
-    config = {**config, "step": 7}
-    ctx = multiprocessing.get_context("fork")
-    written, release = ctx.Event(), ctx.Event()
-    writer = ctx.Process(target=_slow_save, args=(out, state, config, written, release))
-    writer.start()
-    try:
-        assert written.wait(120)
-        result = {}
-        reader = threading.Thread(target=lambda: result.update(config=model.load_model(out)[1]))
-        reader.start()
-        reader.join(1.0)
-        assert (out / model.PARTIAL / "model.safetensors").is_file()  # the reader left the save alone...
-        assert reader.is_alive()  # ...and waits for it
-        release.set()
-        writer.join(60)
-        reader.join(60)
-        assert writer.exitcode == 0 and result["config"]["step"] == 7  # it reads the new checkpoint, whole
-        assert not (out / model.PARTIAL).exists() and not (out / model.READY).exists()
-    finally:
-        release.set()
-        writer.join(60)
-
-
-def _numbered_save(folder, i, tok_dir):
-    """Checkpoint number i: every weight equal to i, config step i, tokenizer file b"tokenizer i"."""
-    cfg = model.GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    with torch.device("meta"):
-        shapes = model.model_state_dict(model.GPT(cfg))
-    tok = tok_dir / f"tok{i}.model"
-    tok.write_bytes(f"tokenizer {i}".encode())
-    model.save_checkpoint(folder, {k: torch.full(v.shape, float(i)) for k, v in shapes.items()},
-                          model.make_config(cfg, step=i), tokenizer_file=tok)
-
-
-def _saves(folder, tok_dir, n):
-    for i in range(1, n + 1):
-        _numbered_save(folder, i, tok_dir)
-        time.sleep(0.005)  # (room for the readers between saves: a lock is not a queue)
-
-
-def test_readers_during_saves_get_one_whole_checkpoint(tmp_path):
-    """Readers (as eval.py --ckpt out/ while training saves there) always get the config, weights and
-    tokenizer of one save, old or new, and never an error."""
-    out = tmp_path / "out"
-    _numbered_save(out, 0, tmp_path)
-    writer = multiprocessing.get_context("fork").Process(target=_saves, args=(out, tmp_path, 40))
-    seen, errors = [], []
-
-    def read_while_saving():
-        while writer.is_alive():
-            try:
-                with model.reading_checkpoint(out):
-                    m, config = model.load_model(out)
-                    tok = (out / "tokenizer.model").read_bytes()
-            except Exception as e:  # noqa: BLE001 (any error is a failure; collected to report it)
-                errors.append(repr(e))
-                continue
-            i = config["step"]
-            if tok != f"tokenizer {i}".encode() or not all(bool((p == i).all()) for p in m.parameters()):
-                errors.append(f"config of save {i} read with other files")
-            seen.append(i)
-
-    writer.start()
-    readers = [threading.Thread(target=read_while_saving) for _ in range(2)]
-    for r in readers:
-        r.start()
-    writer.join(240)
-    for r in readers:
-        r.join(60)
-    assert writer.exitcode == 0 and not errors, errors[:3]
-    assert len(set(seen)) > 2, seen  # the reads did overlap the saves
-    assert model.load_model(out)[1]["step"] == 40
 
 
 # ---- bench.py's command line
