@@ -1,7 +1,12 @@
 """Test material for the Hugging Face families (imported by test_hf_families.py and test_hf_tokenizer.py):
 small byte-level BPE tokenizer.json files trained with `tokenizers` in the GPT-NeoX and Llama-3 styles, and
-small random models of every supported family built and saved by transformers itself."""
+small random models of every supported family built and saved by transformers itself. Run under torchrun
+(`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/hf_families.py RUNS.json`) it trains
+each run of a JSON list of train.py argument lists, one after another in the same ranks: one launch for
+several families."""
 import json
+import os
+import sys
 
 import torch
 
@@ -90,3 +95,21 @@ def transformers_logits(folder, ids):
     m = T.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         return m(ids).logits, type(m).__name__
+
+
+def train_runs(runs_file):
+    """train.py's main() on each argument list in runs_file, in order (under torchrun: every rank)."""
+    import train  # here, not at the top: the test modules that import this file need not load train.py
+
+    for args in json.loads(open(runs_file).read()):
+        code = train.main(args)
+        if code:
+            raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    train_runs(sys.argv[1])
+    # as train.py ends a distributed run: no process-group or interpreter teardown (they hung now and then)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -5,6 +5,7 @@ KV cache, exports load in transformers as their own model_type with our logits, 
 bit-exact, `hf.py import` refuses or replaces folders whole, bad folders are refused by name (exit 2,
 nothing written), and train.py fine-tunes each folder (full and LoRA) with a grown vocabulary."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO, stdlib_sample
+from conftest import REPO, run_torchrun, stdlib_sample
 from hf_families import make_family_folder, train_bpe, transformers_logits
 
 pytest.importorskip("transformers")
@@ -268,6 +269,58 @@ def test_finetune_each_family_with_a_grown_vocabulary(folders, sft_data, tmp_pat
     assert not torch.equal(a["blocks.0.attn.o.weight"], b["blocks.0.attn.o.weight"])  # it trained
     recs = [json.loads(line) for line in open(out / "log.jsonl")]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in recs if r["event"] == "train")
+
+
+FSDP_FAMILIES = ("gpt_neox", "qwen2")  # parallel residual, partial rotary, LayerNorm + biases, untied; GQA, q/k/v biases, tied
+
+
+def test_fsdp_fine_tunes_families_like_one_process(folders, sft_data, tmp_path):
+    """Full fine-tuning (grown vocabulary) on two CPU ranks under FSDP, 2 steps then resumed under FSDP to 3,
+    gives the losses of one process running 3 steps, and a checkpoint with its logits. One torchrun launch
+    trains every family (tests/hf_families.py runs the list of train.py runs in the same ranks)."""
+    from data import Tokenizer
+    from model import load_model
+
+    def args(name, out, *extra):
+        return [f"--init_from={folders[name]}", f"--data_dir={sft_data[name]}", f"--out_dir={out}", "--task=sft",
+                "--block_size=128", "--batch_size=2", "--gradient_accumulation_steps=2", "--lr_decay_iters=3",
+                "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=2", "--eval_iters=2", "--log_interval=1",
+                "--device=cpu", *extra]
+
+    runs = []
+    for name in FSDP_FAMILIES:
+        train(*args(name, tmp_path / name / "one", "--max_iters=3"))
+        fsdp = tmp_path / name / "fsdp"
+        runs += [args(name, fsdp, "--max_iters=2", "--parallel=fsdp"),
+                 args(name, fsdp, "--max_iters=3", "--parallel=fsdp")[1:] + ["--init_from=resume"]]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                      str(REPO / "tests" / "hf_families.py"), str(tmp_path / "runs.json")],
+                     capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for name in FSDP_FAMILIES:
+        one, fsdp = tmp_path / name / "one", tmp_path / name / "fsdp"
+        a, b = curve(one), curve(fsdp)
+        assert a.keys() == b.keys() and ("train", 3) in a, (a, b)
+        assert all(abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) for k in a), (name, a, b)
+        assert [r["world_size"] for r in records(fsdp, "start")] == [2, 2]
+        assert Tokenizer.load(fsdp).added_tokens["<|diff|>"] >= Tokenizer.load(folders[name]).vocab_size  # grown
+        ours, theirs = load_model(one)[0], load_model(fsdp)[0]
+        assert ours.cfg == theirs.cfg
+        ids = torch.randint(0, ours.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            assert (ours(ids)[0] - theirs(ids)[0]).abs().max().item() < 1e-4, name
+
+
+def records(out, event):
+    return [r for r in map(json.loads, open(out / "log.jsonl")) if r["event"] == event]
+
+
+def curve(out):
+    """(event, step) -> loss as logged (the resumed part of a log continues the first)."""
+    return {(r["event"], r["step"]): r.get("loss", r.get("val_loss")) for r in map(json.loads, open(out / "log.jsonl"))
+            if r["event"] in ("train", "eval")}
 
 
 # ---- the published settings on these families, at toy scale
