@@ -414,6 +414,22 @@ def export_tensors(model, family):
     return tensors
 
 
+def refuse_reused_ids(tok, added):
+    """ModelError when added tokens took over base ids (add_tokens start_id, Token Sugar's --start_id). Our
+    tokenizer then spells each displaced piece in bytes; a tokenizer file cannot: `tokenizers` gives an added
+    token whose id a vocabulary piece holds a new id (so the piece's text keeps its id), and a piece cannot
+    leave a BPE vocabulary without the merges that build it, which changes how whole words split."""
+    reused = [(t, i) for t, i in added if i < tok.base_vocab_size]
+    if not reused:
+        return
+    shown = ", ".join(f"{t!r} (id {i}, was {tok.base.id_to_piece(i)!r})" for t, i in reused[:3]) + (", ..." if len(reused) > 3 else "")
+    raise ModelError(f"export: {len(reused)} added token(s) took over base ids (add_tokens start_id): {shown}; codelm spells "
+                     f"the displaced pieces in bytes, which a {tok.file_name} cannot express (tokenizers moves an added token "
+                     "to a new id when a vocabulary piece holds its id, and a piece cannot leave the vocabulary without the "
+                     "merges that build it, which changes how whole words split), so transformers would encode other ids; "
+                     "to export, add the tokens at new ids (no start_id)")
+
+
 def tokenizer_files(tok, cfg):
     """{file name: bytes or JSON object} of the tokenizer part of an export: the base file as the model came
     with it (tokenizer.json gets our added tokens in its added_tokens), tokenizer_config.json,
@@ -425,12 +441,10 @@ def tokenizer_files(tok, cfg):
     common = {"add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
               "model_max_length": cfg.block_size, **special_map}
     added = sorted(tok.added_tokens.items(), key=lambda kv: kv[1])
+    refuse_reused_ids(tok, added)
     entry = lambda content, i, special: {"id": i, "content": content, "single_word": False, "lstrip": False,  # noqa: E731
                                          "rstrip": False, "normalized": False, "special": special}
     if tok.file_name == "tokenizer.json":
-        reused = [t for t, i in added if i < tok.base_vocab_size]
-        if reused:
-            raise ModelError(f"export: added tokens {reused[:3]} took over base ids (start_id); a tokenizer.json cannot hold two tokens for one id")
         spec = json.loads(Path(tok.model_path).read_text(encoding="utf-8"))
         spec["added_tokens"] = list(spec.get("added_tokens") or []) + [entry(t, i, False) for t, i in added]
         return {"tokenizer.json": spec, "special_tokens_map.json": special_map,

@@ -3,7 +3,9 @@ saves (GPT-NeoX/Pythia and OLMo/TinyCodeLM with a GPT-NeoX-style tokenizer.json,
 llama3 / linear RoPE scaling with a Llama-3-style one): our logits equal transformers' with and without the
 KV cache, exports load in transformers as their own model_type with our logits, ours -> HF -> ours is
 bit-exact, `hf.py import` refuses or replaces folders whole, bad folders are refused by name (exit 2,
-nothing written), and train.py fine-tunes each folder (full and LoRA) with a grown vocabulary."""
+nothing written), train.py fine-tunes each folder (full and LoRA, and under FSDP on two ranks) with a grown
+vocabulary, torch.compile and the Triton kernel give the eager / SDPA results on the family shapes, and an
+export whose added tokens took over base ids is refused, saying why."""
 import json
 import os
 import shutil
@@ -203,6 +205,41 @@ def test_compiled_model_matches_eager(folders, name):
     torch.testing.assert_close(compiled[1], eager[1], atol=1e-6, rtol=1e-6)
     for k in eager[2]:
         torch.testing.assert_close(compiled[2][k], eager[2][k], atol=1e-6, rtol=1e-4, msg=lambda m: f"{name} {k}: {m}")
+
+
+def test_export_refuses_added_tokens_that_took_over_base_ids(folders, tmp_path, capsys):
+    """Token Sugar's start_id: added tokens take over base ids, and our tokenizer spells the pieces they
+    displaced in bytes. A tokenizer.json cannot say that: listed at the reused id, the added token gets
+    another id from `tokenizers` and the displaced piece's text keeps the id (shown here). So export
+    refuses, saying why: one line, exit 2, nothing written."""
+    import hf
+    from tokenizers import Tokenizer as RustTokenizer
+
+    from data import Tokenizer
+    from model import load_model, make_config, model_state_dict, save_checkpoint
+
+    tok = Tokenizer.load(folders["gpt_neox"])
+    victim = max((i for i in range(300, 480) if tok.encode(tok.decode([i])) == [i]), key=lambda i: len(tok.decode([i])))
+    piece = tok.decode([victim])
+    assert tok.add_tokens(["<S0>", "<S1>"], start_id=victim) == [victim, victim + 1]
+    ours = tok.encode(piece + "<S0>")
+    assert ours[-1] == victim and victim not in ours[:-1] and tok.decode(ours) == piece + "<S0>"
+    spec = json.loads((folders["gpt_neox"] / "tokenizer.json").read_text())
+    spec["added_tokens"] += [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                              "normalized": False, "special": False} for t, i in tok.added_tokens.items()]
+    naive = RustTokenizer.from_str(json.dumps(spec))
+    assert naive.encode(piece + "<S0>", add_special_tokens=False).ids == [victim, naive.token_to_id("<S0>")]
+    assert naive.token_to_id("<S0>") >= tok.base_vocab_size
+    model, _ = load_model(folders["gpt_neox"])
+    save_checkpoint(tmp_path / "sugar", model_state_dict(model), make_config(model.cfg, tok.to_config()), tokenizer_file=tok.model_path)
+    with pytest.raises(SystemExit) as e:
+        hf.main(["export", "--ckpt", str(tmp_path / "sugar"), "--to", str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and not (tmp_path / "hf").exists()
+    assert (f"hf.py: error: export: 2 added token(s) took over base ids (add_tokens start_id): '<S0>' (id {victim}, "
+            f"was {tok.base.id_to_piece(victim)!r}), '<S1>' (id {victim + 1}, ") in err
+    assert ("which a tokenizer.json cannot express (tokenizers moves an added token to a new id when a vocabulary piece "
+            "holds its id, and a piece cannot leave the vocabulary without the merges that build it") in err
 
 
 # ---- the import command: refuses a non-empty folder, --force replaces it whole; bad input is one line
