@@ -61,6 +61,10 @@ REFUSED = {"gemma2": "logit soft-capping (attn_logit_softcapping, final_logit_so
            "phi3": "fused qkv_proj / gate_up_proj tensors, sliding-window attention and longrope/su RoPE scaling"}
 # buffers some transformers versions saved: recomputed, never weights
 _HF_IGNORED = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
+# transformers >= 5 reads the tokenizer of every qwen2 folder with Qwen2Tokenizer: tokenizer.json's vocabulary
+# and merges, but Qwen2.5's own normalizer (NFC) and pre-tokenizer split, this one
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
 ROPE_TYPES = ("default", "linear", "llama3")
 GELUS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 
@@ -414,6 +418,20 @@ def export_tensors(model, family):
     return tensors
 
 
+def qwen2_tokenizer_warning(spec):
+    """A warning when transformers (>= 5) would not encode a qwen2 export's tokenizer.json as it is
+    (see QWEN2_SPLIT); None for Qwen2.5's own layout."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = [(p.get("type"), (p.get("pattern") or {}).get("Regex"), p.get("behavior"), p.get("use_regex"))
+             for p in (pre.get("pretokenizers") or [pre])]
+    if (spec.get("normalizer") or {}).get("type") == "NFC" and steps == [("Split", QWEN2_SPLIT, "Isolated", None),
+                                                                       ("ByteLevel", None, None, False)]:
+        return None
+    return ("warning: transformers >= 5 loads a Qwen2 folder's tokenizer as Qwen2Tokenizer, which keeps this "
+            "tokenizer.json's vocabulary but imposes Qwen2.5's normalizer and pre-tokenizer; this one has others, so "
+            "AutoTokenizer's ids will differ from codelm's (PreTrainedTokenizerFast(tokenizer_file=...) reads it as it is)")
+
+
 def refuse_reused_ids(tok, added):
     """ModelError when added tokens took over base ids (add_tokens start_id, Token Sugar's --start_id). Our
     tokenizer then spells each displaced piece in bytes; a tokenizer file cannot: `tokenizers` gives an added
@@ -495,6 +513,8 @@ def export_hf(ckpt, to, dtype=None, force=False):
     tensors = export_tensors(model, family)
     wdtype = next(iter(tensors.values())).dtype
     files = tokenizer_files(tok, model.cfg)
+    if family == "qwen2" and "tokenizer.json" in files and (warning := qwen2_tokenizer_warning(files["tokenizer.json"])):
+        print(warning, file=sys.stderr)
     files["config.json"] = hf_config(model.cfg, family, tok, wdtype, config.get("postprocess"))
     files["generation_config.json"] = {"_from_model_config": True, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
                                        "pad_token_id": tok.pad_id}

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from conftest import stdlib_sample
+from hf import QWEN2_SPLIT  # Qwen2.5's split: single digits (transformers >= 5 imposes it on qwen2 folders)
 
 # Llama-3's pre-tokenizer split (contractions, letters, 1-3 digit runs, punctuation, newlines, spaces)
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -19,14 +20,16 @@ STYLES = {  # special tokens in id order (they come first), eos, bos, pad
     "neox": {"specials": ["<|endoftext|>", "<|padding|>"], "eos": "<|endoftext|>", "bos": None, "pad": "<|padding|>"},
     "llama3": {"specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], "eos": "<|end_of_text|>",
                "bos": "<|begin_of_text|>", "pad": None},
+    "qwen2": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "eos": "<|endoftext|>", "bos": None,
+              "pad": "<|endoftext|>"},
 }
 
 
 def train_bpe(folder, style, vocab_size=700, texts=None):
     """folder/tokenizer.json + tokenizer_config.json: a byte-level BPE trained on stdlib code. 'neox': NFC
     normalizer and ByteLevel's own GPT-2 split (GPT-NeoX-20B's layout); 'llama3': no normalizer, a Split
-    regex then ByteLevel without its regex (Llama-3's layout)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    regex then ByteLevel without its regex (Llama-3's layout); 'qwen2': NFC, Qwen's Split, ByteLevel (Qwen2.5's)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     s = STYLES[style]
     tk = Tokenizer(models.BPE())
@@ -34,8 +37,10 @@ def train_bpe(folder, style, vocab_size=700, texts=None):
         tk.normalizer = normalizers.NFC()
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
-        tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(LLAMA3_SPLIT, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        if style == "qwen2":
+            tk.normalizer = normalizers.NFC()
+        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT if style == "qwen2" else LLAMA3_SPLIT), behavior="isolated")
+        tk.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tk.decoder = decoders.ByteLevel()
     tk.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=s["specials"], show_progress=False,

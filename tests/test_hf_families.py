@@ -1,6 +1,6 @@
 """The Hugging Face families end to end, each from a small random model that transformers itself builds and
-saves (GPT-NeoX/Pythia and OLMo/TinyCodeLM with a GPT-NeoX-style tokenizer.json, Qwen2 and Llama with
-llama3 / linear RoPE scaling with a Llama-3-style one): our logits equal transformers' with and without the
+saves (GPT-NeoX/Pythia and OLMo/TinyCodeLM with a GPT-NeoX-style tokenizer.json, Qwen2 with a Qwen2.5-style
+one, Llama with llama3 / linear RoPE scaling with a Llama-3-style one): our logits equal transformers' with and without the
 KV cache, exports load in transformers as their own model_type with our logits, ours -> HF -> ours is
 bit-exact, `hf.py import` refuses or replaces folders whole, bad folders are refused by name (exit 2,
 nothing written), train.py fine-tunes each folder (full and LoRA, and under FSDP on two ranks) with a grown
@@ -26,7 +26,7 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low
                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
 # name -> (model_type, tokenizer style, config overrides); TinyCodeLM's OLMo has no clip_qkv, the clip is tested here
 FAMILIES = {"gpt_neox": ("gpt_neox", "neox", {}), "olmo": ("olmo", "neox", {"clip_qkv": 0.05}),
-            "qwen2": ("qwen2", "llama3", {}), "llama3": ("llama", "llama3", {"rope_parameters": LLAMA3_ROPE}),
+            "qwen2": ("qwen2", "qwen2", {}), "llama3": ("llama", "llama3", {"rope_parameters": LLAMA3_ROPE}),
             "llama_linear": ("llama", "llama3", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}})}
 ARCH = {"gpt_neox": "GPTNeoXForCausalLM", "olmo": "OlmoForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 TOL = 1e-4
@@ -35,7 +35,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    toks = {s: train_bpe(root / f"tok_{s}", s, vocab_size=500) for s in ("neox", "llama3")}
+    toks = {s: train_bpe(root / f"tok_{s}", s, vocab_size=500) for s in ("neox", "llama3", "qwen2")}
     out = {}
     for name, (family, style, kw) in FAMILIES.items():
         tok = json.loads((toks[style] / "tokenizer_config.json").read_text())
@@ -91,8 +91,9 @@ def test_the_family_features_change_the_output(folders):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_export_round_trip(folders, tmp_path, name):
-    """ours -> HF (transformers loads it as its own model_type and gives our logits) -> ours, bit-exact;
-    importing it and exporting again writes the same files."""
+    """ours -> HF (transformers loads it as its own model_type and gives our logits, its tokenizer our ids)
+    -> ours, bit-exact; importing it and exporting again writes the same files."""
+    transformers = pytest.importorskip("transformers")
     from data import Tokenizer
     from hf import export_hf, import_hf
     from model import load_model
@@ -113,12 +114,16 @@ def test_export_round_trip(folders, tmp_path, name):
     a, b = ours.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and back.cfg == ours.cfg
     assert Tokenizer.load(out).specials() == Tokenizer.load(folders[name]).specials()
+    theirs_tok = transformers.AutoTokenizer.from_pretrained(out)  # the class transformers picks for the model_type
+    for text in stdlib_sample(20_000) + ["x = 12345 + 0.5\r\n\tif é日🐍:  \n\n    pass  "]:
+        assert theirs_tok(text, add_special_tokens=False)["input_ids"] == Tokenizer.load(out).encode(text), type(theirs_tok)
     again = export_hf(out, tmp_path / "hf2")
     for f in out.iterdir():
         assert f.read_bytes() == (again / f.name).read_bytes(), f.name
 
 
-def test_export_carries_added_tokens_into_tokenizer_json(folders, tmp_path):
+@pytest.mark.parametrize("name", ["gpt_neox", "qwen2"])
+def test_export_carries_added_tokens_into_tokenizer_json(folders, tmp_path, name):
     """A grown vocabulary exported: transformers' own tokenizer splits our added tokens out as we do."""
     transformers = pytest.importorskip("transformers")
     from data import Tokenizer
@@ -126,8 +131,8 @@ def test_export_carries_added_tokens_into_tokenizer_json(folders, tmp_path):
     from hf import export_hf
     from model import load_model, make_config, model_state_dict, save_checkpoint
 
-    model, _ = load_model(folders["gpt_neox"])
-    tok = Tokenizer.load(folders["gpt_neox"])
+    model, _ = load_model(folders[name])
+    tok = Tokenizer.load(folders[name])
     tok.add_tokens(["<|diff|>", "<code>"])
     grow_vocab(model, max(model.cfg.vocab_size, tok.vocab_size))
     save_checkpoint(tmp_path / "grown", model_state_dict(model), make_config(model.cfg, tok.to_config()), tokenizer_file=tok.model_path)
@@ -205,6 +210,30 @@ def test_compiled_model_matches_eager(folders, name):
     torch.testing.assert_close(compiled[1], eager[1], atol=1e-6, rtol=1e-6)
     for k in eager[2]:
         torch.testing.assert_close(compiled[2][k], eager[2][k], atol=1e-6, rtol=1e-4, msg=lambda m: f"{name} {k}: {m}")
+
+
+def test_qwen2_export_with_another_tokenizer_layout_warns(folders, tmp_path, capsys):
+    """transformers >= 5 reads a qwen2 folder's tokenizer as Qwen2Tokenizer (Qwen2.5's split imposed): a Qwen2
+    model with a Llama-3-style tokenizer.json exports with a warning saying so, and it is true; none for
+    Qwen2.5's layout."""
+    transformers = pytest.importorskip("transformers")
+    from data import Tokenizer
+    from hf import export_hf
+
+    export_hf(folders["qwen2"], tmp_path / "qwen_style")
+    assert "warning" not in capsys.readouterr().err
+    other = make_family_folder(tmp_path / "qwen2_llama3_tok", "qwen2", folders["llama3"].parent / "tok_llama3")
+    capsys.readouterr()
+    out = export_hf(other, tmp_path / "hf")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: transformers >= 5 loads a Qwen2 folder's tokenizer as Qwen2Tokenizer") and err.count("\n") == 1
+    ours = Tokenizer.load(out)
+    texts = stdlib_sample(20_000) + ["cafe\u0301 = 1234567890"]  # NFC and digit runs: where the layouts differ
+    auto = transformers.AutoTokenizer.from_pretrained(out)
+    as_is = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert any(auto(t, add_special_tokens=False)["input_ids"] != ours.encode(t) for t in texts)
+    assert all(as_is(t, add_special_tokens=False)["input_ids"] == ours.encode(t) for t in texts)
 
 
 def test_export_refuses_added_tokens_that_took_over_base_ids(folders, tmp_path, capsys):
