@@ -142,8 +142,8 @@ def test_export_carries_added_tokens_into_tokenizer_json(folders, tmp_path, name
     assert theirs(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
 
 
-# the head sizes of the published models: Pythia-160M/410M, Qwen2.5-0.5B (14 query heads on 2 kv heads),
-# Llama-3.2-1B and TinyCodeLM all use 64; Pythia-2.8B uses 80, which the kernel is not built for
+# the head sizes of the published models: 64 (Pythia-160M/410M, Qwen2.5-0.5B with 14 query heads on 2 kv
+# heads, Llama-3.2-1B) or 128 (larger ones); Pythia-2.8B has 80, which the kernel is not built for
 @pytest.mark.parametrize("name,shape", [
     ("gpt_neox", dict(hidden_size=128, num_attention_heads=2)),                           # head 64, rotary 16 of 64
     ("qwen2", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1))])      # head 64, GQA, biases
