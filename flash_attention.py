@@ -35,7 +35,7 @@ except ImportError:  # macOS / CPU-only installs: attention falls back to SDPA
         constexpr = None
 
 _FLASH_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-_FLASH_HEAD_DIMS = (16, 32, 64, 128, 256)
+FLASH_HEAD_DIMS = (16, 32, 64, 128, 256)  # head sizes the kernels are built for (model.py uses SDPA for others)
 _FLASH_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634
 # how the kernels are exposed to torch: "triton_op" (torch >= 2.6: torch.compile sees and fuses the
@@ -514,8 +514,8 @@ def _flash_check(q, k, v, causal):
         raise ValueError(f"triton_attention: k head_dim {Dk} != q head_dim {D}")
     if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"triton_attention: q heads ({H}) must be a multiple of k/v heads ({Hkv})")
-    if D not in _FLASH_HEAD_DIMS:
-        raise ValueError(f"triton_attention: head_dim {D} not supported (one of {_FLASH_HEAD_DIMS})")
+    if D not in FLASH_HEAD_DIMS:
+        raise ValueError(f"triton_attention: head_dim {D} not supported (one of {FLASH_HEAD_DIMS})")
     if Tq < 1 or Tk < 1 or B < 1:
         raise ValueError(f"triton_attention: empty input (q shape {tuple(q.shape)}, k shape {tuple(k.shape)})")
     if causal and Tq != Tk:
@@ -534,7 +534,7 @@ def _flash_check(q, k, v, causal):
 
 def flash_attention_usable(q, k, causal=True):
     """Whether impl='auto' should use triton_attention for these inputs (else SDPA)."""
-    return (triton is not None and q.is_cuda and q.shape[-1] in _FLASH_HEAD_DIMS and q.dtype in _FLASH_DTYPES
+    return (triton is not None and q.is_cuda and q.shape[-1] in FLASH_HEAD_DIMS and q.dtype in _FLASH_DTYPES
             and (not causal or q.shape[2] == k.shape[2]))
 
 

@@ -62,6 +62,10 @@ REFUSED = {"gemma2": "logit soft-capping (attn_logit_softcapping, final_logit_so
            "phi3": "fused qkv_proj / gate_up_proj tensors, sliding-window attention and longrope/su RoPE scaling"}
 # buffers some transformers versions saved: recomputed, never weights
 _HF_IGNORED = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
+# transformers >= 5 reads the tokenizer of every qwen2 folder with Qwen2Tokenizer: tokenizer.json's vocabulary
+# and merges, but Qwen2.5's own normalizer (NFC) and pre-tokenizer split, this one
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
 ROPE_TYPES = ("default", "linear", "llama3")
 GELUS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 
@@ -415,6 +419,36 @@ def export_tensors(model, family):
     return tensors
 
 
+def qwen2_tokenizer_warning(spec):
+    """A warning when transformers (>= 5) would not encode a qwen2 export's tokenizer.json as it is
+    (see QWEN2_SPLIT); None for Qwen2.5's own layout."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = [(p.get("type"), (p.get("pattern") or {}).get("Regex"), p.get("behavior"), p.get("use_regex"))
+             for p in (pre.get("pretokenizers") or [pre])]
+    if (spec.get("normalizer") or {}).get("type") == "NFC" and steps == [("Split", QWEN2_SPLIT, "Isolated", None),
+                                                                       ("ByteLevel", None, None, False)]:
+        return None
+    return ("warning: transformers >= 5 loads a Qwen2 folder's tokenizer as Qwen2Tokenizer, which keeps this "
+            "tokenizer.json's vocabulary but imposes Qwen2.5's normalizer and pre-tokenizer; this one has others, so "
+            "AutoTokenizer's ids will differ from codelm's (PreTrainedTokenizerFast(tokenizer_file=...) reads it as it is)")
+
+
+def refuse_reused_ids(tok, added):
+    """ModelError when added tokens took over base ids (add_tokens start_id, Token Sugar's --start_id). Our
+    tokenizer then spells each displaced piece in bytes; a tokenizer file cannot: `tokenizers` gives an added
+    token whose id a vocabulary piece holds a new id (so the piece's text keeps its id), and a piece cannot
+    leave a BPE vocabulary without the merges that build it, which changes how whole words split."""
+    reused = [(t, i) for t, i in added if i < tok.base_vocab_size]
+    if not reused:
+        return
+    shown = ", ".join(f"{t!r} (id {i}, was {tok.base.id_to_piece(i)!r})" for t, i in reused[:3]) + (", ..." if len(reused) > 3 else "")
+    raise ModelError(f"export: {len(reused)} added token(s) took over base ids (add_tokens start_id): {shown}; codelm spells "
+                     f"the displaced pieces in bytes, which a {tok.file_name} cannot express (tokenizers moves an added token "
+                     "to a new id when a vocabulary piece holds its id, and a piece cannot leave the vocabulary without the "
+                     "merges that build it, which changes how whole words split), so transformers would encode other ids; "
+                     "to export, add the tokens at new ids (no start_id)")
+
+
 def tokenizer_files(tok, cfg):
     """{file name: bytes or JSON object} of the tokenizer part of an export: the base file as the model came
     with it (tokenizer.json gets our added tokens in its added_tokens), tokenizer_config.json,
@@ -426,12 +460,10 @@ def tokenizer_files(tok, cfg):
     common = {"add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
               "model_max_length": cfg.block_size, **special_map}
     added = sorted(tok.added_tokens.items(), key=lambda kv: kv[1])
+    refuse_reused_ids(tok, added)
     entry = lambda content, i, special: {"id": i, "content": content, "single_word": False, "lstrip": False,  # noqa: E731
                                          "rstrip": False, "normalized": False, "special": special}
     if tok.file_name == "tokenizer.json":
-        reused = [t for t, i in added if i < tok.base_vocab_size]
-        if reused:
-            raise ModelError(f"export: added tokens {reused[:3]} took over base ids (start_id); a tokenizer.json cannot hold two tokens for one id")
         spec = json.loads(Path(tok.model_path).read_text(encoding="utf-8"))
         spec["added_tokens"] = list(spec.get("added_tokens") or []) + [entry(t, i, False) for t, i in added]
         return {"tokenizer.json": spec, "special_tokens_map.json": special_map,
@@ -484,6 +516,8 @@ def export_hf(ckpt, to, dtype=None, force=False):
         files = tokenizer_files(tok, model.cfg)
     tensors = export_tensors(model, family)
     wdtype = next(iter(tensors.values())).dtype
+    if family == "qwen2" and "tokenizer.json" in files and (warning := qwen2_tokenizer_warning(files["tokenizer.json"])):
+        print(warning, file=sys.stderr)
     files["config.json"] = hf_config(model.cfg, family, tok, wdtype, config.get("postprocess"))
     files["generation_config.json"] = {"_from_model_config": True, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
                                        "pad_token_id": tok.pad_id}

@@ -67,6 +67,8 @@ def check_reproducible(spec, path):
     for p in pre:
         if p.get("type") not in PRE_TOKENIZERS:
             raise TokenizerFileError(f"{path}: pre_tokenizer {p.get('type')!r} is not supported (only {', '.join(PRE_TOKENIZERS)})")
+        if p.get("type") == "Split" and p.get("behavior") == "Removed":
+            raise TokenizerFileError(f"{path}: pre_tokenizer Split with behavior 'Removed' drops the text it matches (decode(encode(s)) != s)")
         if p.get("type") == "ByteLevel" and p.get("add_prefix_space"):
             raise TokenizerFileError(f"{path}: ByteLevel add_prefix_space=true adds a space decode keeps (decode(encode(s)) != s)")
     dec = [d.get("type") for d in _components(spec.get("decoder"), "decoders")]

@@ -18,6 +18,7 @@ finetune.py.
 """
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from checkpoint import reading_checkpoint
-from flash_attention import flash_attention_usable, triton_attention
+from flash_attention import FLASH_HEAD_DIMS, flash_attention_usable, triton_attention
 
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -137,6 +138,16 @@ def sdpa_attention(q, k, v, causal=True):
 
 
 
+def attention_impl(cfg):
+    """The attention a model of cfg runs: cfg.attn_impl, but SDPA for a head size the Triton kernel is not
+    built for (Pythia-2.8B's 80, say), with a warning where Triton was asked for or would run (CUDA)."""
+    if cfg.attn_impl == "sdpa" or cfg.head_dim in FLASH_HEAD_DIMS:
+        return cfg.attn_impl
+    if cfg.attn_impl == "triton" or torch.cuda.is_available():
+        warnings.warn(f"attention: head size {cfg.head_dim} is not one the Triton kernel is built for "
+                      f"({', '.join(map(str, FLASH_HEAD_DIMS))}): using SDPA", stacklevel=2)
+    return "sdpa"
+
 
 def attention(q, k, v, causal=True, impl="auto"):
     """Attention of q (B, H, T, D) over k, v (B, Hkv, T, D): the one place attention is computed for
@@ -219,7 +230,7 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.attn_impl, self.qkv_clip = cfg.attn_impl, cfg.qkv_clip
+        self.attn_impl, self.qkv_clip = attention_impl(cfg), cfg.qkv_clip
         self.q = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=cfg.qkv_bias)
         self.k = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
         self.v = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)

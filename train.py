@@ -269,7 +269,7 @@ def setup_distributed(device):
         torch.cuda.set_device(dev)
     if dev == "mps" and not torch.backends.mps.is_available():
         raise TrainError("device='mps' but MPS is not available")
-    if world > 1:
+    if world > 1 and not dist.is_initialized():  # (a process running several trainings keeps its group)
         dist.init_process_group(backend="nccl" if dev.startswith("cuda") else "gloo")
     return rank, world, local_rank, torch.device(dev)
 

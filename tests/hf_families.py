@@ -1,11 +1,17 @@
 """Test material for the Hugging Face families (imported by test_hf_families.py and test_hf_tokenizer.py):
 small byte-level BPE tokenizer.json files trained with `tokenizers` in the GPT-NeoX and Llama-3 styles, and
-small random models of every supported family built and saved by transformers itself."""
+small random models of every supported family built and saved by transformers itself. Run under torchrun
+(`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/hf_families.py RUNS.json`) it trains
+each run of a JSON list of train.py argument lists, one after another in the same ranks: one launch for
+several families."""
 import json
+import os
+import sys
 
 import torch
 
 from conftest import stdlib_sample
+from hf import QWEN2_SPLIT  # Qwen2.5's split: single digits (transformers >= 5 imposes it on qwen2 folders)
 
 # Llama-3's pre-tokenizer split (contractions, letters, 1-3 digit runs, punctuation, newlines, spaces)
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -14,14 +20,16 @@ STYLES = {  # special tokens in id order (they come first), eos, bos, pad
     "neox": {"specials": ["<|endoftext|>", "<|padding|>"], "eos": "<|endoftext|>", "bos": None, "pad": "<|padding|>"},
     "llama3": {"specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], "eos": "<|end_of_text|>",
                "bos": "<|begin_of_text|>", "pad": None},
+    "qwen2": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "eos": "<|endoftext|>", "bos": None,
+              "pad": "<|endoftext|>"},
 }
 
 
 def train_bpe(folder, style, vocab_size=700, texts=None):
     """folder/tokenizer.json + tokenizer_config.json: a byte-level BPE trained on stdlib code. 'neox': NFC
     normalizer and ByteLevel's own GPT-2 split (GPT-NeoX-20B's layout); 'llama3': no normalizer, a Split
-    regex then ByteLevel without its regex (Llama-3's layout)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    regex then ByteLevel without its regex (Llama-3's layout); 'qwen2': NFC, Qwen's Split, ByteLevel (Qwen2.5's)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     s = STYLES[style]
     tk = Tokenizer(models.BPE())
@@ -29,8 +37,10 @@ def train_bpe(folder, style, vocab_size=700, texts=None):
         tk.normalizer = normalizers.NFC()
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
-        tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(LLAMA3_SPLIT, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        if style == "qwen2":
+            tk.normalizer = normalizers.NFC()
+        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT if style == "qwen2" else LLAMA3_SPLIT), behavior="isolated")
+        tk.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tk.decoder = decoders.ByteLevel()
     tk.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=s["specials"], show_progress=False,
@@ -90,3 +100,21 @@ def transformers_logits(folder, ids):
     m = T.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         return m(ids).logits, type(m).__name__
+
+
+def train_runs(runs_file):
+    """train.py's main() on each argument list in runs_file, in order (under torchrun: every rank)."""
+    import train  # here, not at the top: the test modules that import this file need not load train.py
+
+    for args in json.loads(open(runs_file).read()):
+        code = train.main(args)
+        if code:
+            raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    train_runs(sys.argv[1])
+    # as train.py ends a distributed run: no process-group or interpreter teardown (they hung now and then)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -200,6 +200,25 @@ def test_export_round_trip_is_exact(tmp_path, tiny_ckpt):
     assert Tokenizer.load(hf).added_tokens == tok.added_tokens  # base special pieces are not "added"
 
 
+def test_export_refuses_tokens_that_took_over_sentencepiece_ids(tmp_path, tiny_ckpt):
+    """start_id reuse on a tokenizer.model: SentencePiece still gives the displaced piece's text its id, so
+    no transformers tokenizer could encode as we do; export refuses before writing anything."""
+    from data import Tokenizer
+    from hf import export_hf
+    from model import ModelError, load_model, make_config, model_state_dict, save_checkpoint
+
+    model, _ = load_model(tiny_ckpt)
+    tok = Tokenizer.load(tiny_ckpt)
+    victim = max((i for i in range(300, 1000) if tok.encode(tok.decode([i])) == [i]), key=lambda i: len(tok.decode([i])))
+    assert tok.base.encode(tok.decode([victim])) == [victim]
+    tok.add_tokens(["<S0>"], start_id=victim)
+    save_checkpoint(tmp_path / "sugar", model_state_dict(model), make_config(model.cfg, tok.to_config()), tokenizer_file=tok.model_path)
+    with pytest.raises(ModelError, match=rf"1 added token\(s\) took over base ids \(add_tokens start_id\): '<S0>' \(id {victim}, "
+                       r".*which a tokenizer.model cannot express .* to export, add the tokens at new ids \(no start_id\)"):
+        export_hf(tmp_path / "sugar", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_export_cli(tmp_path, tiny_ckpt, capsys):
     import hf
 

@@ -69,7 +69,7 @@ def test_ids_equal_tokenizers_and_round_trip(style_dir, mbpp_path):
     for text, ids in zip(texts, batch):
         want = ref.encode(text, add_special_tokens=False).ids
         assert tok.encode(text) == ids == want
-        if style == "llama3" or unicodedata.is_normalized("NFC", text):  # NeoX-style normalizes to NFC, as GPT-NeoX does
+        if style == "llama3" or unicodedata.is_normalized("NFC", text):  # NeoX and Qwen2 styles normalize to NFC
             assert tok.decode(ids) == text
     s = STYLES[style]
     assert tok.eos_id == ref.token_to_id(s["eos"]) and tok.kind == "hf-tokenizer-json" and tok.file_name == "tokenizer.json"
@@ -142,12 +142,15 @@ def _spec_edit(spec, what):
         del spec["model"]["vocab"]["Ā"]
     elif what == "decoder":
         spec["decoder"] = {"type": "Fuse"}
+    elif what == "split removes":
+        spec["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"
 
 
 @pytest.mark.parametrize("what,expect", [
     ("normalizer", "normalizer 'Lowercase' changes the text"), ("model", "model type 'WordPiece' is not supported"),
     ("metaspace", "has no ByteLevel step"), ("prefix space", "add_prefix_space=true"),
-    ("byte missing", "1 of the 256 byte symbols are not in the vocabulary (e.g. byte 0x00)"), ("decoder", "decoder ['Fuse']")])
+    ("byte missing", "1 of the 256 byte symbols are not in the vocabulary (e.g. byte 0x00)"), ("decoder", "decoder ['Fuse']"),
+    ("split removes", "pre_tokenizer Split with behavior 'Removed' drops the text it matches")])
 def test_tokenizer_json_it_cannot_reproduce_is_refused_by_name(tmp_path, trained, what, expect, capsys):
     import hf
 
