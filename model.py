@@ -137,7 +137,6 @@ def sdpa_attention(q, k, v, causal=True):
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
 
-
 def attention_impl(cfg):
     """The attention a model of cfg runs: cfg.attn_impl, but SDPA for a head size the Triton kernel is not
     built for (Pythia-2.8B's 80, say), with a warning where Triton was asked for or would run (CUDA)."""
