@@ -1477,6 +1477,13 @@ def as_job(job):
     return {"code": program, "timeout": float(timeout)}
 
 
+# the executor imports this file, from its cached bytecode where the caller's Python writes it (compiling it
+# leaves ~4 MB more in the executor and so in every process it forks, and each fork copies their page tables);
+# its folder leaves sys.path, and nothing later writes bytecode
+_EXECUTOR_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); import sandbox; del sys.path[0]; " \
+                 "sys.dont_write_bytecode = True; sys.exit(sandbox._serve(sandbox.json.loads(sys.argv[2])))"
+
+
 class Executor:
     """Runs samples in the sandbox and judges them. Start it early (before CUDA init is fine but not
     required: the executor is a fresh interpreter started with exec, not a fork of the caller) and reuse:
@@ -1519,10 +1526,11 @@ class Executor:
         if self.proc is not None:
             return self
         cfg = dict(self.cfg, parent=os.getpid())
-        flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        flags = (["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]) + (["-B"] if sys.dont_write_bytecode else [])
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         self._buf = bytearray()
-        self.proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__), "--_executor", json.dumps(cfg)],
+        self.proc = subprocess.Popen([sys.executable, *flags, "-c", _EXECUTOR_MAIN, os.path.dirname(os.path.abspath(__file__)),
+                                      json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
         os.set_blocking(self.proc.stdin.fileno(), False)
