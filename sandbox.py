@@ -35,6 +35,7 @@ the zygote dies E exits and Executor.run() restarts it, as it does a dead execut
 samples that had no result again. Protections the kernel refuses are reported as one warning line each.
 Linux only.
 """
+import _random  # random's C part: reseeds a forked sample cheaply
 import ast
 import builtins
 import ctypes
@@ -725,6 +726,22 @@ def _set_pid_max(n):
 
 
 # ----------------------------------------------------------------------------- zygote: forks samples, holds nothing
+# between the executor and its zygote, in structs (the less the zygote's loop touches, the fewer of its pages
+# it copies after each fork): a request (slot, in-process mode, timeout, then the temp dir's path) and the
+# answers b"P" (forked: pid, with a pidfd) and b"X" (exited: pid, wait status)
+_REQUEST, _FORKED = struct.Struct("<IBd"), struct.Struct("<cii")
+
+
+def _pack_request(req):
+    return _REQUEST.pack(req["slot"], req["mode"] == "in_process", req["timeout"]) + (req["tmp"] or "").encode()
+
+
+def _unpack_request(msg):
+    slot, in_process, timeout = _REQUEST.unpack_from(msg)
+    return {"slot": slot, "mode": "in_process" if in_process else "channel", "timeout": timeout,
+            "tmp": msg[_REQUEST.size:].decode() or None}
+
+
 def _zygote(sock, cfg, prot, proc_fd):
     """Z: forked from the executor before it read any job, so its memory holds imports and nothing of any
     sample. On each request (slot, mode, and the sample's three descriptors) it forks the sample as pid 1
@@ -749,12 +766,11 @@ def _zygote(sock, cfg, prot, proc_fd):
                 msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
                 if not msg:
                     os._exit(0)
-                req = json.loads(msg)
                 if own_pidns >= 0:
                     _call("unshare", CLONE_NEWPID)
                 pid = _fork()
                 if pid == 0:
-                    _sample_main(req, fds, cfg, prot)  # never returns
+                    _sample_main(_unpack_request(msg), fds, cfg, prot)  # never returns
                 if own_pidns >= 0:
                     _call("setns", own_pidns, CLONE_NEWPID)
                 for f in fds:
@@ -762,24 +778,24 @@ def _zygote(sock, cfg, prot, proc_fd):
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
-                socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+                socket.send_fds(sock, [_FORKED.pack(b"P", pid, 0)], [pidfd])
             elif fd in children:
                 pid = children.pop(fd)
                 poller.unregister(fd)
                 status = os.waitpid(pid, 0)[1]
                 os.close(fd)
-                sock.send(json.dumps({"exit": pid, "status": status}).encode())
+                sock.send(_FORKED.pack(b"X", pid, status))
 
 
 def _fork():
     """fork() for the zygote: libc's, without CPython's after-fork bookkeeping (re-initialising the
-    thread states, the import lock and running the at-fork hooks of threading and random), which a
-    single-threaded zygote does not need and which writes to ~180 shared pages, most of a forked
-    sample's copying (0.6 ms a sample on a 2-core VM). ctypes releases the GIL around the call, so the
-    child takes it back as the only thread. Only random's hook matters to a sample: it is reseeded."""
+    thread states and the import lock, and the at-fork hooks of threading and random), which a
+    single-threaded zygote does not need and which writes to ~80 more shared pages in every sample (each
+    copied: a sixth of a sample's copying). ctypes releases the GIL around the call, so the child takes it
+    back as the only thread. Only random's hook matters to a sample: it is reseeded."""
     pid = _ok(_lib().fork(), "fork")
-    if pid == 0:
-        random.seed()  # samples do not share the zygote's random sequence
+    if pid == 0:  # samples do not share the zygote's random sequence (seeded in C: random.seed's Python copies pages)
+        _random.Random.seed(random._inst, int.from_bytes(os.urandom(32), "little"))
     return pid
 
 
@@ -1241,7 +1257,7 @@ class _Zygote:
 
     def fork(self, req, fds):
         try:
-            socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+            socket.send_fds(self.sock, [_pack_request(req)], fds)
         except OSError:
             raise ExecutorError("the zygote died")
         while True:
@@ -1257,12 +1273,11 @@ class _Zygote:
             msg = b""
         if not msg:
             raise ExecutorError("the zygote died")
-        msg = json.loads(msg)
-        if fds:
-            msg["pidfd"] = fds[0]
-        if "exit" in msg:
-            self.exits[msg["exit"]] = msg["status"]
-        return msg
+        kind, pid, status = _FORKED.unpack(msg)
+        if kind == b"X":
+            self.exits[pid] = status
+            return {"exit": pid, "status": status}
+        return {"pid": pid, "pidfd": fds[0]}
 
 
 def _proc_read(proc_fd, path):
@@ -1685,7 +1700,9 @@ class Executor:
     def __init__(self, workers=None, memory_limit=MEMORY_LIMIT, file_size_limit=FILE_SIZE_LIMIT,
                  open_files_limit=OPEN_FILES_LIMIT, pid_limit=PID_LIMIT, proc_limit=PROC_LIMIT, tmp_size=TMP_SIZE,
                  tmp_inodes=TMP_INODES, output_limit=OUTPUT_LIMIT, disable=(), hide=None, quiet=False, cgroup_root=None):
-        self.cfg = dict(workers=workers or len(os.sched_getaffinity(0)), memory_limit=int(memory_limit),
+        # two samples at a time per CPU by default: while one waits on a hop between its processes (the fork, the
+        # judge, the channel) another runs; timeouts judged on CPU time make the sharing harmless to verdicts
+        self.cfg = dict(workers=workers or 2 * len(os.sched_getaffinity(0)), memory_limit=int(memory_limit),
                         file_size_limit=int(file_size_limit), open_files_limit=int(open_files_limit),
                         pid_limit=int(pid_limit), proc_limit=int(proc_limit), tmp_size=int(tmp_size),
                         tmp_inodes=int(tmp_inodes), output_limit=int(output_limit), disable=list(disable),
