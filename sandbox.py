@@ -1164,9 +1164,13 @@ class _Judge:
         self.fd = os.pidfd_open(self.pid)
         os.set_blocking(self.sock.fileno(), False)
         self.buf, self.cpu_mark, self.run = bytearray(), 0.0, None
+        self.tests = set()  # the tests sent to it (its _CACHE compiled them)
 
-    def send(self, data, chan_fd):
+    def send(self, data, chan_fd, test=None):
         """data: the job as the JSON line the executor read (not encoded again)."""
+        if len(self.tests) > 2048:  # as the judge's own cache
+            self.tests.clear()
+        self.tests.add(test)
         os.set_blocking(self.sock.fileno(), True)
         try:
             socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
@@ -1222,7 +1226,7 @@ def _start_run(job, raw, slot, judge, cfg, prot, zygote, base, cgroups):
         req = {"slot": slot, "mode": job.get("mode", "channel"), "timeout": r.timeout, "tmp": r.tmp}
         r.spid, r.sfd = zygote.fork(req, [chan_s.fileno(), setup_w, out_w] + ([join] if r.cgroup else []))
         r.t0 = time.monotonic()
-        judge.send(raw, chan_j.fileno())
+        judge.send(raw, chan_j.fileno(), job.get("test"))
         judge.run = r
     except BaseException:
         if r.cgroup:
@@ -1454,9 +1458,13 @@ class _State:
         self.poller.unregister(fd)
         del self.fds[fd]
 
-    def take_judge(self):
+    def take_judge(self, test):
+        """An idle judge, one that has judged this test before where there is one (it has the test compiled),
+        else a new one."""
         if self.idle:
-            return self.idle.pop()
+            j = next((j for j in reversed(self.idle) if test in j.tests), self.idle[-1])
+            self.idle.remove(j)
+            return j
         j = _Judge()
         self.judges.add(j)
         self.watch(j.sock.fileno(), ("verdict", j))
@@ -1481,7 +1489,7 @@ class _State:
         while self.queue and self.free and active < self.cfg["workers"]:
             (job, raw), slot, judge = self.queue.popleft(), self.free.pop(), None
             try:
-                judge = self.take_judge()
+                judge = self.take_judge(job.get("test"))
                 r = _start_run(job, raw, slot, judge, self.cfg, self.prot, self.zygote, self.base, self.cgroups)
             except (OSError, ValueError, KeyError, TypeError) as e:  # this sample only
                 self.free.append(slot)
