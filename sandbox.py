@@ -511,7 +511,8 @@ class _Cgroups:
     def __init__(self, fd, cfg):
         self.fd, self.cfg, self.count, self.dying = fd, cfg, 0, []
         have = set(os.listdir(fd))  # files that only some kernels have: as our own cgroup has them
-        self.swap, self.kill, self.oom_group = "memory.swap.max" in have, "cgroup.kill" in have, "memory.oom.group" in have
+        self.swap, self.kill = "memory.swap.max" in have, "cgroup.kill" in have
+        self.oom_group = "memory.oom.group" in have
 
     def make(self):
         """A fresh cgroup for one sample: (its name, a descriptor of its cgroup.procs, which the sample
@@ -602,7 +603,8 @@ def _setup_protections(cfg, proc_fd):
 
     abi = 0 if "landlock" in off else landlock_abi()
     prot["cgroup"], cgroup_fd = False, None  # first: the cgroup tree is out of sight after the pivot
-    path, leaf, why = (None, None, "disabled by request") if "cgroup" in off else _cgroup_v2_delegation(cfg.get("cgroup_root"))
+    path, leaf, why = _cgroup_v2_delegation(cfg.get("cgroup_root")) if "cgroup" not in off else \
+        (None, None, "disabled by request")
     if path:
         try:
             cgroup_fd = _cgroup_setup(path, leaf, cfg["parent"])
@@ -744,8 +746,8 @@ def _unpack_request(msg):
 
 def _zygote(sock, cfg, prot, proc_fd):
     """Z: forked from the executor before it read any job, so its memory holds imports and nothing of any
-    sample. On each request (slot, mode, and the sample's three descriptors) it forks the sample as pid 1
-    of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
+    sample. On each request (slot, mode, and the sample's three descriptors, four with its cgroup's) it forks
+    the sample as pid 1 of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
     cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
@@ -1144,7 +1146,8 @@ class _Run:
     """Executor-side state of one running sample: its sample process S (a child of the zygote, known by
     pidfd), its judge J, its slot (which gives its uid), and its pipes."""
     __slots__ = ("job", "slot", "judge", "t0", "timeout", "backstop", "next_check", "next_mem", "spid", "sfd",
-                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp", "group", "cgroup")
+                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp", "group",
+                 "cgroup")
 
 
 class _Judge:
@@ -1707,7 +1710,8 @@ class Executor:
 
     def __init__(self, workers=None, memory_limit=MEMORY_LIMIT, file_size_limit=FILE_SIZE_LIMIT,
                  open_files_limit=OPEN_FILES_LIMIT, pid_limit=PID_LIMIT, proc_limit=PROC_LIMIT, tmp_size=TMP_SIZE,
-                 tmp_inodes=TMP_INODES, output_limit=OUTPUT_LIMIT, disable=(), hide=None, quiet=False, cgroup_root=None):
+                 tmp_inodes=TMP_INODES, output_limit=OUTPUT_LIMIT, disable=(), hide=None, quiet=False,
+                 cgroup_root=None):
         # two samples at a time per CPU by default: while one waits on a hop between its processes (the fork, the
         # judge, the channel) another runs; timeouts judged on CPU time make the sharing harmless to verdicts
         self.cfg = dict(workers=workers or 2 * len(os.sched_getaffinity(0)), memory_limit=int(memory_limit),
@@ -1737,8 +1741,8 @@ class Executor:
         flags = (["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]) + (["-B"] if sys.dont_write_bytecode else [])
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         self._buf = bytearray()
-        self.proc = subprocess.Popen([sys.executable, *flags, "-c", _EXECUTOR_MAIN, os.path.dirname(os.path.abspath(__file__)),
-                                      json.dumps(cfg)],
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.proc = subprocess.Popen([sys.executable, *flags, "-c", _EXECUTOR_MAIN, here, json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
         os.set_blocking(self.proc.stdin.fileno(), False)
