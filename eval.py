@@ -1122,7 +1122,7 @@ def build_parser():
     ap.add_argument("--out", default=None, help="output folder (default CKPT/eval, or SAMPLES_eval/ beside the samples file)")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds per sample, > 0 (default " + ", ".join(f"{v:g} {t}" for t, v in TIMEOUT.items()) + ")")
-    ap.add_argument("--workers", type=int, default=None, help="samples run at once, >= 1 (default: CPUs available)")
+    ap.add_argument("--workers", type=int, default=None, help="samples run at once, >= 1 (default: twice the CPUs available)")
     ap.add_argument("--memory_limit", type=parse_size, default=MEMORY_LIMIT,
                     help=f"address space per sample process, e.g. 512M (default {MEMORY_LIMIT >> 30}G)")
     ap.add_argument("--mbpp_path", default=None, help="mbpp.jsonl (default: benchmarks/mbpp.jsonl, shipped)")

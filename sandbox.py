@@ -26,13 +26,16 @@ and inode limits, an unprivileged uid of its own, rlimits incl. RLIMIT_NPROC, La
 against keyrings, memfd and SysV IPC; no /proc) and hands the job to a judge (J: forked from E, reused).
 S reports its set-up on a pipe it closes before any sample code runs. Timeouts are judged on the CPU
 time of the sample's processes and its judge, with a wall-clock backstop (BACKSTOP x timeout + 1 s); a
-verdict that arrives after its deadline is a timeout. E also watches the proportional memory of all of
-a sample's processes (no per-sample cgroup is used: see the warning it prints). Nothing a sample does
+verdict that arrives after its deadline is a timeout. Where this process's cgroup is a delegated cgroup v2,
+each sample gets a cgroup of its own (memory.max over all its processes, tmpfs and memfds, no swap, pids.max;
+the evaluation's own processes move into a leaf beside them); elsewhere E watches the proportional memory of
+all of a sample's processes, and the warning it prints says so. Nothing a sample does
 can stop the evaluation: a failure of one sample's machinery fails that sample with its reason; when
 the zygote dies E exits and Executor.run() restarts it, as it does a dead executor, and runs the
 samples that had no result again. Protections the kernel refuses are reported as one warning line each.
 Linux only.
 """
+import _random  # random's C part: reseeds a forked sample cheaply
 import ast
 import builtins
 import ctypes
@@ -41,6 +44,7 @@ import json
 import math
 import os
 import platform
+import random
 import select
 import signal
 import socket
@@ -399,20 +403,168 @@ def _minimal_root(hide):
     _mount_setattr("/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
 
 
-def _cgroup_v2_delegation():
-    """Is a cgroup v2 subtree delegated to us (writable, memory and pids controllers enabled)? Only
-    looked at, never changed."""
+# ----------------------------------------------------------------------------- resources: a delegated cgroup v2
+# Where this process's cgroup is on cgroup v2 and delegated to us, each sample gets a cgroup of its own
+# (memory.max over all its processes, tmpfs and memfds included, no swap, pids.max) that it joins before
+# its code runs. Everything below works on descriptors opened before the pivot into the minimal root.
+CGROUP_ROOT = "/sys/fs/cgroup"  # where cgroup v2 is mounted; the environment's CODELM_CGROUP_ROOT overrides it
+CGROUP_LEAF = "codelm-main-"    # + the executor's pid: the leaf that takes the evaluation's own processes
+
+
+def _cgroup_v2_delegation(root=None):
+    """Can per-sample cgroups be made here? (path, leaf, None): our cgroup `path` will hold them (leaf: we
+    already sit in a leaf of an earlier executor's, else None); or (None, None, why not). Needs this process
+    in a cgroup v2 hierarchy mounted at root, the memory and pids controllers available to its children,
+    the cgroup writable and delegated to us: owned by our uid (not root), or marked by systemd (xattr
+    trusted.delegate or user.delegate). Root can write to every cgroup: that alone is no delegation.
+    Only looks, changes nothing."""
+    root = root or os.environ.get("CODELM_CGROUP_ROOT") or CGROUP_ROOT
     try:
-        lines = open("/proc/self/cgroup").read().split()
-        if lines != [l for l in lines if l.startswith("0::")]:
-            return False, "cgroup v1 or hybrid hierarchy (owned by this machine's supervisor)"
-        path = "/sys/fs/cgroup" + lines[0][3:]
-        controllers = open("/sys/fs/cgroup/cgroup.controllers").read().split()
-        if not {"memory", "pids"} <= set(controllers) or not os.access(path, os.W_OK):
-            return False, "cgroup v2 without a writable subtree with the memory and pids controllers"
-        return True, path
+        own = next((l[3:] for l in open("/proc/self/cgroup").read().splitlines() if l.startswith("0::")), None)
+        if own is None or not os.path.exists(os.path.join(root, "cgroup.controllers")):
+            return None, None, (f"no cgroup v2 hierarchy at {root}: cgroup v1 or hybrid, owned by this machine's "
+                                "supervisor")
+        path = os.path.normpath(os.path.join(root, own.lstrip("/")))
+        leaf = os.path.basename(path) if os.path.basename(path).startswith(CGROUP_LEAF) else None
+        path = os.path.dirname(path) if leaf else path
+        if not {"memory", "pids"} <= set(_read_at(None, f"{path}/cgroup.controllers").split()):
+            return None, None, f"cgroup {path} offers no memory and pids controllers to its children"
+        if not all(os.access(f"{path}/{f}", os.W_OK) for f in (".", "cgroup.procs", "cgroup.subtree_control")):
+            return None, None, f"cgroup {path} is not writable by us"
+        if not _delegated(path):
+            return None, None, (f"cgroup {path} is not delegated to us (owned by our uid, or systemd's "
+                                "Delegate=yes)")
+        return path, leaf, None
     except OSError as e:
-        return False, f"cgroups not readable ({e.strerror})"
+        return None, None, f"cgroups not readable ({e.strerror or e})"
+
+
+def _delegated(path):
+    if os.geteuid() != 0 and os.stat(path).st_uid == os.geteuid():
+        return True
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, name) == b"1":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _read_at(fd, name):
+    f = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        return os.read(f, 1 << 16).decode()
+    finally:
+        os.close(f)
+
+
+def _write_at(fd, name, text):
+    """(O_CREAT: the file exists in a real cgroup; in a test's stand-in tree it is made.)"""
+    f = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=fd)
+    try:
+        os.write(f, text.encode())
+    finally:
+        os.close(f)
+
+
+def _cgroup_setup(path, leaf, parent):
+    """Make room for per-sample cgroups in path. A cgroup whose children have controllers holds no processes
+    itself, so the evaluation's processes in path (the caller and us, nothing else) move into a leaf,
+    path/codelm-main-PID, before memory and pids are enabled for path's children. Returns a descriptor of
+    path (usable after the pivot into the minimal root); OSError, with everything undone, when path holds
+    other processes or refuses."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if leaf:  # an earlier executor of our caller's moved it into this leaf and enabled the controllers
+        return fd
+    procs = {int(p) for p in _read_at(fd, "cgroup.procs").split()}
+    others = procs - {os.getpid(), parent}
+    leaf = f"{CGROUP_LEAF}{os.getpid()}"
+    try:
+        if others:
+            raise OSError(0, f"{path} holds {len(others)} processes besides the evaluation's; run it in a "
+                             "delegated cgroup of its own")
+        os.mkdir(leaf, dir_fd=fd)
+        for pid in sorted(procs):
+            _write_at(fd, f"{leaf}/cgroup.procs", str(pid))
+        enabled = set(_read_at(fd, "cgroup.subtree_control").split())
+        if not {"memory", "pids"} <= enabled:
+            _write_at(fd, "cgroup.subtree_control", "+memory +pids")
+    except OSError:
+        for pid in procs - others:
+            try:
+                _write_at(fd, "cgroup.procs", str(pid))
+            except OSError:
+                pass
+        try:
+            os.rmdir(leaf, dir_fd=fd)
+        except OSError:
+            pass
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Cgroups:
+    """The executor's per-sample cgroups, in the cgroup its descriptor `fd` names."""
+
+    def __init__(self, fd, cfg):
+        self.fd, self.cfg, self.count, self.dying = fd, cfg, 0, []
+        have = set(os.listdir(fd))  # files that only some kernels have: as our own cgroup has them
+        self.swap, self.kill = "memory.swap.max" in have, "cgroup.kill" in have
+        self.oom_group = "memory.oom.group" in have
+
+    def make(self):
+        """A fresh cgroup for one sample: (its name, a descriptor of its cgroup.procs, which the sample
+        writes itself into before its code runs)."""
+        self.count += 1
+        name = f"codelm-{os.getpid()}-{self.count}"
+        os.mkdir(name, dir_fd=self.fd)
+        try:
+            limits = [("memory.max", self.cfg["memory_limit"]), ("pids.max", self.cfg["proc_limit"])]
+            limits += [("memory.swap.max", 0)] if self.swap else []
+            limits += [("memory.oom.group", 1)] if self.oom_group else []  # an OOM kill takes the whole sample
+            for f, value in limits:
+                _write_at(self.fd, f"{name}/{f}", str(value))
+            return name, os.open(f"{name}/cgroup.procs", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=self.fd)
+        except OSError:
+            self.remove(name)
+            raise
+
+    def oom_kills(self, name):
+        try:
+            text = _read_at(self.fd, f"{name}/memory.events")
+        except OSError:
+            return 0
+        return next((int(v) for k, _, v in (l.partition(" ") for l in text.splitlines()) if k == "oom_kill"), 0)
+
+    def remove(self, name):
+        """Kill what is left in the cgroup and remove it; one still busy is tried again by sweep()."""
+        if self.kill:
+            try:
+                _write_at(self.fd, f"{name}/cgroup.kill", "1")
+            except OSError:
+                pass
+        self._rmdir(name)
+
+    def _rmdir(self, name):
+        try:
+            os.rmdir(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self.dying.append(name)
+
+    def sweep(self, seconds=0.0):
+        """Remove the cgroups that were still busy, trying for up to `seconds`."""
+        end = time.monotonic() + seconds
+        while True:
+            names, self.dying = self.dying, []
+            for name in names:
+                self._rmdir(name)
+            if not self.dying or time.monotonic() >= end:
+                return
+            time.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------- executor: set-up
@@ -423,7 +575,8 @@ _WHAT = {"netns": "network namespace", "pidns": "PID namespace", "minimal_root":
 def _setup_protections(cfg, proc_fd):
     """In the executor at start: cut the network and pivot into the minimal root for everything it will
     fork, and probe what else this kernel allows. Returns (protections, warnings): one warning line per
-    protection that is unavailable here (or switched off with `disable`)."""
+    protection that is unavailable here (or switched off with `disable`), and a descriptor of the cgroup
+    that per-sample cgroups go in (None without them)."""
     off = set(cfg.get("disable", ()))
     prot, warn = {"userns": False}, []
 
@@ -449,11 +602,19 @@ def _setup_protections(cfg, proc_fd):
             _call("unshare", CLONE_NEWNET)
 
     abi = 0 if "landlock" in off else landlock_abi()
-    delegated, why = _cgroup_v2_delegation()
-    prot["cgroup"] = False  # per-sample cgroups are not used yet, even where delegated (see the README)
-    warn.append(f"no per-sample cgroup ({why if not delegated else 'delegated cgroup v2 not used yet'}): memory is "
-                "bounded per process (RLIMIT_AS) and per sample by the executor's watch of its processes' "
-                "proportional memory, processes by RLIMIT_NPROC of the sample's uid and its PID namespace's pid_max")
+    prot["cgroup"], cgroup_fd = False, None  # first: the cgroup tree is out of sight after the pivot
+    path, leaf, why = _cgroup_v2_delegation(cfg.get("cgroup_root")) if "cgroup" not in off else \
+        (None, None, "disabled by request")
+    if path:
+        try:
+            cgroup_fd = _cgroup_setup(path, leaf, cfg["parent"])
+            prot["cgroup"] = path
+        except OSError as e:
+            why = f"cgroup v2 at {path} refused: {e.strerror or e}"
+    if not prot["cgroup"]:
+        warn.append(f"no per-sample cgroup ({why}): memory is bounded per process (RLIMIT_AS) and per sample by the "
+                    "executor's watch of its processes' proportional memory, processes by RLIMIT_NPROC of the "
+                    "sample's uid and its PID namespace's pid_max")
     prot["netns"] = attempt("netns", net, "samples can reach the network"
                             + (" except over TCP, which Landlock blocks" if abi >= 4 else ""))
     if SYS_PIVOT_ROOT is None:
@@ -491,7 +652,7 @@ def _setup_protections(cfg, proc_fd):
                     + ": samples can write outside their temp dir where the file system allows"
                     + ("" if prot["pidns"] else ", and signal other processes of this user"))
     prot["capabilities_dropped"] = True
-    return prot, warn
+    return prot, warn, cgroup_fd
 
 
 def _probe_pid_namespace(cfg, prot, proc_fd):
@@ -567,14 +728,33 @@ def _set_pid_max(n):
 
 
 # ----------------------------------------------------------------------------- zygote: forks samples, holds nothing
+# between the executor and its zygote, in structs (the less the zygote's loop touches, the fewer of its pages
+# it copies after each fork): a request (slot, in-process mode, timeout, then the temp dir's path) and the
+# answers b"P" (forked: pid, with a pidfd) and b"X" (exited: pid, wait status)
+_REQUEST, _FORKED = struct.Struct("<IBd"), struct.Struct("<cii")
+
+
+def _pack_request(req):
+    return _REQUEST.pack(req["slot"], req["mode"] == "in_process", req["timeout"]) + (req["tmp"] or "").encode()
+
+
+def _unpack_request(msg):
+    slot, in_process, timeout = _REQUEST.unpack_from(msg)
+    return {"slot": slot, "mode": "in_process" if in_process else "channel", "timeout": timeout,
+            "tmp": msg[_REQUEST.size:].decode() or None}
+
+
 def _zygote(sock, cfg, prot, proc_fd):
     """Z: forked from the executor before it read any job, so its memory holds imports and nothing of any
-    sample. On each request (slot, mode, and the sample's three descriptors) it forks the sample as pid 1
-    of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
+    sample. On each request (slot, mode, and the sample's three descriptors, four with its cgroup's) it forks
+    the sample as pid 1 of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
     cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
     _sample_process_state("/tmp" if prot["mountns"] else None)  # once here rather than in every sample
+    if prot["seccomp"]:  # inherited by every sample (the zygote itself needs none of the calls it denies)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        _seccomp_install(_seccomp_program())
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
     gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
@@ -585,15 +765,14 @@ def _zygote(sock, cfg, prot, proc_fd):
     while True:
         for fd, _ in poller.poll():
             if fd == sock.fileno():
-                msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
+                msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
                 if not msg:
                     os._exit(0)
-                req = json.loads(msg)
                 if own_pidns >= 0:
                     _call("unshare", CLONE_NEWPID)
-                pid = os.fork()
+                pid = _fork()
                 if pid == 0:
-                    _sample_main(req, fds, cfg, prot)  # never returns
+                    _sample_main(_unpack_request(msg), fds, cfg, prot)  # never returns
                 if own_pidns >= 0:
                     _call("setns", own_pidns, CLONE_NEWPID)
                 for f in fds:
@@ -601,13 +780,25 @@ def _zygote(sock, cfg, prot, proc_fd):
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
-                socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+                socket.send_fds(sock, [_FORKED.pack(b"P", pid, 0)], [pidfd])
             elif fd in children:
                 pid = children.pop(fd)
                 poller.unregister(fd)
                 status = os.waitpid(pid, 0)[1]
                 os.close(fd)
-                sock.send(json.dumps({"exit": pid, "status": status}).encode())
+                sock.send(_FORKED.pack(b"X", pid, status))
+
+
+def _fork():
+    """fork() for the zygote: libc's, without CPython's after-fork bookkeeping (re-initialising the
+    thread states and the import lock, and the at-fork hooks of threading and random), which a
+    single-threaded zygote does not need and which writes to ~80 more shared pages in every sample (each
+    copied: a sixth of a sample's copying). ctypes releases the GIL around the call, so the child takes it
+    back as the only thread. Only random's hook matters to a sample: it is reseeded."""
+    pid = _ok(_lib().fork(), "fork")
+    if pid == 0:  # samples do not share the zygote's random sequence (seeded in C: random.seed's Python copies pages)
+        _random.Random.seed(random._inst, int.from_bytes(os.urandom(32), "little"))
+    return pid
 
 
 # ----------------------------------------------------------------------------- sample: the untrusted process
@@ -617,6 +808,9 @@ def _sample_main(req, fds, cfg, prot):
     fds = [_fcntl_dup(f) for f in fds]  # above 0-4, where they go next (the zygote's pidfd is closed below)
     setup = fds[1]
     try:
+        if len(fds) > 3:  # our own cgroup: joined first, so that everything we use counts against its limits
+            os.write(fds[3], b"0")
+            os.close(fds[3])
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
         os.setsid()
         ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
@@ -660,8 +854,6 @@ def _sample_main(req, fds, cfg, prot):
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if prot["landlock"]:
             _landlock_confine(tmp, prot["landlock"])
-        if prot["seccomp"]:
-            _seccomp_install(_seccomp_program())
         if not prot["sample_uid"]:  # (a uid other than 0 has none)
             _drop_capabilities()
         os.write(setup, b"ok")
@@ -964,7 +1156,8 @@ class _Run:
     """Executor-side state of one running sample: its sample process S (a child of the zygote, known by
     pidfd), its judge J, its slot (which gives its uid), and its pipes."""
     __slots__ = ("job", "slot", "judge", "t0", "timeout", "backstop", "next_check", "next_mem", "spid", "sfd",
-                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp", "group")
+                 "s_status", "out_r", "out", "out_bytes", "setup_r", "setup", "verdict", "elapsed", "tmp", "group",
+                 "cgroup")
 
 
 class _Judge:
@@ -984,9 +1177,13 @@ class _Judge:
         self.fd = os.pidfd_open(self.pid)
         os.set_blocking(self.sock.fileno(), False)
         self.buf, self.cpu_mark, self.run = bytearray(), 0.0, None
+        self.tests = set()  # the tests sent to it (its _CACHE compiled them)
 
-    def send(self, data, chan_fd):
+    def send(self, data, chan_fd, test=None):
         """data: the job as the JSON line the executor read (not encoded again)."""
+        if len(self.tests) > 2048:  # as the judge's own cache
+            self.tests.clear()
+        self.tests.add(test)
         os.set_blocking(self.sock.fileno(), True)
         try:
             socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
@@ -1025,30 +1222,39 @@ class _Judge:
         self.sock.close()
 
 
-def _start_run(job, raw, slot, judge, cfg, prot, zygote, base):
-    """Fork the sample (through the zygote), hand the job and the other end of its channel to the judge."""
+def _start_run(job, raw, slot, judge, cfg, prot, zygote, base, cgroups):
+    """Fork the sample (through the zygote) into a cgroup of its own where there are cgroups, hand the job
+    and the other end of its channel to the judge."""
     r = _Run()
     r.job, r.slot, r.judge, r.timeout = job, slot, judge, float(job["timeout"])
     r.out, r.out_bytes, r.setup = bytearray(), 0, bytearray()
     r.verdict = r.s_status = r.elapsed = None
     r.tmp = None if prot["mountns"] else os.path.join(base, f"{slot}-{os.urandom(6).hex()}")
     r.group = not prot["pidns"]  # no namespace to take its processes along: its process group then
+    r.cgroup, join = cgroups.make() if cgroups else (None, None)
     chan_j, chan_s = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r.out_r, out_w = os.pipe()
     r.setup_r, setup_w = os.pipe()
     try:
         req = {"slot": slot, "mode": job.get("mode", "channel"), "timeout": r.timeout, "tmp": r.tmp}
-        r.spid, r.sfd = zygote.fork(req, [chan_s.fileno(), setup_w, out_w])
+        r.spid, r.sfd = zygote.fork(req, [chan_s.fileno(), setup_w, out_w] + ([join] if r.cgroup else []))
         r.t0 = time.monotonic()
-        judge.send(raw, chan_j.fileno())
+        judge.send(raw, chan_j.fileno(), job.get("test"))
         judge.run = r
+    except BaseException:
+        if r.cgroup:
+            cgroups.remove(r.cgroup)
+        raise
     finally:
         chan_j.close()
         chan_s.close()
         os.close(out_w)
         os.close(setup_w)
+        if r.cgroup:
+            os.close(join)
     r.backstop = r.t0 + BACKSTOP * r.timeout + 1.0
-    r.next_check, r.next_mem = r.t0 + r.timeout, r.t0 + WATCH_AFTER
+    r.next_check = r.t0 + r.timeout
+    r.next_mem = math.inf if r.cgroup else r.t0 + WATCH_AFTER  # the cgroup's memory.max needs no watching
     for fd in (r.out_r, r.setup_r):
         os.set_blocking(fd, False)
     return r
@@ -1068,7 +1274,7 @@ class _Zygote:
 
     def fork(self, req, fds):
         try:
-            socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+            socket.send_fds(self.sock, [_pack_request(req)], fds)
         except OSError:
             raise ExecutorError("the zygote died")
         while True:
@@ -1084,12 +1290,11 @@ class _Zygote:
             msg = b""
         if not msg:
             raise ExecutorError("the zygote died")
-        msg = json.loads(msg)
-        if fds:
-            msg["pidfd"] = fds[0]
-        if "exit" in msg:
-            self.exits[msg["exit"]] = msg["status"]
-        return msg
+        kind, pid, status = _FORKED.unpack(msg)
+        if kind == b"X":
+            self.exits[pid] = status
+            return {"exit": pid, "status": status}
+        return {"pid": pid, "pidfd": fds[0]}
 
 
 def _proc_read(proc_fd, path):
@@ -1226,7 +1431,7 @@ def _serve(cfg):
             __import__(name)
         except ImportError:
             pass
-    prot, warn = _setup_protections(cfg, proc_fd)
+    prot, warn, cgroup_fd = _setup_protections(cfg, proc_fd)
     base = None
     if not prot["mountns"]:  # no private tmpfs per sample: temp dirs in a folder of ours on the host
         base = tempfile.mkdtemp(prefix="codelm-eval-")
@@ -1235,7 +1440,7 @@ def _serve(cfg):
     import gc  # (here: the zygote is forked before this, so that it freezes nothing of ours)
     gc.collect()
     gc.freeze()
-    state = _State(cfg, prot, zygote, base, proc_fd)
+    state = _State(cfg, prot, zygote, base, proc_fd, None if cgroup_fd is None else _Cgroups(cgroup_fd, cfg))
     state.out += json.dumps({"hello": True, "protections": prot, "warnings": warn, "base": base,
                              "zygote": zygote.pid}).encode() + b"\n"
     try:
@@ -1250,8 +1455,9 @@ class _State:
     that has its verdict no longer counts, while its processes go away, but keeps its uid: there are
     twice as many uids (slots) as workers. Judges are reused by whichever sample starts next."""
 
-    def __init__(self, cfg, prot, zygote, base, proc_fd):
+    def __init__(self, cfg, prot, zygote, base, proc_fd, cgroups):
         self.cfg, self.prot, self.zygote, self.base, self.proc_fd = cfg, prot, zygote, base, proc_fd
+        self.cgroups = cgroups
         self.queue, self.runs, self.fds, self.out, self.cleaners = deque(), [], {}, bytearray(), []
         self.free = list(range(2 * cfg["workers"]))[::-1]
         self.idle, self.judges = [], set()
@@ -1265,9 +1471,13 @@ class _State:
         self.poller.unregister(fd)
         del self.fds[fd]
 
-    def take_judge(self):
+    def take_judge(self, test):
+        """An idle judge, one that has judged this test before where there is one (it has the test compiled),
+        else a new one."""
         if self.idle:
-            return self.idle.pop()
+            j = next((j for j in reversed(self.idle) if test in j.tests), self.idle[-1])
+            self.idle.remove(j)
+            return j
         j = _Judge()
         self.judges.add(j)
         self.watch(j.sock.fileno(), ("verdict", j))
@@ -1292,8 +1502,8 @@ class _State:
         while self.queue and self.free and active < self.cfg["workers"]:
             (job, raw), slot, judge = self.queue.popleft(), self.free.pop(), None
             try:
-                judge = self.take_judge()
-                r = _start_run(job, raw, slot, judge, self.cfg, self.prot, self.zygote, self.base)
+                judge = self.take_judge(job.get("test"))
+                r = _start_run(job, raw, slot, judge, self.cfg, self.prot, self.zygote, self.base, self.cgroups)
             except (OSError, ValueError, KeyError, TypeError) as e:  # this sample only
                 self.free.append(slot)
                 if judge is not None:
@@ -1387,11 +1597,17 @@ class _State:
             if r.judge.run is r:  # the verdict came from us (memory): the judge's answer is stale
                 r.judge.run = None
                 self.drop_judge(r.judge)
+            if r.cgroup:
+                if r.verdict != "passed" and self.cgroups.oom_kills(r.cgroup):
+                    r.verdict = "failed: memory limit exceeded (out of memory in the sample's cgroup)"
+                self.cgroups.remove(r.cgroup)
             self.out += json.dumps(_result(r)).encode() + b"\n"
             self.free.append(r.slot)
             if r.tmp:
                 self.cleaners.append(_spawn_cleaner(r.tmp))
         self.cleaners = [p for p in self.cleaners if os.waitpid(p, os.WNOHANG)[0] == 0]
+        if self.cgroups and self.cgroups.dying:
+            self.cgroups.sweep()
 
     def shutdown(self):
         for r in self.runs:
@@ -1400,6 +1616,11 @@ class _State:
             j.kill()
         os.kill(self.zygote.pid, signal.SIGKILL)  # and its samples with it
         os.waitpid(self.zygote.pid, 0)
+        if self.cgroups:
+            for r in self.runs:
+                if r.cgroup:
+                    self.cgroups.remove(r.cgroup)
+            self.cgroups.sweep(seconds=2.0)
         if self.base:
             for p in self.cleaners:
                 os.waitpid(p, 0)
@@ -1473,6 +1694,13 @@ def as_job(job):
     return {"code": program, "timeout": float(timeout)}
 
 
+# the executor imports this file, from its cached bytecode where the caller's Python writes it (compiling it
+# leaves ~4 MB more in the executor and so in every process it forks, and each fork copies their page tables);
+# its folder leaves sys.path, and nothing later writes bytecode
+_EXECUTOR_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); import sandbox; del sys.path[0]; " \
+                 "sys.dont_write_bytecode = True; sys.exit(sandbox._serve(sandbox.json.loads(sys.argv[2])))"
+
+
 class Executor:
     """Runs samples in the sandbox and judges them. Start it early (before CUDA init is fine but not
     required: the executor is a fresh interpreter started with exec, not a fork of the caller) and reuse:
@@ -1487,16 +1715,21 @@ class Executor:
     "in_process" for tests that need more than plain values), timeout (s). Or (program, timeout).
     The executor dies with the thread that started it (and takes its samples along): start it from
     the main thread. disable=("netns", "pidns", "pid_limit", "landlock", "minimal_root", "ipcns",
-    "sample_uid", "seccomp") switches protections off (each is then reported as a warning), for debugging."""
+    "sample_uid", "seccomp", "cgroup") switches protections off (each is then reported as a warning), for
+    debugging. cgroup_root: where cgroup v2 is mounted (default $CODELM_CGROUP_ROOT or /sys/fs/cgroup)."""
 
     def __init__(self, workers=None, memory_limit=MEMORY_LIMIT, file_size_limit=FILE_SIZE_LIMIT,
                  open_files_limit=OPEN_FILES_LIMIT, pid_limit=PID_LIMIT, proc_limit=PROC_LIMIT, tmp_size=TMP_SIZE,
-                 tmp_inodes=TMP_INODES, output_limit=OUTPUT_LIMIT, disable=(), hide=None, quiet=False):
-        self.cfg = dict(workers=workers or len(os.sched_getaffinity(0)), memory_limit=int(memory_limit),
+                 tmp_inodes=TMP_INODES, output_limit=OUTPUT_LIMIT, disable=(), hide=None, quiet=False,
+                 cgroup_root=None):
+        # two samples at a time per CPU by default: while one waits on a hop between its processes (the fork, the
+        # judge, the channel) another runs; timeouts judged on CPU time make the sharing harmless to verdicts
+        self.cfg = dict(workers=workers or 2 * len(os.sched_getaffinity(0)), memory_limit=int(memory_limit),
                         file_size_limit=int(file_size_limit), open_files_limit=int(open_files_limit),
                         pid_limit=int(pid_limit), proc_limit=int(proc_limit), tmp_size=int(tmp_size),
                         tmp_inodes=int(tmp_inodes), output_limit=int(output_limit), disable=list(disable),
-                        hide=[str(h) for h in (benchmark_data_paths() if hide is None else hide)])
+                        hide=[str(h) for h in (benchmark_data_paths() if hide is None else hide)],
+                        cgroup_root=cgroup_root or os.environ.get("CODELM_CGROUP_ROOT") or CGROUP_ROOT)
         self.quiet = quiet
         self.proc = None
         self._owner = os.getpid()  # a forked copy of this object (a DataLoader worker) must not close it
@@ -1515,10 +1748,11 @@ class Executor:
         if self.proc is not None:
             return self
         cfg = dict(self.cfg, parent=os.getpid())
-        flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        flags = (["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]) + (["-B"] if sys.dont_write_bytecode else [])
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         self._buf = bytearray()
-        self.proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__), "--_executor", json.dumps(cfg)],
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.proc = subprocess.Popen([sys.executable, *flags, "-c", _EXECUTOR_MAIN, here, json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
         os.set_blocking(self.proc.stdin.fileno(), False)

@@ -68,23 +68,41 @@ def procs_named(name):
     return out
 
 
-def sample_processes():
-    """Live processes running as a sample uid."""
+def sample_processes(ex):
+    """Live processes running as a sample uid, except those of another executor on this machine (another
+    test run's): a process that escaped its executor counts, wherever it went."""
     out = []
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and sandbox.SAMPLE_UID <= d.stat().st_uid < sandbox.SAMPLE_UID + 64:
+            if d.name.isdigit() and sandbox.SAMPLE_UID <= d.stat().st_uid < sandbox.SAMPLE_UID + 64 \
+                    and not under_another_executor(int(d.name), ex.pid):
                 out.append(int(d.name))
         except OSError:
             pass
     return out
 
 
+def under_another_executor(pid, ours):
+    """Is pid a process of a live executor other than ours (the topmost of its ancestors that runs the
+    executor's command line has a parent other than init)?"""
+    def parent(p):
+        return int(re.search(r"^PPid:\s+(\d+)", Path(f"/proc/{p}/status").read_text(), re.M).group(1))
+
+    def is_executor(p):
+        cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        return b"--_executor" in cmd or b"sandbox._serve" in cmd
+
+    top = pid
+    while parent(top) > 1 and is_executor(parent(top)):
+        top = parent(top)
+    return top != ours and parent(top) > 1 and is_executor(top)
+
+
 def assert_nothing_survives(ex):
     deadline = time.monotonic() + 10
-    while sample_processes() and time.monotonic() < deadline:
+    while sample_processes(ex) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sample_processes() == [], "a sample's process survived it"
+    assert sample_processes(ex) == [], "a sample's process survived it"
 
 
 def kernel_allows(flags):
@@ -162,7 +180,10 @@ def test_protections_match_what_the_kernel_allows(ex):
     assert p["landlock"] == kernel_landlock_abi()
     if p["pidns"] and (major, minor) >= (6, 14):
         assert p["pid_limit"]
-    assert not p["cgroup"] and any("cgroup" in w for w in ex.warnings)  # what we fall back to is said
+    if sandbox._cgroup_v2_delegation()[0] is None:  # (this machine's cgroups are not ours to use: never touched)
+        assert not p["cgroup"]
+    if not p["cgroup"]:
+        assert any(w.startswith("no per-sample cgroup (") and "RLIMIT_AS" in w for w in ex.warnings)  # what instead
     unavailable = [k for k in ("netns", "pidns", "landlock", "minimal_root", "ipcns", "sample_uid") if not p[k]]
     assert len(ex.warnings) >= len(unavailable)  # one warning line per missing protection
 
@@ -350,6 +371,111 @@ def test_memory_of_all_processes_and_memfds_counts(humaneval):
     for r in res[4:]:
         assert not r["passed"], r
     assert "memory limit exceeded" in res[6]["result"], res[6]
+
+
+# ----------------------------------------------------------------------------- memory and processes: cgroup v2
+# These point the executor at a stand-in cgroup v2 tree in a temp dir (this machine's cgroups belong to its
+# supervisor): plain files where the kernel has its interface files, so what the executor writes can be read.
+def fake_cgroup_tree(root, procs, delegated=True):
+    """A cgroup v2 mount at root in which our own cgroup (per /proc/self/cgroup) offers memory and pids to
+    its children, lists `procs`, and is marked delegated by systemd (or not). Returns our cgroup's folder."""
+    own = next((l[3:] for l in Path("/proc/self/cgroup").read_text().splitlines() if l.startswith("0::")), None)
+    if own is None:
+        pytest.skip("no cgroup v2 line in /proc/self/cgroup")
+    (root / "cgroup.controllers").write_text("cpu io memory pids\n")
+    path = root / own.lstrip("/")
+    path.mkdir(parents=True, exist_ok=True)
+    files = {"cgroup.controllers": "cpu io memory pids\n", "cgroup.subtree_control": "", "cgroup.kill": "",
+             "cgroup.procs": "".join(f"{p}\n" for p in procs), "memory.swap.max": "max\n", "memory.oom.group": "0\n"}
+    for name, text in files.items():
+        (path / name).write_text(text)
+    if delegated:
+        os.setxattr(path, "user.delegate", b"1")
+    return path
+
+
+def tree_snapshot(root):
+    return {str(p.relative_to(root)): p.read_text() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_cgroup_detection_here_falls_back_and_touches_nothing():
+    """This machine's own cgroups (v1 or hybrid, owned by its supervisor) are refused by looking only."""
+    path, _, why = sandbox._cgroup_v2_delegation()
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        pytest.skip("this machine mounts cgroup v2 at /sys/fs/cgroup")
+    assert path is None and "no cgroup v2 hierarchy at /sys/fs/cgroup" in why
+
+
+def test_a_cgroup_not_delegated_is_refused_with_the_fallback(tmp_path):
+    own = fake_cgroup_tree(tmp_path, [os.getpid()], delegated=False)
+    before = tree_snapshot(tmp_path)
+    assert sandbox._cgroup_v2_delegation(str(tmp_path))[0] is None  # writable by root, but not delegated
+    with ev.Executor(workers=1, quiet=True, cgroup_root=str(tmp_path)) as e:
+        assert e.check("print(1)")["passed"]
+        assert not e.protections["cgroup"]
+        assert any(w.startswith(f"no per-sample cgroup (cgroup {own} is not delegated to us") and "RLIMIT_AS" in w
+                   for w in e.warnings), e.warnings
+    assert tree_snapshot(tmp_path) == before  # nothing written
+
+
+def test_a_delegated_cgroup_holding_other_processes_is_left_as_it_was(tmp_path):
+    """The evaluation's own processes would have to leave it for per-sample cgroups; others are not moved."""
+    own = fake_cgroup_tree(tmp_path, [os.getpid(), 1])
+    before = tree_snapshot(tmp_path)
+    assert sandbox._cgroup_v2_delegation(str(tmp_path))[0] == str(own)
+    with ev.Executor(workers=1, quiet=True, cgroup_root=str(tmp_path)) as e:
+        assert not e.protections["cgroup"]
+        assert any("holds 1 processes besides the evaluation's" in w for w in e.warnings), e.warnings
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_samples_get_cgroups_of_their_own_in_a_delegated_cgroup(tmp_path, humaneval):
+    """The evaluation's processes move into a leaf, memory and pids are enabled for the children, each sample
+    gets memory.max, memory.swap.max 0, pids.max and joins its cgroup itself; an OOM kill recorded in its
+    memory.events is the reason a sample failed; each cgroup is killed and removed after its sample."""
+    own = fake_cgroup_tree(tmp_path, [os.getpid()])
+    slow_fail = "import time\ntime.sleep(1.0)\nraise ValueError('no')\n"
+    with ev.Executor(workers=2, memory_limit=512 << 20, proc_limit=32, quiet=True, cgroup_root=str(tmp_path)) as e:
+        assert e.protections["cgroup"] == str(own), e.warnings
+        assert not any("cgroup" in w for w in e.warnings)
+        groups = [own / f"codelm-{e.pid}-{i}" for i in (1, 2, 3)]
+
+        def oom_in_third():  # what the kernel would record when the OOM killer hit the third sample
+            deadline = time.monotonic() + 30
+            while not groups[2].exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            (groups[2] / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+
+        t = threading.Thread(target=oom_in_third)
+        t.start()
+        res = e.run(honest(humaneval, 2) + [(slow_fail, 5.0)])
+        t.join()
+        leaf = own / f"codelm-main-{e.pid}"
+        assert (leaf / "cgroup.procs").read_text() == str(os.getpid())  # the caller (and the executor) moved
+        assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
+        for g in groups:
+            assert (g / "memory.max").read_text() == str(512 << 20) and (g / "pids.max").read_text() == "32"
+            assert (g / "memory.swap.max").read_text() == "0" and (g / "memory.oom.group").read_text() == "1"
+            assert (g / "cgroup.procs").read_text() == "0"  # the sample wrote itself in
+            assert (g / "cgroup.kill").read_text() == "1"  # and what it left was killed
+    assert_honest_pass(res, 2)
+    assert res[2]["result"] == "failed: memory limit exceeded (out of memory in the sample's cgroup)", res[2]
+
+
+def test_a_busy_cgroup_is_removed_once_it_empties(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    (tmp_path / "cgroup.kill").write_text("")
+    cg = sandbox._Cgroups(fd, {"memory_limit": 1 << 30, "proc_limit": 8})
+    name, join = cg.make()
+    os.close(join)
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["cgroup.procs", "memory.max", "pids.max"]
+    cg.remove(name)  # (a stand-in folder is never empty: as a cgroup whose processes are still dying)
+    assert cg.dying == [name] and (tmp_path / name / "cgroup.kill").read_text() == "1"
+    for f in (tmp_path / name).iterdir():  # its processes gone: the kernel's files go with the cgroup
+        f.unlink()
+    cg.sweep()
+    assert cg.dying == [] and not (tmp_path / name).exists()
+    os.close(fd)
 
 
 # ----------------------------------------------------------------------------- processes
