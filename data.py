@@ -334,27 +334,12 @@ def _folder_texts(src, ext, skip):
 
 
 def _jsonl_texts(src, text_field, skip):
-    opener = gzip.open if src.endswith(".gz") else open
-    try:
-        with opener(src, "rb") as f:  # decode line by line: one bad line does not end the file
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    skip("not UTF-8", f"{src}:{lineno}")
-                    continue
-                except json.JSONDecodeError:
-                    skip("not JSON", f"{src}:{lineno}")
-                    continue
-                text = rec.get(text_field) if isinstance(rec, dict) else None
-                if not isinstance(text, str):
-                    skip(f"no '{text_field}' field", f"{src}:{lineno}")
-                    continue
-                yield f"{src}:{lineno}", text
-    except (OSError, EOFError) as e:
-        raise DataError(f"{src}: cannot read ({e})")
+    for lineno, rec in iter_records(src, lambda reason, n: skip(reason, f"{src}:{n}")):
+        text = rec.get(text_field)
+        if not isinstance(text, str):
+            skip(f"no '{text_field}' field", f"{src}:{lineno}")
+            continue
+        yield f"{src}:{lineno}", text
 
 
 def _parquet_texts(src, text_field, skip):
