@@ -608,7 +608,8 @@ def bench_generate(args):
 def _vs_transformers(model, prompts, T, sync, rounds):
     """Greedy decoding, ours vs transformers' generate() on the same weights and prompts (left-padded
     for both when their lengths differ): tokens/s and whether every token agrees. The two alternate
-    `rounds` times after a warm-up each; the best wall and CPU (user + sys) time of each are reported."""
+    `rounds` times after a warm-up each; the best wall and CPU (user + sys) time of each are reported, and
+    the split between the prefill (a call for 1 new token) and each later decoding step."""
     hf = _hf_twin(model)
     if hf is None:
         print("# transformers is not installed: the comparison with its generate() is skipped "
@@ -621,22 +622,23 @@ def _vs_transformers(model, prompts, T, sync, rounds):
     attention_mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
     box = {}
 
-    def ours():
-        box["ours"] = model.generate(prompts, T)
+    def ours(new=T):
+        box["ours"] = model.generate(prompts, new)
 
-    def theirs():
+    def theirs(new=T):
         with torch.no_grad():
-            out = hf.generate(ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=T,
-                              min_new_tokens=T, pad_token_id=0, eos_token_id=None)
+            out = hf.generate(ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=new,
+                              min_new_tokens=new, pad_token_id=0, eos_token_id=None)
         box["theirs"] = out[:, L:].tolist()
 
-    wall, cpu = {"ours": [], "theirs": []}, {"ours": [], "theirs": []}
+    wall, cpu = collections.defaultdict(list), collections.defaultdict(list)
     for r in range(rounds + 1):  # round 0 warms both up
-        for name, fn in (("theirs", theirs), ("ours", ours)):
+        for name, fn, new in (("prefill theirs", theirs, 1), ("prefill ours", ours, 1),
+                              ("theirs", theirs, T), ("ours", ours, T)):  # the full calls last: box keeps them
             if sync:
                 sync()
             t0, c0 = time.perf_counter(), time.process_time()
-            fn()
+            fn(new)
             if sync:
                 sync()
             if r:
@@ -651,6 +653,10 @@ def _vs_transformers(model, prompts, T, sync, rounds):
     print_table(rows, ["method", "tokens", "seconds", "cpu_s", "tokens_per_s", "speedup", "cpu_speedup"])
     print(f"# best of {rounds} alternating rounds, prompts {min(map(len, prompts))}-{L} tokens, load average "
           f"{os.getloadavg()[0]:.1f}; identical greedy tokens: {same}/{B} rows")
+    step = {k: (w[k] - w["prefill " + k]) / max(T - 1, 1) for k in ("ours", "theirs")}
+    print(f"# prefill (a call for 1 new token): codelm {1e3 * w['prefill ours']:.1f} ms, transformers "
+          f"{1e3 * w['prefill theirs']:.1f} ms; each later step: codelm {1e3 * step['ours']:.2f} ms, transformers "
+          f"{1e3 * step['theirs']:.2f} ms")
     return {"rows": rows, "identical_rows": same, "batch": B, "load": os.getloadavg()[0], "seconds": wall, "cpu_s": cpu}
 
 
