@@ -540,6 +540,9 @@ def _generate_args(p):
     p.add_argument("--prompt_len", type=int, default=64)
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--rounds", type=int, default=5, help="ours and transformers alternate this many times (default 5)")
+    p.add_argument("--ragged", action="store_true",
+                   help="prompt lengths spread over [prompt_len / 2, prompt_len] (left padding, as eval.py's batches)")
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=256)
     p.add_argument("--n_head", type=int, default=4)
@@ -585,6 +588,9 @@ def bench_generate(args):
     B, P, T = args.batch, args.prompt_len, args.new_tokens
     prompts = torch.randint(0, model.cfg.vocab_size, (B, P)).tolist()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
+    if args.ragged:  # the transformers comparison alone (the naive loop takes equal lengths)
+        prompts = [p[:P - i * P // (2 * B)] for i, p in enumerate(prompts)]
+        return {"vs_transformers": _vs_transformers(model, prompts, T, sync, args.rounds)}
     gen = torch.Generator(device=args.device)
 
     def cached(prompts=prompts, n=1):
@@ -617,13 +623,15 @@ def bench_generate(args):
     print(f"# model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params ({model.cfg.n_layer} layers x "
           f"{model.cfg.n_embd}), prompt {P} + {T} new tokens, temperature 1.0, {args.device}, "
           f"torch threads {torch.get_num_threads()}")
-    result = {"rows": rows, "vs_transformers": _vs_transformers(model, prompts, T, sync)}
+    result = {"rows": rows, "vs_transformers": _vs_transformers(model, prompts, T, sync, args.rounds)}
     return result
 
 
-def _vs_transformers(model, prompts, T, sync):
-    """Greedy decoding, ours vs transformers' generate() on the same weights and prompts: tokens/s and
-    whether every token agrees."""
+def _vs_transformers(model, prompts, T, sync, rounds):
+    """Greedy decoding, ours vs transformers' generate() on the same weights and prompts (left-padded
+    for both when their lengths differ): tokens/s and whether every token agrees. The two alternate
+    `rounds` times after a warm-up each; the best wall and CPU (user + sys) time of each are reported, and
+    the split between the prefill (a call for 1 new token) and each later decoding step."""
     hf = _hf_twin(model)
     if hf is None:
         print("# transformers is not installed: the comparison with its generate() is skipped "
@@ -631,30 +639,47 @@ def _vs_transformers(model, prompts, T, sync):
         return None
     import transformers  # version for the record (present: _hf_twin found it)
 
-    ids = torch.tensor(prompts, device=next(model.parameters()).device)
-    B = len(prompts)
+    device, L, B = next(model.parameters()).device, max(map(len, prompts)), len(prompts)
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
     box = {}
 
-    def ours():
-        with torch.no_grad():
-            box["ours"] = model.generate(prompts, T)
+    def ours(new=T):
+        box["ours"] = model.generate(prompts, new)
 
-    def theirs():
+    def theirs(new=T):
         with torch.no_grad():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=T,
-                              min_new_tokens=T, pad_token_id=0, eos_token_id=None)
-        box["theirs"] = out[:, ids.shape[1]:].tolist()
+            out = hf.generate(ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=new,
+                              min_new_tokens=new, pad_token_id=0, eos_token_id=None)
+        box["theirs"] = out[:, L:].tolist()
 
-    t_theirs = timeit(theirs, warmup=1, repeat=3, sync=sync)
-    t_ours = timeit(ours, warmup=1, repeat=3, sync=sync)
+    wall, cpu = collections.defaultdict(list), collections.defaultdict(list)
+    for r in range(rounds + 1):  # round 0 warms both up
+        for name, fn, new in (("prefill theirs", theirs, 1), ("prefill ours", ours, 1),
+                              ("theirs", theirs, T), ("ours", ours, T)):  # the full calls last: box keeps them
+            if sync:
+                sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(new)
+            if sync:
+                sync()
+            if r:
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     same = sum(a == b for a, b in zip(box["ours"], box["theirs"]))
+    w, c = {k: min(v) for k, v in wall.items()}, {k: min(v) for k, v in cpu.items()}
     rows = [dict(method=f"transformers {transformers.__version__} generate(), greedy, batch {B}", tokens=B * T,
-                 seconds=t_theirs, tokens_per_s=B * T / t_theirs, speedup=1.0),
-            dict(method=f"codelm generate(), greedy, batch {B}", tokens=B * T, seconds=t_ours,
-                 tokens_per_s=B * T / t_ours, speedup=t_theirs / t_ours)]
-    print_table(rows, ["method", "tokens", "seconds", "tokens_per_s", "speedup"])
-    print(f"# identical greedy tokens: {same}/{B} rows")
-    return {"rows": rows, "identical_rows": same, "batch": B}
+                 seconds=w["theirs"], cpu_s=c["theirs"], tokens_per_s=B * T / w["theirs"], speedup=1.0, cpu_speedup=1.0),
+            dict(method=f"codelm generate(), greedy, batch {B}", tokens=B * T, seconds=w["ours"], cpu_s=c["ours"],
+                 tokens_per_s=B * T / w["ours"], speedup=w["theirs"] / w["ours"], cpu_speedup=c["theirs"] / c["ours"])]
+    print_table(rows, ["method", "tokens", "seconds", "cpu_s", "tokens_per_s", "speedup", "cpu_speedup"])
+    print(f"# best of {rounds} alternating rounds, prompts {min(map(len, prompts))}-{L} tokens, load average "
+          f"{os.getloadavg()[0]:.1f}; identical greedy tokens: {same}/{B} rows")
+    step = {k: (w[k] - w["prefill " + k]) / max(T - 1, 1) for k in ("ours", "theirs")}
+    print(f"# prefill (a call for 1 new token): codelm {1e3 * w['prefill ours']:.1f} ms, transformers "
+          f"{1e3 * w['prefill theirs']:.1f} ms; each later step: codelm {1e3 * step['ours']:.2f} ms, transformers "
+          f"{1e3 * step['theirs']:.2f} ms")
+    return {"rows": rows, "identical_rows": same, "batch": B, "load": os.getloadavg()[0], "seconds": wall, "cpu_s": cpu}
 
 
 SUBCOMMANDS["generate"] = (bench_generate, _generate_args,

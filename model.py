@@ -20,6 +20,7 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -290,34 +291,35 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys/values for every layer, (B, Hkv, S, D). Rows are left-aligned prompts: row r's
-    prompt occupies columns pad[r]..L-1 and generation continues at column L, L+1, ... for all rows."""
+    """Keys/values of every layer, preallocated (B, Hkv, S, D) and written in place. Prompts are left-padded
+    to a common length L: row r's prompt holds columns pad[r]..L-1 (the columns before are masked out) and
+    decoding writes columns L, L+1, ... of every row. The rows in use are the first ones (see take)."""
 
-    def __init__(self, cfg, batch, length, device, dtype):
+    def __init__(self, model, batch, length):
+        cfg, w = model.cfg, model.embed.weight
         shape = (batch, cfg.n_kv_head, length, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.layer_of = {}   # Attention module -> layer index
-        self.rows = None     # prefill: the cache rows (a slice) that receive this prompt
-        self.col = 0         # first column written by the current call
-        self.mask = None     # decode: (b, 1, 1, col+1) bool, True where a key may be attended
+        self.k = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(cfg.n_layer)]
+        self.cos, self.sin = rope_cos_sin(torch.arange(length), cfg, w.device)  # RoPE at every position
+        self.layer_of = {blk.attn: i for i, blk in enumerate(model.blocks)}  # Attention module -> layer index
+        self.rows = slice(0, batch)  # the rows in use
+        self.col = 0                 # first column written by the current forward
+        self.prefilling = True       # the forward holds whole prompts, each attending to itself alone
+        self.mask = None             # decoding: (b, 1, 1, col + 1) bool, True where a key may be attended; None: all
 
     def attend(self, attn, q, k, v):
-        i = self.layer_of[attn]
-        T = q.shape[2]
-        if self.rows is not None:  # prefill of one prompt: plain causal attention, then store K/V
-            self.k[i][self.rows, :, self.col:self.col + T] = k
-            self.v[i][self.rows, :, self.col:self.col + T] = v
+        i, end = self.layer_of[attn], self.col + q.shape[2]
+        keys, values = self.k[i][self.rows], self.v[i][self.rows]
+        keys[:, :, self.col:end], values[:, :, self.col:end] = k, v
+        if self.prefilling:
             return attention(q, k, v, causal=True, impl=attn.attn_impl)
-        self.k[i][:, :, self.col] = k[:, :, 0]
-        self.v[i][:, :, self.col] = v[:, :, 0]
-        keys, values = self.k[i][:, :, :self.col + 1], self.v[i][:, :, :self.col + 1]
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, enable_gqa=q.shape[1] != keys.shape[1])
+        k, v = keys[:, :, :end], values[:, :, :end]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, enable_gqa=q.shape[1] != k.shape[1])
 
-    def keep(self, idx):
-        """Drop finished rows: keep cache rows idx (a LongTensor)."""
-        self.k = [t.index_select(0, idx) for t in self.k]
-        self.v = [t.index_select(0, idx) for t in self.v]
+    def take(self, idx, cols):
+        """Rows idx (a LongTensor; repeats copy a row) become the first rows, in place, their first cols columns."""
+        for t in self.k + self.v:
+            t[:len(idx), :, :cols] = t[idx, :, :cols]
 
 
 class GPT(nn.Module):
@@ -392,100 +394,100 @@ class GPT(nn.Module):
         return logits, (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
     def _forward_cached(self, idx, cos, sin, cache):
+        """Logits (b, vocab) after the last position of idx (b, T), its keys/values stored in cache."""
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
-        return self.head(self.norm(x[:, -1:]))[:, -1, :self.cfg.vocab_size].float()
+        return F.linear(self.norm(x[:, -1]), self.head.weight[:self.cfg.vocab_size]).float()
+
+    def _prefill(self, prompts, n, max_new_tokens):
+        """Each run of equal-length prompts in one causal forward (no padding computed), their keys/values
+        stored in a new cache, each prompt ending at column L - 1 of its n sample rows. Returns (cache, each
+        row's logits after its prompt, each row's left padding, or None when no row has any)."""
+        L, device = max(map(len, prompts)), self.embed.weight.device
+        cache, logits = KVCache(self, len(prompts) * n, L + max_new_tokens), []
+        for T, run in groupby(range(len(prompts)), key=lambda i: len(prompts[i])):
+            run = list(run)
+            cache.rows, cache.col = slice(run[0], run[-1] + 1), L - T
+            ids = torch.tensor([prompts[i] for i in run], device=device)
+            logits.append(self._forward_cached(ids, cache.cos[:T], cache.sin[:T], cache))
+        cache.prefilling = False
+        if n > 1:  # each prompt's keys/values to its n sample rows
+            cache.take(torch.arange(len(prompts), device=device).repeat_interleave(n), L)
+        pad = torch.tensor([L - len(p) for p in prompts for _ in range(n)], device=device)
+        return cache, torch.cat(logits).repeat_interleave(n, 0), pad if L > min(map(len, prompts)) else None
+
+    def _decode_step(self, tokens, col, pad, cache):
+        """Logits after one more token per row in use (tokens (b,)), stored at cache column col. pad: (b,)
+        each row's left padding, or None when no row has any (then no mask to build or apply)."""
+        cache.col, cache.rows = col, slice(0, len(tokens))
+        cache.mask = None if pad is None else (torch.arange(col + 1, device=pad.device) >= pad[:, None])[:, None, None]
+        pos = slice(col, col + 1) if pad is None else col - pad
+        return self._forward_cached(tokens[:, None], cache.cos[pos][:, None, None], cache.sin[pos][:, None, None], cache)
 
     # -- generation
-    @torch.no_grad()
+    @torch.inference_mode()  # cheaper per op than no_grad: no autograd bookkeeping at all
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, n_samples=1,
                  stop=None, generator=None, return_logits=False, min_p=0.0, repetition_penalty=1.0,
                  generators=None, banned_ids=None):
-        """Sample continuations of token-id prompts. Returns len(prompts) * n_samples lists of new ids
-        (sample j of prompt i at i * n_samples + j), eos excluded. Each prompt is prefilled once (causal
-        attention, no padding computed) and its keys/values copied to its n_samples rows; decoding runs
-        all rows as one batch and drops rows as they finish (eos, or stop(row, new_ids) -> True).
-        temperature 0 is greedy; top_p, min_p and repetition_penalty (CTRL: the logits of tokens already
-        in the row, prompt included, divided by it when positive, multiplied when negative) as in
-        sample_next. generators: one torch.Generator (CPU) per output row; each row then draws only from
-        its own, so its tokens do not depend on the batch it shares. banned_ids: tokens never sampled.
-        return_logits=True also returns each row's (steps, vocab) logits."""
+        """Sample continuations of token-id prompts: len(prompts) * n_samples lists of new ids (sample j of
+        prompt i at i * n_samples + j), eos excluded. Each prompt is prefilled once (equal lengths together);
+        all samples decode as one batch that drops rows as they finish (eos, or stop(row, new_ids) -> True).
+        temperature 0 is greedy; top_p, min_p as in sample_next; repetition_penalty (CTRL) divides the
+        positive logits of tokens already in the row (prompt included) and multiplies the negative ones.
+        generators: one torch.Generator (CPU) per output row, each row drawing only from its own (its tokens
+        do not depend on its batch). banned_ids: tokens never sampled. return_logits=True also returns each
+        row's (steps, vocab) logits."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ModelError("generate: every prompt needs at least one token")
         if max_new_tokens <= 0:
             raise ModelError(f"generate: max_new_tokens must be positive, got {max_new_tokens}")
-        was_training = self.training
-        self.eval()
-        device, dtype = self.embed.weight.device, self.embed.weight.dtype
-        n, L = n_samples, max(len(p) for p in prompts)
-        B = len(prompts) * n
+        n, L, B, V = n_samples, max(map(len, prompts)), len(prompts) * n_samples, self.cfg.vocab_size
         if generators is not None and len(generators) != B:
             raise ModelError(f"generate: {len(generators)} generators for {B} rows")
-        cache = KVCache(self.cfg, B, L + max_new_tokens, device, dtype)
-        cache.layer_of = {blk.attn: i for i, blk in enumerate(self.blocks)}
-        pad = torch.tensor([L - len(p) for p in prompts for _ in range(n)], device=device)
-        logits = torch.empty(B, self.cfg.vocab_size, device=device)
-        for i, p in enumerate(prompts):  # prefill: one pass per prompt, shared by its samples
-            T = len(p)
-            cos, sin = rope_cos_sin(torch.arange(T, device=device), self.cfg, device)
-            cache.rows, cache.col = slice(i * n, (i + 1) * n), L - T
-            ids = torch.tensor([p], device=device)
-            logits[i * n:(i + 1) * n] = self._forward_cached(ids, cos, sin, cache)
-        cache.rows = None
-        seen = None
-        if repetition_penalty != 1.0:  # (rows, vocab): which tokens each row already holds
-            seen = torch.zeros(B, self.cfg.vocab_size, dtype=torch.bool, device=device)
-            for i, p in enumerate(prompts):
-                seen[i * n:(i + 1) * n, torch.tensor(p, device=device).clamp(max=self.cfg.vocab_size - 1)] = True
-        rows = torch.arange(B, device=device)   # cache row -> output index
-        outs = [[] for _ in range(B)]
-        step_logits = [[] for _ in range(B)] if return_logits else None
-        col_ids = torch.arange(L + max_new_tokens, device=device)
+        was_training, device = self.training, self.embed.weight.device
+        self.eval()
+        cache, logits, pad = self._prefill(prompts, n, max_new_tokens)  # pad: None once no row has any
+        rows, outs, step_logits = list(range(B)), [[] for _ in range(B)], [[] for _ in range(B)]  # rows: row -> output
+        seen = None if repetition_penalty == 1.0 else torch.zeros(B, V, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts if seen is not None else ()):  # seen: the tokens already in each row
+            seen[i * n:(i + 1) * n, torch.tensor(p, device=device).clamp(max=V - 1)] = True
         for step in range(max_new_tokens):
-            if return_logits:
-                for j, r in enumerate(rows.tolist()):
-                    step_logits[r].append(logits[j].clone())
+            for j, r in enumerate(rows if return_logits else ()):
+                step_logits[r].append(logits[j])
             if seen is not None:
                 logits = torch.where(seen, torch.where(logits > 0, logits / repetition_penalty,
                                                        logits * repetition_penalty), logits)
             if banned_ids:
                 logits = logits.index_fill(1, torch.tensor(banned_ids, device=device), float("-inf"))
-            uniform = None
-            if generators is not None and temperature > 0:
-                uniform = torch.stack([torch.rand((), generator=generators[r]) for r in rows.tolist()]).to(device)
+            uniform = None if generators is None or temperature <= 0 else torch.stack(
+                [torch.rand((), generator=generators[r]) for r in rows]).to(device)
             tokens = sample_next(logits, temperature, top_p, generator, min_p=min_p, uniform=uniform)
             if seen is not None:
-                seen[torch.arange(len(rows), device=device), tokens] = True
-            done = torch.zeros(len(rows), dtype=torch.bool)
-            for j, (r, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
-                if eos_id is not None and t == eos_id:
-                    done[j] = True
-                    continue
-                outs[r].append(t)
-                if stop is not None and stop(r, outs[r]):
-                    done[j] = True
-            if step == max_new_tokens - 1 or bool(done.all()):
+                seen.scatter_(1, tokens[:, None], True)
+            live = finish_rows(tokens.tolist(), rows, outs, eos_id, stop)
+            if not live or step == max_new_tokens - 1:
                 break
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1).to(device)
-                cache.keep(keep)
-                rows, tokens, pad = rows[keep], tokens[keep], pad[keep]
-                seen = seen[keep] if seen is not None else None
-            col = L + step
-            cache.col = col
-            padded = bool(pad.any())  # no padding left: attend to every column, no mask to build or apply
-            cache.mask = (col_ids[:col + 1][None, :] >= pad[:, None])[:, None, None, :] if padded else None
-            pos = col - pad
-            if col < self.cfg.block_size:  # positions inside the precomputed tables
-                cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
-            else:
-                cos, sin = rope_cos_sin(pos[:, None], self.cfg, device)
-            logits = self._forward_cached(tokens[:, None].to(device), cos[:, None], sin[:, None], cache)
+            if len(live) < len(rows):  # drop finished rows
+                idx = torch.tensor(live, device=device)
+                cache.take(idx, L + step)
+                rows, tokens, seen = [rows[j] for j in live], tokens[idx], seen if seen is None else seen[idx]
+                pad = None if pad is None or not pad[idx].any() else pad[idx]
+            logits = self._decode_step(tokens, L + step, pad, cache)
         self.train(was_training)
-        if return_logits:
-            return outs, [torch.stack(s) if s else torch.empty(0, self.cfg.vocab_size) for s in step_logits]
-        return outs
+        return (outs, [torch.stack(s) if s else torch.empty(0, V) for s in step_logits]) if return_logits else outs
+
+
+def finish_rows(tokens, rows, outs, eos_id, stop):
+    """Hand each row's new token to its output (rows: row -> output index) unless it is eos; returns the
+    rows that go on (not at eos, not stopped by stop(output index, new ids))."""
+    live = []
+    for j, (r, t) in enumerate(zip(rows, tokens)):
+        if t != eos_id:
+            outs[r].append(t)
+            if stop is None or not stop(r, outs[r]):
+                live.append(j)
+    return live
 
 
 def sample_next(logits, temperature=0.0, top_p=1.0, generator=None, min_p=0.0, uniform=None):
@@ -504,12 +506,10 @@ def sample_next(logits, temperature=0.0, top_p=1.0, generator=None, min_p=0.0, u
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
     if uniform is None:
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-    else:
-        cdf = sorted_probs.cumsum(-1)
-        target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-        choice = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
-    return order.gather(-1, choice).squeeze(-1)
+        return order.gather(-1, torch.multinomial(sorted_probs, 1, generator=generator)).squeeze(-1)
+    cdf = sorted_probs.cumsum(-1)
+    choice = torch.searchsorted(cdf, (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1), right=True)
+    return order.gather(-1, choice.clamp(max=cdf.shape[-1] - 1)).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- MFU

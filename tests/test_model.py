@@ -112,6 +112,32 @@ def test_greedy_generation_and_stops():
         m.generate([[]], 4)
 
 
+def test_a_row_does_not_depend_on_its_batch():
+    """Prompts of different lengths decode as one batch, left-padded in the cache, and rows leave it as
+    they stop: every row's tokens and logits equal those of its prompt generated alone, greedy (repetition
+    penalty and banned ids included) and sampled with a generator per row."""
+    m = tiny()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3], [10, 20, 30], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]]
+    ends = [4, 9, 6, 12]  # rows stop after different numbers of tokens
+
+    def run(rows, **kw):
+        return m.generate([prompts[i] for i in rows], 12, stop=lambda row, ids: len(ids) >= ends[rows[row]], **kw)
+
+    together, logits = run([0, 1, 2, 3], repetition_penalty=1.3, banned_ids=[0, 7], return_logits=True)
+    assert [len(t) for t in together] == ends
+    for i in range(4):
+        alone, alone_logits = run([i], repetition_penalty=1.3, banned_ids=[0, 7], return_logits=True)
+        assert together[i] == alone[0]
+        assert torch.allclose(logits[i], alone_logits[0], atol=1e-5)
+
+    def sampled(rows):
+        gens = [torch.Generator().manual_seed(100 + i) for i in rows]
+        return m.generate([prompts[i] for i in rows], 10, temperature=1.0, top_p=0.9, generators=gens)
+
+    assert sampled([0, 1, 2, 3]) == [sampled([i])[0] for i in range(4)]
+    assert sampled([3, 1]) == [sampled([3])[0], sampled([1])[0]]
+
+
 def test_top_p_and_temperature_sampling():
     logits = torch.tensor([[5.0, 4.9, 0.0, -1.0]]).repeat(2000, 1)
     g = torch.Generator().manual_seed(0)
