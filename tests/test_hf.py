@@ -205,7 +205,8 @@ def test_export_refuses_tokens_that_took_over_sentencepiece_ids(tmp_path, tiny_c
     no transformers tokenizer could encode as we do; export refuses before writing anything."""
     from data import Tokenizer
     from hf import export_hf
-    from model import ModelError, load_model, make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import ModelError, load_model, make_config, model_state_dict
 
     model, _ = load_model(tiny_ckpt)
     tok = Tokenizer.load(tiny_ckpt)

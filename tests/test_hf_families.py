@@ -246,7 +246,8 @@ def test_export_refuses_added_tokens_that_took_over_base_ids(folders, tmp_path, 
     from tokenizers import Tokenizer as RustTokenizer
 
     from data import Tokenizer
-    from model import load_model, make_config, model_state_dict, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import load_model, make_config, model_state_dict
 
     tok = Tokenizer.load(folders["gpt_neox"])
     victim = max((i for i in range(300, 480) if tok.encode(tok.decode([i])) == [i]), key=lambda i: len(tok.decode([i])))
