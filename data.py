@@ -21,6 +21,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import queue
 import random
 import re
 import shutil
@@ -29,7 +30,6 @@ import sysconfig
 import signal
 import tempfile
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -753,7 +753,7 @@ _worker_tok = None
 def _init_worker(model_path, added, specials=None):
     global _worker_tok
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool ends its workers with SIGTERM: die quietly
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # die quietly when ended
     _worker_tok = Tokenizer(model_path, added, specials)
 
 
@@ -858,15 +858,9 @@ def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, m
             if job:
                 yield job
 
-        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer.model_path, tokenizer.added_tokens, tokenizer.specials())) as pool:
-            pending = deque()
-            for job in jobs():
-                pending.append(pool.apply_async(_encode_job, (job,)))
-                while len(pending) > 2 * workers:  # backpressure: bounded memory
-                    _write_result(pending.popleft().get(), writers)
-            while pending:
-                _write_result(pending.popleft().get(), writers)
+        init = (tokenizer.model_path, tokenizer.added_tokens, tokenizer.specials())
+        for result in _encode_in_workers(jobs(), workers, init):
+            _write_result(result, writers)
         splits = {s: w.close() for s, w in writers.items()}
         if splits["train"]["tokens"] == 0:
             raise DataError("the corpus has no documents left to train on")
@@ -885,6 +879,66 @@ def write_corpus(texts, tokenizer, out_dir, val_fraction=VAL_FRACTION, seed=0, m
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _encoding_worker(init, todo, done):
+    """An encoding process: (index, job) from todo, (index, result or error text) to done, until None."""
+    _init_worker(*init)
+    for index, job in iter(todo.get, None):
+        try:
+            done.put((index, _encode_job(job), None))
+        except Exception as e:  # noqa: BLE001 (reported to the parent, which stops with it)
+            done.put((index, None, f"{type(e).__name__}: {e}"))
+
+
+def _encode_in_workers(jobs, workers, init):
+    """Encode jobs in `workers` processes; yield their results in job order, with at most 2 * workers jobs
+    in flight (flat memory). Our own processes and queues rather than multiprocessing.Pool: on Ctrl-C or
+    an error the workers are killed and the job queue abandoned (cancel_join_thread), where Pool.terminate
+    can wait forever on its task thread, blocked sending a job to a worker it has just terminated."""
+    ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+    todo, done = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_encoding_worker, args=(init, todo, done), daemon=True) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    finished = False
+    try:
+        sent, results, next_index = 0, {}, 0
+        for job in jobs:
+            todo.put((sent, job))
+            sent += 1
+            while sent - next_index > 2 * workers:  # backpressure
+                next_index = yield from _results_in_order(done, results, next_index, procs)
+        while next_index < sent:
+            next_index = yield from _results_in_order(done, results, next_index, procs)
+        for _ in procs:
+            todo.put(None)
+        for p in procs:
+            p.join()
+        finished = True
+    finally:
+        if not finished:
+            for p in procs:
+                p.kill()
+            todo.cancel_join_thread()  # its feeder may be blocked on a pipe no one reads any more
+
+
+def _results_in_order(done, results, next_index, procs):
+    """Wait for one more result; yield every result that is now next in order; return the next index."""
+    while True:
+        try:
+            index, result, error = done.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not all(p.is_alive() for p in procs):
+                raise DataError("an encoding worker died (out of memory?); nothing was written")
+    if error is not None:
+        raise DataError(f"encoding failed in a worker: {error}")
+    results[index] = result
+    while next_index in results:
+        yield results.pop(next_index)
+        next_index += 1
+    return next_index
 
 
 def _write_result(result, writers):

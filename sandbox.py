@@ -572,6 +572,22 @@ _WHAT = {"netns": "network namespace", "pidns": "PID namespace", "minimal_root":
          "ipcns": "IPC namespace", "sample_uid": "a uid per sample", "seccomp": "seccomp filter"}
 
 
+def _setup_cgroup(cfg, off, warn):
+    """(the cgroup v2 path samples get their cgroups in, its descriptor) where ours is delegated, else
+    (False, None) and a warning line saying why and what bounds a sample instead."""
+    path, leaf, why = _cgroup_v2_delegation(cfg.get("cgroup_root")) if "cgroup" not in off else \
+        (None, None, "disabled by request")
+    if path:
+        try:
+            return path, _cgroup_setup(path, leaf, cfg["parent"])
+        except OSError as e:
+            why = f"cgroup v2 at {path} refused: {e.strerror or e}"
+    warn.append(f"no per-sample cgroup ({why}): memory is bounded per process (RLIMIT_AS) and per sample by the "
+                "executor's watch of its processes' proportional memory, processes by RLIMIT_NPROC of the "
+                "sample's uid and its PID namespace's pid_max")
+    return False, None
+
+
 def _setup_protections(cfg, proc_fd):
     """In the executor at start: cut the network and pivot into the minimal root for everything it will
     fork, and probe what else this kernel allows. Returns (protections, warnings): one warning line per
@@ -602,19 +618,7 @@ def _setup_protections(cfg, proc_fd):
             _call("unshare", CLONE_NEWNET)
 
     abi = 0 if "landlock" in off else landlock_abi()
-    prot["cgroup"], cgroup_fd = False, None  # first: the cgroup tree is out of sight after the pivot
-    path, leaf, why = _cgroup_v2_delegation(cfg.get("cgroup_root")) if "cgroup" not in off else \
-        (None, None, "disabled by request")
-    if path:
-        try:
-            cgroup_fd = _cgroup_setup(path, leaf, cfg["parent"])
-            prot["cgroup"] = path
-        except OSError as e:
-            why = f"cgroup v2 at {path} refused: {e.strerror or e}"
-    if not prot["cgroup"]:
-        warn.append(f"no per-sample cgroup ({why}): memory is bounded per process (RLIMIT_AS) and per sample by the "
-                    "executor's watch of its processes' proportional memory, processes by RLIMIT_NPROC of the "
-                    "sample's uid and its PID namespace's pid_max")
+    prot["cgroup"], cgroup_fd = _setup_cgroup(cfg, off, warn)  # first: the cgroup tree is out of sight after the pivot
     prot["netns"] = attempt("netns", net, "samples can reach the network"
                             + (" except over TCP, which Landlock blocks" if abi >= 4 else ""))
     if SYS_PIVOT_ROOT is None:
