@@ -270,6 +270,23 @@ def test_forged_verdicts_fail_in_both_modes(ex, humaneval):
     assert "closed in the sandbox" in in_process["frame walk"] + in_process["gc search"] + in_process["trace rewrite"]
 
 
+def test_without_namespaces_verdicts_still_cannot_be_forged(humaneval):
+    """A machine that refuses every kernel protection (no namespaces, seccomp, Landlock, per-sample uid or
+    cgroup) still runs the judge outside the sample: honest samples pass, wrong ones fail, forgeries fail,
+    and the warnings say what is missing."""
+    off = ("netns", "pidns", "minimal_root", "ipcns", "sample_uid", "seccomp", "landlock", "cgroup")
+    p = humaneval[0]
+    with ev.Executor(workers=2, quiet=True, disable=off) as bare:
+        assert not any(bare.protections[k] for k in off if k in bare.protections)
+        assert sum("disabled by request" in w for w in bare.warnings) >= len(off) - 1
+        res = bare.run(honest(humaneval) + [job(p, WRONG)] + [job(p, WRONG + ATTACKS[name]) for name in ATTACKS]
+                       + honest(humaneval))
+    assert_honest_pass(res)
+    assert_honest_pass(res[-4:])
+    for name, r in zip(["wrong", *ATTACKS], res[4:-4]):
+        assert r["result"].startswith("failed") and "setup_error" not in r, (name, r)
+
+
 def test_always_equal_answers_fail_through_the_channel(ex, humaneval):
     p = humaneval[0]
     subclass = "    class T(int):\n        def __eq__(self, other):\n            return True\n    return T(1)\n"
