@@ -6,10 +6,12 @@ nanoGPT-style configuration: a script keeps its defaults as module globals, and
 applies the config file (plain Python assignments), then each --key=value, in order. Unlike a bare
 exec, every assignment is checked: the key must exist (an unknown key names its closest match) and the
 value must have the default's type (an int is fine where a float is expected; a default of None takes
-any value; bools are true/false).
+any value; bools are true/false). A config file may start from another with include("other.py") (a path
+relative to the including file), then change what differs: each published setting has one home.
 """
 import ast
 import difflib
+import os
 import traceback
 import types
 
@@ -78,21 +80,43 @@ def configurable(namespace):
             and not callable(v)}
 
 
-def apply_config_file(path, namespace, known):
+def _read_source(path):
     try:
         with open(path, "rb") as f:
             raw = f.read()
-        source = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}); a config file is Python source")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})")
-    scope = {"__file__": path}
+
+
+def _run_config(path, scope, including=()):
+    """Execute config file `path` in scope, with include() running other files into the same scope."""
+    if os.path.realpath(path) in including:
+        raise ConfigError(f"{path}: included again by itself ({' -> '.join(map(os.path.basename, including))})")
+    source = _read_source(path)
+
+    def include(other):
+        this_file = scope["__file__"], scope["include"]
+        try:
+            _run_config(os.path.join(os.path.dirname(path), other), scope, (*including, os.path.realpath(path)))
+        finally:
+            scope["__file__"], scope["include"] = this_file  # back to this file's own
+
+    scope.update(__file__=path, include=include)
     try:
         exec(compile(source, path, "exec"), scope)
+    except ConfigError:
+        raise  # from an included file: it names its own file and line
     except Exception as e:
         raise ConfigError(f"{path}{_line_of(e, path)}: error in config file: {type(e).__name__}: {e}")
+
+
+def apply_config_file(path, namespace, known):
+    scope = {}
+    _run_config(path, scope)
     applied = {}
     for key, value in scope.items():
         if key.startswith("_") or isinstance(value, types.ModuleType) or callable(value):

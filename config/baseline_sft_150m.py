@@ -11,24 +11,7 @@
 #   python data.py sft --src data/baseline.jsonl --tokenizer out/tinycodelm_150m --out data/baseline_sft --max_len 1024 --prompt_format instruction
 #   torchrun --nproc_per_node=8 train.py config/baseline_sft_150m.py
 # Reference differences (sum-reduced loss, truncation instead of dropping): see config/lintseq_sft_150m.py.
-task = "sft"
-init_from = "out/tinycodelm_150m"
+include("lintseq_sft_150m.py")      # the same recipe; what differs:
 out_dir = "out/tinycodelm_150m_baseline"
 data_dir = "data/baseline_sft"
-block_size = 1024
-
-batch_size = 16
-gradient_accumulation_steps = 32     # 16 x 32 = 512 examples per step
 epochs = 10                          # = 2 epochs x 5 edit sequences per program in the LintSeq run
-learning_rate = 3e-4
-min_lr = 0.0
-lr_schedule = "linear"
-warmup_iters = 2
-weight_decay = 0.01
-beta1 = 0.9
-beta2 = 0.999
-grad_clip = 1.0
-
-eval_interval = 100
-eval_iters = 20
-log_interval = 10

@@ -29,7 +29,7 @@ epochs = 2                           # x 5 sequences per program = 10 passes, th
 learning_rate = 3e-4
 min_lr = 0.0                         # linear decay to zero, as transformers' 'linear' schedule
 lr_schedule = "linear"
-warmup_iters = 2                     # warmup ratio 0.001 of ~2k steps
+warmup_fraction = 0.001              # the paper: warmup over 0.1% of the steps (rounded up)
 weight_decay = 0.01
 beta1 = 0.9
 beta2 = 0.999

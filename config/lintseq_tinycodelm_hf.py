@@ -11,24 +11,7 @@
 #   python eval.py --ckpt out/tinycodelm_150m_hf_lintseq
 #   python hf.py export --ckpt out/tinycodelm_150m_hf_lintseq --to hf/TinyCodeLM-150M-lintseq   # OLMo again
 # For TinyCodeLM-400M: --init_from=hf/TinyCodeLM-400M --out_dir=out/tinycodelm_400m_hf_lintseq.
-task = "sft"
+include("lintseq_sft_150m.py")      # the paper's recipe (lr 3e-4, wd 0.01, linear, 0.1% warmup, batch 512); what differs:
 init_from = "hf/TinyCodeLM-150M"     # a Hugging Face folder, read directly (or `hf.py import` it first)
 out_dir = "out/tinycodelm_150m_hf_lintseq"
 data_dir = "data/lintseq_tcl"
-block_size = 1024
-
-batch_size = 16                      # examples per micro-batch
-gradient_accumulation_steps = 32     # over all GPUs: 16 x 32 = 512 examples per step
-epochs = 2                           # sets max_iters
-learning_rate = 3e-4
-min_lr = 0.0                         # linear decay to zero
-lr_schedule = "linear"
-warmup_fraction = 0.001              # the LintSeq paper: warmup over 0.1% of the steps (rounded up)
-weight_decay = 0.01
-beta1 = 0.9
-beta2 = 0.999
-grad_clip = 1.0
-
-eval_interval = 100
-eval_iters = 20
-log_interval = 10

@@ -62,3 +62,29 @@ def test_bad_config_files(tmp_path):
         configure(defaults(), [str(wrong)])
     with pytest.raises(ConfigError, match="cannot read config file"):
         configure(defaults(), [str(tmp_path / "missing.py")])
+
+
+def test_a_config_includes_another_and_changes_what_differs(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "base.py").write_text("max_iters = 10\nlearning_rate = 3e-4\nout_dir = 'out/base'\n")
+    (tmp_path / "recipes" / "arm.py").write_text("include('base.py')  # relative to this file\nout_dir = 'out/arm'\n")
+    (tmp_path / "two.py").write_text("include('recipes/arm.py')\nmax_iters = max_iters * 2\n"
+                                     "include('recipes/base.py')\nlearning_rate = 1e-3\n")
+    ns = defaults()
+    configure(ns, [str(tmp_path / "recipes" / "arm.py")])
+    assert (ns["max_iters"], ns["learning_rate"], ns["out_dir"]) == (10, 3e-4, "out/arm")
+    ns = defaults()
+    configure(ns, [str(tmp_path / "two.py")])  # the second include resolves from two.py again, not arm.py
+    assert (ns["max_iters"], ns["learning_rate"], ns["out_dir"]) == (10, 1e-3, "out/base")
+
+
+def test_include_errors_name_the_file(tmp_path):
+    (tmp_path / "a.py").write_text("include('b.py')\n")
+    (tmp_path / "b.py").write_text("include('a.py')\n")
+    (tmp_path / "c.py").write_text("include('missing.py')\n")
+    (tmp_path / "d.py").write_text("max_iters = 1\nmax_iters = 1 / 0\n")
+    (tmp_path / "e.py").write_text("include('d.py')\n")
+    for name, message in (("a.py", "a.py: included again by itself (a.py -> b.py)"),
+                          ("c.py", "missing.py: cannot read config file"), ("e.py", "d.py:2: error in config file: ZeroDivisionError")):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            configure(defaults(), [str(tmp_path / name)])
