@@ -13,7 +13,7 @@
 # (make the data with the same --tokenizer as init_from). The six tags are new tokens: train.py grows the
 # embedding/head (new rows = the mean of the others) and, with LoRA, trains those rows besides the adapters.
 # The checkpoint in out_dir is merged (a plain checkpoint eval.py reads); lora_save='adapters' keeps
-# only the adapters and a reference to the base. Export: python model.py export --ckpt out/intent_lora --to hf/
+# only the adapters and a reference to the base. Export: python hf.py export --ckpt out/intent_lora --to hf/intent_lora
 task = "sft"
 init_from = "out/tinycodelm_150m"
 data_dir = "data/intent"
