@@ -1088,7 +1088,13 @@ def print_context_notes(metrics, block, sampling):
         if m.get("prompts_truncated") or m.get("new_tokens_capped"):
             print(f"{t}: {m['prompts_truncated']} of {m['n_problems']} prompts cut from the left and "
                   f"{m['new_tokens_capped']} given fewer than --max_new_tokens {sampling.max_new_tokens} new tokens, "
-                  f"to fit the model's {sampling.total_tokens or block}-token context")
+                  f"to fit {_context_words(block, sampling.total_tokens)}")
+
+
+def _context_words(block, total_tokens):
+    if total_tokens and total_tokens < block:
+        return f"the preset's {total_tokens} tokens of prompt and completion together"
+    return f"the model's {block}-token context"
 
 
 def parse_size(s):
