@@ -253,7 +253,8 @@ def _call(name, *args):
     return _ok(getattr(_lib(), name)(*conv), name)
 
 
-def _prctl(option, arg=0):
+def prctl(option, arg=0):
+    """prctl(2); OSError on failure (train.py sets its parent-death signal with it too)."""
     return _call("prctl", option, arg, 0, 0, 0)
 
 
@@ -294,7 +295,7 @@ def _drop_capabilities():
     data = ctypes.create_string_buffer(24)
     _ok(_lib().capset(hdr, data), "capset")
     try:
-        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
 
@@ -634,7 +635,7 @@ def _setup_protections(cfg, proc_fd):
                                  "samples run as the executor's uid: they can read each other's files while "
                                  "running and share one process limit")
     prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
-        "seccomp", lambda: _probe_in_child(lambda: (_prctl(PR_SET_NO_NEW_PRIVS, 1),
+        "seccomp", lambda: _probe_in_child(lambda: (prctl(PR_SET_NO_NEW_PRIVS, 1),
                                                     _seccomp_install(_seccomp_program()))),
         "samples can create keyring keys, memfds and SysV IPC objects")
     if platform.machine() not in SECCOMP_DENIED:
@@ -752,12 +753,12 @@ def _zygote(sock, cfg, prot, proc_fd):
     """Z: forked from the executor before it read any job, so its memory holds imports and nothing of any
     sample. On each request (slot, mode, and the sample's three descriptors, four with its cgroup's) it forks
     the sample as pid 1 of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
     cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
     _sample_process_state("/tmp" if prot["mountns"] else None)  # once here rather than in every sample
     if prot["seccomp"]:  # inherited by every sample (the zygote itself needs none of the calls it denies)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
         _seccomp_install(_seccomp_program())
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
@@ -815,7 +816,7 @@ def _sample_main(req, fds, cfg, prot):
         if len(fds) > 3:  # our own cgroup: joined first, so that everything we use counts against its limits
             os.write(fds[3], b"0")
             os.close(fds[3])
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
         os.setsid()
         ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
         if prot["mountns"] or ipc:
@@ -831,7 +832,7 @@ def _sample_main(req, fds, cfg, prot):
             tmp = req["tmp"]
             os.mkdir(tmp, 0o700)
             os.chown(tmp, uid, uid)
-        _prctl(PR_SET_DUMPABLE, 0)  # nothing we start can ptrace us or read our memory through /proc
+        prctl(PR_SET_DUMPABLE, 0)  # nothing we start can ptrace us or read our memory through /proc
         null = os.open(os.devnull, os.O_RDONLY)
         for src, dst in ((null, 0), (fds[2], 1), (fds[2], 2), (fds[0], 3), (setup, 4), (cfg["zygote_fd"], 5)):
             os.dup2(src, dst)
@@ -851,11 +852,11 @@ def _sample_main(req, fds, cfg, prot):
             resource.setrlimit(lim, (val, val + 1 if lim == resource.RLIMIT_CPU else val))
         if prot["sample_uid"]:
             _become(uid)  # every capability goes with uid 0
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # again: a change of uid clears it
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # again: a change of uid clears it
         if select.select([5], [], [], 0)[0]:  # the zygote died before that line
             os._exit(1)
         os.close(5)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
         if prot["landlock"]:
             _landlock_confine(tmp, prot["landlock"])
         if not prot["sample_uid"]:  # (a uid other than 0 has none)
@@ -1172,7 +1173,7 @@ class _Judge:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.pid = os.fork()
         if self.pid == 0:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             keep = _fcntl_dup(theirs.detach())
             os.closerange(3, keep)  # other samples' pipes, the protocol pipes (0, 1 are /dev/null)
             os.closerange(keep + 1, 1 << 16)
@@ -1425,10 +1426,10 @@ def _serve(cfg):
     os.close(null)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes us
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != cfg["parent"]:
         return 0
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # the zygote's orphans come back to us, never to the host's init
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # the zygote's orphans come back to us, never to the host's init
     proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # before the minimal root hides it
     for name in PREWARM + ("fcntl", "_signal"):
         try:
@@ -1635,7 +1636,7 @@ def _spawn_cleaner(path):
     """Remove a sample's temp dir in a child of ours: off the verdict path, bounded in time."""
     pid = os.fork()
     if pid == 0:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         _remove_tree(path)
         os._exit(0)
     return pid

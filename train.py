@@ -54,7 +54,7 @@ from finetune import LoraSettings, finetune_checkpoint, finetune_model, new_rows
 from hf import checkpoint_config
 from model import GPT, GPTConfig, ModelError, estimate_mfu, make_config, peak_flops, without_tied_head
 from optim import AdamW8bit
-from sandbox import PR_SET_PDEATHSIG, _prctl  # sandbox.py holds the Linux system calls
+from sandbox import PR_SET_PDEATHSIG, prctl  # sandbox.py holds the Linux system calls
 
 # ----------------------------------------------------------------------------- defaults
 # I/O
@@ -249,7 +249,7 @@ def die_with_parent():
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if parent == 1 or os.getppid() != parent:  # the launcher died before the call
         raise SystemExit(f"train.py: error: the launcher of rank {os.environ.get('RANK')} is gone")
 

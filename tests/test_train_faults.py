@@ -20,20 +20,12 @@ import checkpoint
 import model
 import train as train_module
 from conftest import REPO, UNWRITABLE, run_torchrun, unwritable_output
-from test_train import curve, env, make_tiny_run, records, train
+from test_train import curve, env, make_tiny_run, records, reference, train  # noqa: F401 (reference: a fixture)
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tokenizer_path):
     return make_tiny_run(tmp_path_factory, tokenizer_path)[1]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, config):
-    """The tiny run, uninterrupted."""
-    out = tmp_path_factory.mktemp("ref") / "out"
-    train(config, f"--out_dir={out}")
-    return out
 
 
 def snapshot(folder):
