@@ -9,6 +9,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -291,17 +292,18 @@ def test_lintseq_preset_scores_mbpp_on_the_papers_problems(tmp_path, mbpp_path):
 
 
 # ----------------------------------------------------------------------------- EvalPlus
-def evalplus_fixture(path, humaneval, canonical_of=None):
-    """A HumanEvalPlus-format file made from HumanEval problems 0 and 2 (inputs written here)."""
-    inputs = {0: ([[[1.0, 2.0, 3.0], 0.5], [[1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3]],
-                  [[[float(i) for i in range(10)] + [3.05], 0.1], [[float(2 * i) for i in range(12)], 1.0]]),
-              2: ([[3.5]], [[10.25], [7.0], [123.456]])}
+def evalplus_fixture(path, humaneval, canonical_of=None, inputs=None, atol=None):
+    """A HumanEvalPlus-format file made from HumanEval problems (0 and 2 unless inputs, {problem: (base inputs,
+    plus inputs)}, says others; atol: {problem: the file's atol}, else 0)."""
+    inputs = inputs or {0: ([[[1.0, 2.0, 3.0], 0.5], [[1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3]],
+                            [[[float(i) for i in range(10)] + [3.05], 0.1], [[float(2 * i) for i in range(12)], 1.0]]),
+                        2: ([[3.5]], [[10.25], [7.0], [123.456]])}
     rows = []
     for i, (base, plus) in inputs.items():
         p = humaneval[i]
         rows.append({"task_id": p["task_id"], "prompt": p["prompt"], "entry_point": p["test"].rsplit("check(", 1)[1][:-1],
                      "canonical_solution": (canonical_of or {}).get(i, p["canonical"]), "base_input": base,
-                     "plus_input": plus, "atol": 0})
+                     "plus_input": plus, "atol": (atol or {}).get(i, 0)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -558,6 +560,109 @@ def test_evalplus_comparison_rules():
     assert same(35, 33, [3, 4], 0)[0] and not same(34, 33, [3, 4], 0)[0]  # the oracle: 34.63... rounded
     same = evalplus_check_code(entry_point="find_zero", dataset="humaneval", atol=1e-6)["_same"]
     assert same(3.0, 1.0, [[-6, 11, -6, 1]], 1e-6)[0] and not same(2.5, 1.0, [[-6, 11, -6, 1]], 1e-6)[0]
+
+
+def evalplus_same(out, exp, atol):
+    """EvalPlus's verdict on one answer (evalplus/eval/__init__.py, unsafe_execute, as of evalplus 26d6d00),
+    computed here with numpy: (passed, the atol for the next input of the run)."""
+    exact = out == exp
+    if atol == 0 and (isinstance(exp, float) or (isinstance(exp, (list, tuple)) and exp
+                                                 and all(isinstance(i, float) for i in exp))):
+        atol = 1e-6
+    if exact or atol == 0:
+        return bool(exact), atol
+    try:
+        assert type(out) == type(exp)
+        if isinstance(exp, (list, tuple)):
+            assert len(out) == len(exp)
+        assert np.allclose(out, exp, rtol=1e-07, atol=atol)
+        return True, atol
+    except BaseException:
+        return False, atol
+
+
+def elementwise_close(out, exp, atol):
+    """The comparison eval.py made before: numbers within atol + 1e-7 |exp|, lists element by element."""
+    if isinstance(out, (list, tuple)) and isinstance(exp, (list, tuple)):
+        return type(out) == type(exp) and len(out) == len(exp) and all(elementwise_close(a, b, atol) for a, b in zip(out, exp))
+    if not (isinstance(out, (bool, int, float, complex)) and isinstance(exp, (bool, int, float, complex))):
+        return False
+    return out == exp or abs(out - exp) <= atol + 1e-07 * abs(exp)
+
+
+INF = float("inf")
+# (answer, expected, atol) where an element-by-element comparison and numpy.allclose disagree: numpy broadcasts
+# inner shapes, compares infinities by equality (|1e308 - inf| <= atol + rtol * inf holds, but not for numpy),
+# and raises on ragged lists and on ints past int64 (object arrays)
+DISAGREE = [([[1.0]], [[1.0, 1.0]], 1e-6), ([(0,), (1,)], [(0, 0), (1, 1)], 1e-6), ([-INF], [INF], 1e-6),
+            (1e308, INF, 0.0), ((1.0, 1e308), (1.0, INF), 0.0), ([1.0, [2.0 + 1e-9]], [1.0, [2.0]], 1e-6),
+            ([2 ** 70 + 1], [2 ** 70], 1e-6)]
+AGREE = [(1.0 + 1e-9, 1.0, 0.0), (1.0 + 1e-5, 1.0, 0.0), ([1.0, INF], [1.0 + 1e-9, INF], 0.0), ([], [], 0.0),
+         ([1], [], 0.0), ([True, 2.0], [1, 2.0 + 1e-8], 1e-6), ((1.0, 2.0), [1.0, 2.0], 0.0), (1 + 1e-9j, 1 + 0j, 1e-6),
+         (["a", 1.0], ["a", 1.0 + 1e-9], 1e-6), ([None, 1.0], [None, 1.0 + 1e-9], 1e-6), (float("nan"), float("nan"), 0.0),
+         ([[1.0, 2.0]], [[1.0], [2.0]], 1e-6), ({"a": 1.0}, {"a": 1.0 + 1e-9}, 1e-6), (0, 1e-7, 0.0), (1.0, 1, 1e-6),
+         ([2 ** 62], [2 ** 62 + 1], 1e-6), (2 ** 70 + 1, 2 ** 70, 1e-6), (10.0 + 1e-5, 10.0, 1e-6)]
+
+
+def test_evalplus_float_comparison_is_numpys():
+    """The judge's comparison gives EvalPlus's verdict (numpy.allclose after a type and top-level length check,
+    atol raised to 1e-6 by a float or a non-empty list of floats), also where an element-by-element one would not."""
+    same = evalplus_check_code(dataset="humaneval")["_same"]
+    for out, exp, atol in DISAGREE:
+        assert evalplus_same(out, exp, atol)[0] != elementwise_close(out, exp, max(atol, 1e-6)), (out, exp)
+    for out, exp, atol in DISAGREE + AGREE:
+        assert same(out, exp, [], atol) == evalplus_same(out, exp, atol), (out, exp, atol)
+    assert same([1.0], [], [], 0.0) == (False, 0.0)  # is_floats([]) is False (EvalPlus since 2024-05): atol stays 0
+    assert same((1.0, 2.0 + 1e-9), (1.0, 2.0), [], 0.0) == (True, 1e-6)
+
+
+def test_evalplus_judging_agrees_with_numpy_end_to_end(tmp_path, humaneval):
+    """Through eval.py: HumanEval/20 answers an infinity (a float tuple, so atol 1e-6) and HumanEval/87 has a
+    file atol on lists of int pairs; the verdicts are EvalPlus's, computed here from the answers with numpy."""
+    inputs = {20: ([[[1.0, 2.0, 3.9, 4.0]]], [[[INF, 1.0]], [[-INF, INF, 0.5]]]),
+              87: ([[[[1, 0], [0, 1]], 1]], [[[[2, 5], [5, 2]], 5], [[[1, 2], [3, 4]], 9]])}
+    file_atol = {87: 1e-6}
+    plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval, inputs=inputs, atol=file_atol)
+    closest, rows = humaneval[20]["canonical"], humaneval[87]["canonical"]
+    wrap = lambda body, ret: body.replace("    return ", "    result = ") + f"    return {ret}\n"  # noqa: E731
+    samples = [("HumanEval/20", closest),
+               ("HumanEval/20", wrap(closest, "tuple(1e308 if x == float('inf') else x for x in result)")),
+               ("HumanEval/20", wrap(closest, "tuple(-x if x == float('inf') else x for x in result)")),
+               ("HumanEval/20", wrap(closest, "tuple(x + 1e-7 for x in result)")),
+               ("HumanEval/87", rows), ("HumanEval/87", wrap(rows, "[(i,) for i, j in result]")),
+               ("HumanEval/87", wrap(rows, "[(i, j + 1) for i, j in result]"))]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus",
+                        "--humaneval_plus_path", str(plus), "--out", str(tmp_path / "o"), "--workers", "2"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+
+    def verdict(task_id, completion, runs, close):  # (base passed, all passed), each run with its own atol
+        p_number = int(task_id.split("/")[1])
+        p = humaneval[p_number]
+        ref, cand = {}, {}
+        exec(p["prompt"] + p["canonical"], ref)
+        exec(p["prompt"] + completion, cand)
+        name = p["test"].rsplit("check(", 1)[1][:-1]
+        passed = []
+        for run in runs:
+            atol, ok = file_atol.get(p_number, 0.0), True
+            for args in run:
+                out, exp = cand[name](*args), ref[name](*args)
+                good, atol = close(out, exp, atol)
+                ok = ok and good
+            passed.append(ok)
+        return passed[0], passed[0] and passed[1]
+
+    def elementwise(out, exp, atol):
+        atol = 1e-6 if atol == 0 and isinstance(exp, tuple) and all(isinstance(i, float) for i in exp) else atol
+        return (out == exp or (atol != 0 and elementwise_close(out, exp, atol))), atol
+    want = [verdict(t, c, inputs[int(t.split("/")[1])], evalplus_same) for t, c in samples]
+    assert [(x["base_passed"], x["passed"]) for x in res] == want, [x["result"] for x in res]
+    old = [verdict(t, c, inputs[int(t.split("/")[1])], elementwise) for t, c in samples]
+    assert [w != o for w, o in zip(want, old)] == [False, True, True, False, False, True, False]  # cases that tell
 
 
 def test_tokensugar_protocol_gives_the_prompt_in_shorthand(ex, humaneval, tokenizer_path):
