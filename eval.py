@@ -43,8 +43,8 @@ documents, the default; "bos"; or "none"). build_program() is the one post-proce
 Presets (--preset) set what a paper fixed; flags given explicitly win, and metrics.json records both:
   lintseq     n 10, top-p 0.95, temperature 1.0 (models under 300M parameters) or 0.2, instruction
               prompts, pass@1,5,10 (LintSeq, Piterbarg et al. 2025). MBPP(+) on the paper's problems:
-              MBPP+ without its first 100 (mbpp: the same task numbers, so it needs --mbpp_plus_path too),
-              each asked as the paper's evaluation asks, "Write a function `SIGNATURE` to ..."
+              MBPP+ v0.2.0 without its first 100, by task number (mbpp: the same task numbers), each
+              asked as the paper's evaluation asks, "Write a function `SIGNATURE` to ..."
   tokensugar  greedy, 512 tokens in all (prompt + completion), `pass`, `#` and `...` banned, a stop at a
               column-0 line starting with a lowercase letter or "<", the prompt's code given in the
               checkpoint's shorthand (sugarized with its table, matches weighed by its tokenizer) (Token Sugar)
@@ -99,7 +99,20 @@ PRESETS = {
     "intent": dict(temperature=0.2, repetition_penalty=1.05),
 }
 LINE_STOPS = ["\n" + c for c in "abcdefghijklmnopqrstuvwxyz<"]  # Token Sugar: a column-0 line starting so ends
-LINTSEQ_MBPP_HELD_OUT = 100   # --preset lintseq: MBPP+'s first problems, held out by the LintSeq paper
+# --preset lintseq's MBPP(+) problems, by task number. The LintSeq paper's evaluation (upiterbarg/lintseq,
+# src/eval/mbpp/run_eval.py) scores the rows of Hugging Face's evalplus/mbppplus after its first 100. Those
+# rows are MBPP+ v0.2.0 (378 tasks) in its release file's order (evalplus tools/mbpp/to_original_fmt.py),
+# so the 100 held out end at Mbpp/224. MBPP+ v0.1.0 (399 tasks) also has the 21 tasks v0.2.0 removed
+# (evalplus tools/mbpp/fix_v010.py). Task numbers name the same problems in either.
+LINTSEQ_MBPP_HELD_OUT = ("2-4 6-9 11-12 14 16-20 56-59 61-72 74-75 77 79-80 82 84-106 108-109 111 113 116 118-120 "
+                         "123-133 135 137-142 145 160-162 165-168 170-172 222-224")
+LINTSEQ_MBPP = ("226-227 230 232-235 237-240 242 244-245 247 250-253 255-257 259-262 264-274 276-287 290 292-294 "
+                "296-297 299-301 305-306 308-312 388-392 394-395 397-398 404-406 409-410 412-415 418-422 424-430 "
+                "432-433 435-437 439-441 445-448 450-451 453-460 462-463 465 468 470-479 554-560 562-569 572-573 "
+                "576-581 583 585-594 596-600 602-608 610-612 614-616 618-620 622-624 626 628-633 635 637-639 641 "
+                "643-644 720-726 728 730-737 739-745 748-755 757-760 762-767 769-773 775 777-778 780-782 784-788 "
+                "790-794 796-801 803-809")
+MBPP_PLUS_V010_ONLY = "83 115 117 143 164 229 249 295 396 400 407 431 438 442 461 574 582 595 640 746 783"
 LINTSEQ_SMALL = 300e6         # --preset lintseq: temperature 1.0 below this many parameters (150M), else 0.2
 # Problems whose tests need more than plain values across the sandbox, measured by running every reference
 # solution through the channel: MBPP/40 and MBPP/88 answer a Counter, MBPP/367 is given a tree of the test's
@@ -210,38 +223,63 @@ def lintseq_signature(code):
     return lines[0].rstrip().rstrip(":").lstrip("def").lstrip() if lines else None
 
 
-def lintseq_mbpp(data, tasks, mbpp_path, plus_path, plus_limits):
+def task_numbers(spec):
+    """"2-4 6" -> {2, 3, 4, 6}."""
+    out = set()
+    for part in spec.split():
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(out)
+
+
+def mbpp_number(task_id):
+    return int(re.search(r"\d+$", str(task_id)).group())
+
+
+def mbpp_plus_version(numbers):
+    """The MBPP+ release whose task set is `numbers` (task numbers): "v0.2.0", "v0.1.0" or "unknown"."""
+    numbers, v020 = set(numbers), task_numbers(LINTSEQ_MBPP_HELD_OUT) | task_numbers(LINTSEQ_MBPP)
+    releases = {"v0.2.0": v020, "v0.1.0": v020 | task_numbers(MBPP_PLUS_V010_ONLY)}
+    return next((v for v, ids in releases.items() if ids == numbers), "unknown")
+
+
+def lintseq_mbpp(data, tasks, mbpp_path):
     """--preset lintseq: MBPP(+) as the LintSeq paper scored it (upiterbarg/lintseq, src/eval/mbpp/run_eval.py):
-    EvalPlus's MBPP+ problems after its first 100 (held out), each asked as its description with
-    "function" replaced by "function `SIGNATURE`". mbpp_plus keeps MBPP+'s tests; mbpp takes the same
-    task numbers from MBPP, with MBPP's own tests. Each task's dataset info records the selection."""
-    chosen = [t for t in ("mbpp", "mbpp_plus") if t in tasks]
-    if not chosen:
-        return data
-    if "mbpp_plus" not in data and not plus_path:
-        raise EvalError("--preset lintseq scores mbpp on the LintSeq paper's problems, which come from MBPP+: "
-                        "pass --mbpp_plus_path FILE (MbppPlus.jsonl from github.com/evalplus/mbppplus_release)")
-    plus = data["mbpp_plus"][0] if "mbpp_plus" in data else load_evalplus("mbpp_plus", plus_path, plus_limits)[0]
-    if len(plus) <= LINTSEQ_MBPP_HELD_OUT:
-        raise EvalError(f"--preset lintseq: the MBPP+ file has {len(plus)} problems; the LintSeq paper holds out "
-                        f"the first {LINTSEQ_MBPP_HELD_OUT} and scores the rest")
-    held, kept = plus[:LINTSEQ_MBPP_HELD_OUT], plus[LINTSEQ_MBPP_HELD_OUT:]
+    MBPP+ v0.2.0's problems after its first 100 (held out), named by task number (LINTSEQ_MBPP), each asked as
+    its description with "function" replaced by "function `SIGNATURE`". mbpp_plus keeps the MBPP+ file's tests
+    (a file without all of those problems is refused; a release other than v0.2.0 is said on stderr); mbpp
+    takes the same task numbers from MBPP, with MBPP's own tests. Each task's dataset info records the selection."""
+    numbers, held = task_numbers(LINTSEQ_MBPP), sorted(task_numbers(LINTSEQ_MBPP_HELD_OUT))
     out = dict(data)
-    for t in chosen:
+    for t in [t for t in ("mbpp", "mbpp_plus") if t in tasks]:
         if t == "mbpp_plus":
-            problems, info = [dict(p) for p in kept], data[t][1]
+            problems, info = lintseq_mbpp_plus(*data[t], numbers)
         else:
-            problems, info = load_mbpp(mbpp_path, [int(str(p["task_id"]).rsplit("/", 1)[-1]) for p in kept])
+            problems, info = load_mbpp(mbpp_path, sorted(numbers))
         for p in problems:
             signature = lintseq_signature(p["canonical"])
             if signature:
                 p["instruction"] = p["description"].replace("function", f"function `{signature}`")
-        selection = {"preset": "lintseq", "held_out": LINTSEQ_MBPP_HELD_OUT,
-                     "held_out_ids": [held[0]["task_id"], held[-1]["task_id"]], "n_problems": len(problems),
-                     "task_ids": [problems[0]["task_id"], problems[-1]["task_id"]],
-                     "why": "LintSeq scores MBPP(+) on EvalPlus's MBPP+ without its first 100 problems"}
+        selection = {"preset": "lintseq", "held_out": len(held),
+                     "held_out_ids": [f"Mbpp/{held[0]}", f"Mbpp/{held[-1]}"], "n_problems": len(problems), "task_ids": [problems[0]["task_id"], problems[-1]["task_id"]],
+                     "why": "LintSeq scores MBPP(+) on MBPP+ v0.2.0 without its first 100 problems"}
         out[t] = (problems, {**info, "selection": selection})
     return out
+
+
+def lintseq_mbpp_plus(problems, info, numbers):
+    """The LintSeq paper's problems from an MBPP+ file (its problems, dataset info): all, or a one-line error."""
+    missing = sorted(numbers - {mbpp_number(p["task_id"]) for p in problems})
+    if missing:
+        raise EvalError(f"--preset lintseq: {info['path']} lacks {len(missing)} of the LintSeq paper's {len(numbers)} "
+                        f"MBPP+ problems (first Mbpp/{missing[0]}); the paper used MBPP+ v0.2.0: MbppPlus.jsonl.gz "
+                        "of release v0.2.0 at github.com/evalplus/mbppplus_release")
+    if info["version"] != "v0.2.0":
+        what = "no known MBPP+ release" if info["version"] == "unknown" else f"MBPP+ {info['version']}"
+        print(f"eval.py: warning: --preset lintseq: {info['path']} is {what} ({len(problems)} tasks), not v0.2.0 "
+              f"(378) as in the LintSeq paper: its {len(numbers)} problems are scored with this file's tests",
+              file=sys.stderr)
+    return [dict(p) for p in problems if mbpp_number(p["task_id"]) in numbers], info
 
 
 # ----------------------------------------------------------------------------- EvalPlus
@@ -459,7 +497,10 @@ def load_evalplus(task, path, limits=(EVALPLUS_MIN_TIME, EVALPLUS_TIME_FACTOR)):
                              canonical=canonical, stop=stop))
     if not problems:
         raise EvalError(f"{path}: no problems")
-    return problems, {"path": str(path), "sha256": file_sha256(path)}
+    info = {"path": str(path), "sha256": file_sha256(path)}
+    if base == "mbpp":  # by its task set; a release's later fixes keep its version name (the sha256 tells them apart)
+        info["version"] = mbpp_plus_version(mbpp_number(p["task_id"]) for p in problems)
+    return problems, info
 
 
 def check_canonical(problems, executor, timeouts):
@@ -1289,7 +1330,7 @@ def main(argv=None):
     check_out(out)
     data = load_tasks(tasks, args.mbpp_path, plus_paths(args), plus_limits(args))
     if args.preset == "lintseq":
-        data = lintseq_mbpp(data, tasks, args.mbpp_path, args.mbpp_plus_path, plus_limits(args))
+        data = lintseq_mbpp(data, tasks, args.mbpp_path)
     problems = {t: data[t][0][:args.limit] if args.limit else data[t][0] for t in tasks}
     samples = None if args.ckpt else read_samples(args.samples, problems, tasks)
     timeouts = {t: args.timeout or TIMEOUT[t] for t in TASKS}

@@ -239,56 +239,94 @@ def test_preset_recorded_flags_win_and_context_cuts_said(tmp_path, tiny_ckpt):
             "--max_new_tokens 200 new tokens, to fit the model's 256-token context") in r.stdout
 
 
-def lintseq_plus_fixture(path, mbpp_path):
-    """An MbppPlus.jsonl made from MBPP problems 11-112 (102 problems: the LintSeq paper holds out the
-    first 100); inputs only for the last two, which the test runs."""
-    inputs = {111: ([[[[12, 18, 23, 25, 45], [7, 12, 18, 24, 28], [1, 5, 8, 12, 15, 16, 18]]]], [[[[1, 2], [2, 3]]]]),
-              112: ([[2, 4], [1, 2]], [[3, 1]])}
+def lintseq_plus_fixture(path, mbpp_path, numbers):
+    """An MbppPlus.jsonl made from the MBPP problems with these task numbers (in this order); inputs only for
+    Mbpp/226 and Mbpp/227, which the test runs."""
+    inputs = {226: ([["abcdef"]], [["python"], [""]]), 227: ([[10, 20, 0]], [[-10, -20, -30], [5, 5, 5]])}
     docs = {d["task_id"]: d for _, d in ev.read_jsonl(mbpp_path)}
     rows = [{"task_id": f"Mbpp/{i}", "prompt": f'"""\n{docs[i]["text"]}\n{docs[i]["test_list"][0]}\n"""\n',
              "entry_point": re.search(r"def (\w+)", docs[i]["code"]).group(1), "canonical_solution": docs[i]["code"],
              "base_input": inputs.get(i, ([], []))[0], "plus_input": inputs.get(i, ([], []))[1], "atol": 0}
-            for i in range(11, 113)]
+            for i in numbers]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def test_lintseq_preset_scores_mbpp_on_the_papers_problems(tmp_path, mbpp_path):
-    """--preset lintseq: MBPP+ without its first 100 problems (held out by the paper), asked as the
-    paper's evaluation asks (the description naming the signature); mbpp gets the same task numbers
-    with MBPP's own tests; the selection is in metrics.json."""
-    plus = lintseq_plus_fixture(tmp_path / "MbppPlus.jsonl", mbpp_path)
+def test_lintseq_problems_are_mbpp_plus_v020_after_its_first_100():
+    """The task numbers named in eval.py are MBPP+ v0.2.0 (378 tasks) and v0.1.0 (399) as EvalPlus's own fix
+    scripts index them (tools/mbpp/fix_v010.py checks v0.1.0 positions, fix_v020.py v0.2.0 positions), and the
+    paper's problems are v0.2.0's after its first 100."""
+    scored = sorted(ev.task_numbers(ev.LINTSEQ_MBPP))
+    v020 = sorted(ev.task_numbers(ev.LINTSEQ_MBPP_HELD_OUT) | set(scored))
+    v010 = sorted(set(v020) | ev.task_numbers(ev.MBPP_PLUS_V010_ONLY))
+    assert (len(v010), len(v020), len(scored)) == (399, 378, 278) and v020[100:] == scored and v020[99] == 224
+    assert [v010[i] for i in (37, 65, 94, 107, 160, 216, 270, 334, 345, 375, 392)] == [
+        83, 115, 164, 229, 295, 442, 582, 734, 746, 783, 803]
+    assert [v020[i] for i in (55, 215, 236)] == [102, 459, 559]
+    assert ev.task_numbers("2-4 6") == {2, 3, 4, 6}
+    assert [ev.mbpp_plus_version(v) for v in (v020, v010, v020[1:])] == ["v0.2.0", "v0.1.0", "unknown"]
+
+
+def test_lintseq_preset_scores_mbpp_on_the_papers_problems(tmp_path, mbpp_path, capsys):
+    """--preset lintseq: MBPP+ v0.2.0 without its first 100 problems (held out by the paper), chosen by task
+    number, so the file's order does not matter and a v0.1.0 file gives the same problems (said on stderr); a
+    file without all of them is refused; asked as the paper's evaluation asks (the description naming the
+    signature); mbpp gets the same task numbers with MBPP's own tests; the selection is in metrics.json."""
+    scored = sorted(ev.task_numbers(ev.LINTSEQ_MBPP))
+    v020 = sorted(ev.task_numbers(ev.LINTSEQ_MBPP_HELD_OUT) | set(scored))
+    plus = lintseq_plus_fixture(tmp_path / "MbppPlus.jsonl", mbpp_path, v020)
     data = ev.load_tasks(["mbpp_plus"], plus_paths={"mbpp_plus": plus})
-    data = ev.lintseq_mbpp(data, ["mbpp", "mbpp_plus"], mbpp_path, plus, (4.0, 4.0))
-    assert [p["task_id"] for p in data["mbpp_plus"][0]] == ["Mbpp/111", "Mbpp/112"]
-    assert [p["task_id"] for p in data["mbpp"][0]] == ["MBPP/111", "MBPP/112"]
+    assert data["mbpp_plus"][1]["version"] == "v0.2.0"
+    data = ev.lintseq_mbpp(data, ["mbpp", "mbpp_plus"], mbpp_path)
+    assert [p["task_id"] for p in data["mbpp_plus"][0]] == [f"Mbpp/{n}" for n in scored]
+    assert [p["task_id"] for p in data["mbpp"][0]] == [f"MBPP/{n}" for n in scored]
     for t in ("mbpp", "mbpp_plus"):
-        assert [p["instruction"] for p in data[t][0]] == [
-            "Write a function `common_in_nested_lists(nestedlist)` to find common elements in given nested lists. "
-            "* list item * list item * list item * list item",
-            "Write a python function `perimeter(diameter,height) ` to find the perimeter of a cylinder."]  # as found
-        assert data[t][1]["selection"]["held_out_ids"] == ["Mbpp/11", "Mbpp/110"]
-    assert "assert perimeter(2,4) == 12" in data["mbpp"][0][1]["test"]  # MBPP's own tests
+        assert [p["instruction"] for p in data[t][0][:2]] == [
+            "Write a python function `odd_values_string(str)` to remove the characters which have odd index values "
+            "of a given string.", "Write a function `min_of_three(a,b,c)` to find minimum of three numbers."]
+        assert data[t][1]["selection"]["held_out_ids"] == ["Mbpp/2", "Mbpp/224"]
+    assert "assert min_of_three(10,20,0)==0" in data["mbpp"][0][1]["test"]  # MBPP's own tests
+    assert capsys.readouterr().err == ""
     assert ev.lintseq_signature("from collections import defaultdict\ndef f(x):\n") == "rom collections import defaultdict"
-    rows = [{"task_id": "Mbpp/111", "completion": "def common_in_nested_lists(nestedlist):\n"
-                                                  "    return sorted(set.intersection(*map(set, nestedlist)))\n"},
-            {"task_id": "Mbpp/112", "completion": "def perimeter(diameter, height):\n    return 2 * (diameter + height)\n"}]
+    # another order, v0.1.0 (399 tasks): the same problems, the version said once
+    v010 = sorted(set(v020) | ev.task_numbers(ev.MBPP_PLUS_V010_ONLY))
+    old = lintseq_plus_fixture(tmp_path / "MbppPlus-v0.1.0.jsonl", mbpp_path, v010[::-1])
+    data = ev.lintseq_mbpp(ev.load_tasks(["mbpp_plus"], plus_paths={"mbpp_plus": old}), ["mbpp_plus"], mbpp_path)
+    assert sorted(ev.mbpp_number(p["task_id"]) for p in data["mbpp_plus"][0]) == scored
+    assert data["mbpp_plus"][1]["version"] == "v0.1.0"
+    assert capsys.readouterr().err == (f"eval.py: warning: --preset lintseq: {old} is MBPP+ v0.1.0 (399 tasks), not "
+                                       "v0.2.0 (378) as in the LintSeq paper: its 278 problems are scored with this "
+                                       "file's tests\n")
+    extra = lintseq_plus_fixture(tmp_path / "extra.jsonl", mbpp_path, v020 + [900])
+    ev.lintseq_mbpp(ev.load_tasks(["mbpp_plus"], plus_paths={"mbpp_plus": extra}), ["mbpp_plus"], mbpp_path)
+    assert "extra.jsonl is no known MBPP+ release (379 tasks), not v0.2.0" in capsys.readouterr().err
+    short = lintseq_plus_fixture(tmp_path / "short.jsonl", mbpp_path, v020[:-1])
+    with pytest.raises(ev.EvalError, match=r"short.jsonl lacks 1 of the LintSeq paper's 278 MBPP\+ problems "
+                                           r"\(first Mbpp/809\); the paper used MBPP\+ v0.2.0"):
+        ev.lintseq_mbpp(ev.load_tasks(["mbpp_plus"], plus_paths={"mbpp_plus": short}), ["mbpp_plus"], mbpp_path)
+    rows = [{"task_id": f"{pre}/226", "completion": "def odd_values_string(s):\n    return s[::2]\n"}
+            for pre in ("Mbpp", "MBPP")]
+    rows += [{"task_id": f"{pre}/227", "completion": "def min_of_three(a, b, c):\n    return min(a, b, c)\n"}
+             for pre in ("Mbpp", "MBPP")]
     f = tmp_path / "s.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def run(*extra):
         return subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--preset", "lintseq",
-                               "--out", str(tmp_path / "o"), "--workers", "2", *extra],
+                               "--out", str(tmp_path / "o"), "--workers", "2", "--limit", "2", *extra],
                               capture_output=True, text=True, cwd=REPO, timeout=300)
-    r = run("--tasks", "mbpp_plus", "--mbpp_plus_path", str(plus))
+    r = run("--tasks", "mbpp,mbpp_plus", "--mbpp_plus_path", str(plus))
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]["mbpp_plus"]
-    assert m["pass@1"] == 1.0 and m["n_problems"] == 2
-    assert m["dataset"]["selection"] == {"preset": "lintseq", "held_out": 100, "held_out_ids": ["Mbpp/11", "Mbpp/110"],
-                                         "n_problems": 2, "task_ids": ["Mbpp/111", "Mbpp/112"],
-                                         "why": "LintSeq scores MBPP(+) on EvalPlus's MBPP+ without its first 100 problems"}
-    r = run("--tasks", "mbpp")
-    assert r.returncode == 2 and "--preset lintseq scores mbpp on the LintSeq paper's problems" in r.stderr, r.stderr
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["tasks"]
+    assert [(m[t]["pass@1"], m[t]["n_problems"]) for t in ("mbpp", "mbpp_plus")] == [(1.0, 2), (1.0, 2)]
+    assert m["mbpp_plus"]["dataset"]["version"] == "v0.2.0"
+    assert m["mbpp_plus"]["dataset"]["selection"] == {
+        "preset": "lintseq", "held_out": 100, "held_out_ids": ["Mbpp/2", "Mbpp/224"], "n_problems": 278,
+        "task_ids": ["Mbpp/226", "Mbpp/809"],
+        "why": "LintSeq scores MBPP(+) on MBPP+ v0.2.0 without its first 100 problems"}
+    r = run("--tasks", "mbpp_plus", "--mbpp_plus_path", str(short), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "lacks 1 of the LintSeq paper's 278" in r.stderr, r.stderr
+
 
 
 # ----------------------------------------------------------------------------- EvalPlus
@@ -584,7 +622,8 @@ def evalplus_same(out, exp, atol):
 def elementwise_close(out, exp, atol):
     """The comparison eval.py made before: numbers within atol + 1e-7 |exp|, lists element by element."""
     if isinstance(out, (list, tuple)) and isinstance(exp, (list, tuple)):
-        return type(out) == type(exp) and len(out) == len(exp) and all(elementwise_close(a, b, atol) for a, b in zip(out, exp))
+        return (type(out) == type(exp) and len(out) == len(exp)
+                and all(elementwise_close(a, b, atol) for a, b in zip(out, exp)))
     if not (isinstance(out, (bool, int, float, complex)) and isinstance(exp, (bool, int, float, complex))):
         return False
     return out == exp or abs(out - exp) <= atol + 1e-07 * abs(exp)
@@ -599,7 +638,8 @@ DISAGREE = [([[1.0]], [[1.0, 1.0]], 1e-6), ([(0,), (1,)], [(0, 0), (1, 1)], 1e-6
             ([2 ** 70 + 1], [2 ** 70], 1e-6)]
 AGREE = [(1.0 + 1e-9, 1.0, 0.0), (1.0 + 1e-5, 1.0, 0.0), ([1.0, INF], [1.0 + 1e-9, INF], 0.0), ([], [], 0.0),
          ([1], [], 0.0), ([True, 2.0], [1, 2.0 + 1e-8], 1e-6), ((1.0, 2.0), [1.0, 2.0], 0.0), (1 + 1e-9j, 1 + 0j, 1e-6),
-         (["a", 1.0], ["a", 1.0 + 1e-9], 1e-6), ([None, 1.0], [None, 1.0 + 1e-9], 1e-6), (float("nan"), float("nan"), 0.0),
+         (["a", 1.0], ["a", 1.0 + 1e-9], 1e-6), ([None, 1.0], [None, 1.0 + 1e-9], 1e-6),
+         (float("nan"), float("nan"), 0.0),
          ([[1.0, 2.0]], [[1.0], [2.0]], 1e-6), ({"a": 1.0}, {"a": 1.0 + 1e-9}, 1e-6), (0, 1e-7, 0.0), (1.0, 1, 1e-6),
          ([2 ** 62], [2 ** 62 + 1], 1e-6), (2 ** 70 + 1, 2 ** 70, 1e-6), (10.0 + 1e-5, 10.0, 1e-6)]
 
