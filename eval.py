@@ -261,7 +261,8 @@ def lintseq_mbpp(data, tasks, mbpp_path):
             if signature:
                 p["instruction"] = p["description"].replace("function", f"function `{signature}`")
         selection = {"preset": "lintseq", "held_out": len(held),
-                     "held_out_ids": [f"Mbpp/{held[0]}", f"Mbpp/{held[-1]}"], "n_problems": len(problems), "task_ids": [problems[0]["task_id"], problems[-1]["task_id"]],
+                     "held_out_ids": [f"Mbpp/{held[0]}", f"Mbpp/{held[-1]}"], "n_problems": len(problems),
+                     "task_ids": [problems[0]["task_id"], problems[-1]["task_id"]],
                      "why": "LintSeq scores MBPP(+) on MBPP+ v0.2.0 without its first 100 problems"}
         out[t] = (problems, {**info, "selection": selection})
     return out
@@ -287,9 +288,10 @@ def lintseq_mbpp_plus(problems, info, numbers):
 # judge runs: the canonical solution (in its own namespace) gives the expected output of every input;
 # the candidate must match it exactly or, where atol is not 0 (the file's, or 1e-6 once a float or a list
 # of floats is expected), have the same type and top-level length and pass numpy.allclose(rtol=1e-7), numpy
-# itself (imported only then); MBPP+'s special oracles (set equality, "not None" answers, Mbpp/164, 295,
-# 558, 581) and HumanEval+'s find_zero are applied; base and plus inputs are checked as two
-# runs (EvalPlus's atol, once raised to 1e-6 by a float answer, stays raised for the rest of a run).
+# itself (imported only then; an answer that would broadcast past 2^24 elements fails); MBPP+'s special
+# oracles (set equality, "not None" answers, Mbpp/164, 295, 558, 581) and HumanEval+'s find_zero are
+# applied; base and plus inputs are checked as two runs (EvalPlus's atol, once raised to 1e-6 by a float
+# answer, stays raised for the rest of a run).
 # Each input is stopped at its time limit, max(min_time_limit, gt_time_limit_factor x the reference's
 # time), wall clock, and then fails the sample (EvalPlus's per-input limit: status "fail").
 # MBPP+ stores some inputs in JSON forms that its loader converts before the function sees them
@@ -326,6 +328,7 @@ import copy as _copy, json as _json, math as _math, time as _time
 _P = _json.loads(_PROBLEM)
 _SET_EQUAL = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
               "intersection_array", "find_dissimilar", "Diff")
+_BROADCAST_LIMIT = 1 << 24  # elements: an answer whose shape would make numpy broadcast past this (and past both) fails
 
 
 def _tuples(x):
@@ -371,6 +374,12 @@ def _close(out, exp, atol):
         return False
     import numpy  # (here, not at the top: only an inexact answer needs it, and HumanEval's tests never come here)
     try:
+        # a sample's shape must not make the judge allocate without bound (EvalPlus's 4 GB limit fails such
+        # answers too, near 10^8 elements); the answers themselves go to allclose as they are (Python scalars
+        # and arrays promote differently)
+        a, b = numpy.shape(out), numpy.shape(exp)
+        if _math.prod(numpy.broadcast_shapes(a, b)) > max(_math.prod(a), _math.prod(b), _BROADCAST_LIMIT):
+            return False
         return bool(numpy.allclose(out, exp, rtol=1e-07, atol=atol))
     except Exception:
         return False

@@ -653,6 +653,11 @@ def test_evalplus_float_comparison_is_numpys():
     for out, exp, atol in DISAGREE + AGREE:
         assert same(out, exp, [], atol) == evalplus_same(out, exp, atol), (out, exp, atol)
     assert same([1.0], [], [], 0.0) == (False, 0.0)  # is_floats([]) is False (EvalPlus since 2024-05): atol stays 0
+    # an answer shaped (1, 8192, 1) against (1, 4096) would make numpy broadcast into 2^25 elements: the judge
+    # fails it without allocating (EvalPlus might pass it); smaller broadcasts are numpy's
+    small = ([[[1.0]] * 64], [[1.0] * 64])
+    assert same(*small, [], 1e-6) == evalplus_same(*small, 1e-6) == (True, 1e-6)
+    assert not same([[[1.0]] * 8192], [[1.0] * 4096], [], 1e-6)[0]
     assert same((1.0, 2.0 + 1e-9), (1.0, 2.0), [], 0.0) == (True, 1e-6)
 
 
