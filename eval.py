@@ -328,7 +328,7 @@ import copy as _copy, json as _json, math as _math, time as _time
 _P = _json.loads(_PROBLEM)
 _SET_EQUAL = ("similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
               "intersection_array", "find_dissimilar", "Diff")
-_BROADCAST_LIMIT = 1 << 24  # elements: an answer whose shape would make numpy broadcast past this (and past both) fails
+_BROADCAST_LIMIT = 1 << 24  # elements: an answer that would make numpy broadcast past this (and past both) fails
 
 
 def _tuples(x):
