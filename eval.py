@@ -119,8 +119,9 @@ LINTSEQ_SMALL = 300e6         # --preset lintseq: temperature 1.0 below this man
 # Node class, MBPP/126's function is named `sum` (a builtin, which the judge never lets the sample replace).
 # HumanEval: none. tests/test_sandbox.py checks that exactly these fail through the channel.
 IN_PROCESS = frozenset({"MBPP/40", "MBPP/88", "MBPP/126", "MBPP/367"})
-# The same for MBPP+ (EvalPlus's MbppPlus.jsonl v0.1.0, 399 tasks, a superset of v0.2.0's 378; every canonical solution on base and plus
-# inputs): Mbpp/88 answers a Counter, Mbpp/255's answers are past the channel's size limit.
+# The same for MBPP+ (EvalPlus's MbppPlus.jsonl v0.1.0, 399 tasks, a superset of v0.2.0's 378; every
+# canonical solution on base and plus inputs): Mbpp/88 answers a Counter, Mbpp/255's answers are past the
+# channel's size limit.
 MBPP_PLUS_IN_PROCESS = frozenset({"Mbpp/88", "Mbpp/255"})
 
 
