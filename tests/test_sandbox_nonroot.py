@@ -160,9 +160,30 @@ def ipc_objects_of(uid):
 # ----------------------------------------------------------------------------- the samples
 READS_ANY_FILE = "samples can read every file this user can"  # what the warnings admit without namespaces
 READS_SIBLINGS = "they can read each other's files"
+SEES_PROCESSES = "they can see other processes"
+# a sample that finds the executor (or the zygote: a process with its command line, not itself) in /proc after
+# trying to lift the mounts over the host's /proc (which a non-root executor keeps, covered, in its minimal root)
+# with the capabilities of a user namespace of its own; in mode in_process its own /proc is already gone
+SEE_HOST_PROC = """
+import os
+try:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.unshare(0x10000000 | 0x20000)
+    for _ in range(3):
+        libc.umount2(b'/proc', 2)
+except Exception:  # (ctypes is closed in mode in_process)
+    pass
+def cmdline(pid):
+    try:
+        return open(f'/proc/{pid}/cmdline', 'rb').read()
+    except OSError:
+        return b''
+assert any(b'sandbox._serve' in cmdline(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid())
+"""
 
 
-def samples(humaneval, private):
+def samples(humaneval, mbpp, private):
     """(name, task_id, completion, whether it passes, the warning that admits it may pass where that warning
     is given): honest samples, wrong and forged answers, and attacks that pass only when they work."""
     p = humaneval[0]
@@ -191,7 +212,10 @@ def samples(humaneval, private):
              "    kids.append(pid)\nfor pid in kids:\n    os.waitpid(pid, 0)\n", False, None),
             ("a process left running", p["task_id"], canon + "\nimport os, time\nif os.fork() == 0:\n    os.setsid()\n"
              "    null = os.open('/dev/null', os.O_RDWR)\n    for fd in (0, 1, 2):\n        os.dup2(null, fd)\n"
-             "    time.sleep(600)\n", True, None)]  # a daemon: its own session, its output pipe let go
+             "    time.sleep(600)\n", True, None),  # a daemon: its own session, its output pipe let go
+            ("see the host's processes", p["task_id"], canon + SEE_HOST_PROC, False, SEES_PROCESSES),
+            ("see the host's processes, in_process", "MBPP/40", mbpp["MBPP/40"]["canonical"] + "\n" + SEE_HOST_PROC,
+             False, SEES_PROCESSES)]
     return out
 
 
@@ -199,6 +223,11 @@ def samples(humaneval, private):
 @pytest.fixture(scope="module")
 def humaneval():
     return ev.load_humaneval()[0]
+
+
+@pytest.fixture(scope="module")
+def mbpp(mbpp_path):
+    return {p["task_id"]: p for p in ev.load_mbpp(mbpp_path)[0]}
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +248,7 @@ def user_dirs(tmp_path, uid):
     return home, tmp
 
 
-def evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns):
+def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns):
     """Score the samples with eval.py as a fresh uid; returns (the samples, results by name, metrics, the
     run's stderr), after checking that nothing of the uid's is left: no process, no SysV object, nothing in /tmp."""
     uid = 59000 + os.getpid() % 1000 + (500 if deny_userns else 0)
@@ -227,7 +256,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns):
     private = home / "private.txt"
     private.write_text("the user's own")
     os.chmod(private, 0o600)
-    cases = samples(humaneval, f"{HOME}/private.txt")
+    cases = samples(humaneval, mbpp, f"{HOME}/private.txt")
     with open(home / "samples.jsonl", "w") as f:
         for _, tid, completion, *_ in cases:
             f.write(json.dumps({"task_id": tid, "completion": completion}) + "\n")
@@ -236,7 +265,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns):
     ipc_before = ipc_objects_of(uid)
     try:
         r = run_as(uid, [os.path.realpath(sys.executable), str(REPO / "eval.py"), "--samples", f"{HOME}/samples.jsonl",
-                         "--workers", "2", "--memory_limit", "512M"], plan, home, tmp, deny_userns)
+                         "--tasks", "humaneval,mbpp", "--workers", "2", "--memory_limit", "512M"], plan, home, tmp, deny_userns)
         assert r.returncode == 0, r.stderr[-3000:]
         deadline = time.monotonic() + 10
         while processes_of(uid) and time.monotonic() < deadline:
@@ -254,10 +283,10 @@ def evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns):
     return cases, {name: res for (name, *_), res in zip(cases, results)}, metrics, r.stderr
 
 
-def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, plan):
+def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, mbpp, plan):
     """With unprivileged user namespaces allowed (as on most workstations): the executor enters one, and
     has every namespace, the minimal root, Landlock and seccomp; every attack fails, honest samples pass."""
-    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns=False)
+    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns=False)
     for name, _, _, want, _ in cases:
         assert res[name]["passed"] == want, (name, res[name])
     prot, warnings = metrics["sandbox"], metrics["sandbox_warnings"]
@@ -268,10 +297,10 @@ def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, plan)
     assert "\n".join(f"codelm eval: sandbox: {w}" for w in warnings) in err  # said on stderr, as in metrics.json
 
 
-def test_eval_as_a_non_root_user_without_user_namespaces(tmp_path, humaneval, plan):
+def test_eval_as_a_non_root_user_without_user_namespaces(tmp_path, humaneval, mbpp, plan):
     """User namespaces refused to the user: no namespace at all, so the fallback runs; verdicts stay right
     and the warnings say what is missing."""
-    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, plan, deny_userns=True)
+    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns=True)
     prot, warnings = metrics["sandbox"], metrics["sandbox_warnings"]
     for name, _, _, want, admitted in cases:
         may = want or any(admitted in w for w in warnings) if admitted else want
