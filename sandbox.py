@@ -321,7 +321,8 @@ def _reexec_in_user_namespace(cfg):
     """Not root: enter a user namespace and exec this executor again in it, so that its memory, and that of
     every process it forks, belongs to the namespace: there we may read the smaps of samples, which are not
     dumpable (for the memory watch). Returns only where user namespaces are refused; cfg["userns"] says why."""
-    try:
+    try:  # first in a child: where a namespace can be made but not mapped (a security module refuses), we stay out
+        _probe_in_child(_enter_user_namespace)
         _enter_user_namespace()
     except OSError as e:
         cfg["userns"] = e.strerror or str(e)

@@ -116,15 +116,25 @@ def become(uid):
     os.setresuid(uid, uid, uid)
 
 
-def run_as(uid, argv, plan, home, tmp, deny_userns=False, timeout=120):
-    """argv as uid in its private view; a failure of the set-up is the child's stderr and exit status 99."""
+def unmappable_user_namespaces():
+    """A read-only /proc: a user namespace can still be made, but its uid map cannot be written, as where a
+    security module (Ubuntu 24.04's AppArmor) takes the capabilities of unprivileged user namespaces."""
+    _mount("/proc", "/proc", None, MS_BIND | MS_REC)
+    _mount(None, "/proc", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+DENY = {None: lambda: None, "none allowed": deny_user_namespaces, "no uid map": unmappable_user_namespaces}
+
+
+def run_as(uid, argv, plan, home, tmp, deny=None, timeout=120):
+    """argv as uid in its private view, with user namespaces refused as DENY[deny] does; a failure of the
+    set-up is the child's stderr and exit status 99."""
     sandbox._lib()  # (loaded here: the child only calls into it)
 
     def setup():
         try:
             enter_view(plan, home, tmp)
-            if deny_userns:
-                deny_user_namespaces()
+            DENY[deny]()
             become(uid)
         except BaseException as e:
             os.write(2, f"set-up failed: {type(e).__name__}: {e}\n".encode())
@@ -248,10 +258,10 @@ def user_dirs(tmp_path, uid):
     return home, tmp
 
 
-def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns):
+def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny):
     """Score the samples with eval.py as a fresh uid; returns (the samples, results by name, metrics, the
     run's stderr), after checking that nothing of the uid's is left: no process, no SysV object, nothing in /tmp."""
-    uid = 59000 + os.getpid() % 1000 + (500 if deny_userns else 0)
+    uid = 59000 + os.getpid() % 1000 + 100 * list(DENY).index(deny)
     home, tmp = user_dirs(tmp_path, uid)
     private = home / "private.txt"
     private.write_text("the user's own")
@@ -265,7 +275,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns):
     ipc_before = ipc_objects_of(uid)
     try:
         r = run_as(uid, [os.path.realpath(sys.executable), str(REPO / "eval.py"), "--samples", f"{HOME}/samples.jsonl",
-                         "--tasks", "humaneval,mbpp", "--workers", "2", "--memory_limit", "512M"], plan, home, tmp, deny_userns)
+                         "--tasks", "humaneval,mbpp", "--workers", "2", "--memory_limit", "512M"], plan, home, tmp, deny)
         assert r.returncode == 0, r.stderr[-3000:]
         deadline = time.monotonic() + 10
         while processes_of(uid) and time.monotonic() < deadline:
@@ -286,7 +296,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns):
 def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, mbpp, plan):
     """With unprivileged user namespaces allowed (as on most workstations): the executor enters one, and
     has every namespace, the minimal root, Landlock and seccomp; every attack fails, honest samples pass."""
-    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns=False)
+    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, None)
     for name, _, _, want, _ in cases:
         assert res[name]["passed"] == want, (name, res[name])
     prot, warnings = metrics["sandbox"], metrics["sandbox_warnings"]
@@ -297,10 +307,11 @@ def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, mbpp,
     assert "\n".join(f"codelm eval: sandbox: {w}" for w in warnings) in err  # said on stderr, as in metrics.json
 
 
-def test_eval_as_a_non_root_user_without_user_namespaces(tmp_path, humaneval, mbpp, plan):
+@pytest.mark.parametrize("deny", ["none allowed", "no uid map"])
+def test_eval_as_a_non_root_user_without_user_namespaces(tmp_path, humaneval, mbpp, plan, deny):
     """User namespaces refused to the user: no namespace at all, so the fallback runs; verdicts stay right
     and the warnings say what is missing."""
-    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny_userns=True)
+    cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny)
     prot, warnings = metrics["sandbox"], metrics["sandbox_warnings"]
     for name, _, _, want, admitted in cases:
         may = want or any(admitted in w for w in warnings) if admitted else want
@@ -331,7 +342,7 @@ with sandbox.Executor(workers=1, quiet=True, cgroup_root=sys.argv[2]) as e:
 def test_a_cgroup_the_user_owns_is_delegated_to_the_non_root_executor(tmp_path, plan):
     """Run as a non-root user (so in its own user namespace), the executor takes a cgroup that user owns as
     delegated, moves itself and its caller into a leaf and gives each sample a cgroup with its memory.max."""
-    uid = 59000 + os.getpid() % 1000 + 250
+    uid = 59000 + os.getpid() % 1000 + 50
     home, tmp = user_dirs(tmp_path, uid)
     (home / "driver.py").write_text(CGROUP_DRIVER)
     (home / "cg").mkdir()
