@@ -621,6 +621,7 @@ def _setup_protections(cfg, proc_fd):
     that per-sample cgroups go in (None without them)."""
     off = set(cfg.get("disable", ()))
     prot, warn = {"userns": cfg.get("userns") is True}, []
+    not_root = prot["userns"] or os.getuid() != 0
     if isinstance(cfg.get("userns"), str):
         warn.append(f"user namespace unavailable ({cfg['userns']}): not being root, the executor gets no namespaces")
 
@@ -656,8 +657,11 @@ def _setup_protections(cfg, proc_fd):
     prot["sample_uid"] = attempt("sample_uid", uids,
                                  "samples run as the executor's uid: " + (
                                      "their own mount namespaces keep their files apart" if prot["mountns"]
-                                     else "they can read each other's files while running") +
-                                 ", and no RLIMIT_NPROC bounds their processes")
+                                     else "they can read each other's files while running") + (
+                                     ", and RLIMIT_NPROC bounds their processes together with this user's others"
+                                     if not_root else ", and no RLIMIT_NPROC bounds their processes (root is exempt)"))
+    if not prot["sample_uid"] and not_root:  # one budget for all samples (each with a slot's share) and the user
+        cfg["shared_nproc"] = _processes_of(proc_fd, os.getuid()) + 2 * cfg["workers"] * (cfg["proc_limit"] + 1) + 8
     prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
         "seccomp", lambda: _probe_in_child(lambda: (prctl(PR_SET_NO_NEW_PRIVS, 1),
                                                     _seccomp_install(_seccomp_program()))),
@@ -682,6 +686,19 @@ def _setup_protections(cfg, proc_fd):
                     + ("" if prot["pidns"] else ", and signal other processes of this user"))
     prot["capabilities_dropped"] = True
     return prot, warn, cgroup_fd
+
+
+def _processes_of(proc_fd, uid):
+    """How many processes of real uid `uid` this /proc shows: what RLIMIT_NPROC counts (or more, where it counts
+    those of one user namespace)."""
+    n = 0
+    for name in os.listdir(proc_fd):
+        try:
+            status = _proc_read(proc_fd, f"{name}/status") if name.isdigit() else ""
+        except OSError:
+            continue
+        n += any(line.split()[1:2] == [str(uid)] for line in status.splitlines() if line.startswith("Uid:"))
+    return n
 
 
 def _probe_pid_namespace(cfg, prot, proc_fd):
@@ -899,8 +916,9 @@ def _sample_main(req, fds, cfg, prot):
         limits = [(resource.RLIMIT_AS, cfg["memory_limit"]), (resource.RLIMIT_CPU, cpu),
                   (resource.RLIMIT_FSIZE, cfg["file_size_limit"]), (resource.RLIMIT_CORE, 0),
                   (resource.RLIMIT_NOFILE, cfg["open_files_limit"])]
-        if prot["sample_uid"]:
-            limits.append((resource.RLIMIT_NPROC, cfg["proc_limit"]))
+        nproc = cfg["proc_limit"] if prot["sample_uid"] else cfg.get("shared_nproc")  # (the uid's processes)
+        if nproc:
+            limits.append((resource.RLIMIT_NPROC, nproc))
         for lim, val in limits:
             resource.setrlimit(lim, (val, val + 1 if lim == resource.RLIMIT_CPU else val))
         if prot["sample_uid"]:

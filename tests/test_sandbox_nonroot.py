@@ -355,3 +355,43 @@ def test_a_cgroup_the_user_owns_is_delegated_to_the_non_root_executor(tmp_path, 
     assert out["res"][0]["result"] == "passed", out["res"]
     assert out["leaf"] is not None and str(out["me"]) in out["leaf"], out  # the caller moved into the leaf
     assert out["sample"] == str(sandbox.MEMORY_LIMIT), out
+
+
+# a sample that starts 600 processes: more than a PID namespace's pid_max (512) allows, and more than the
+# RLIMIT_NPROC that bounds the samples of a non-root user together
+STORM_DRIVER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+storm = '''
+import os, time
+for i in range(600):
+    if os.fork() == 0:
+        time.sleep(3)
+        os._exit(0)
+'''
+with sandbox.Executor(workers=2, quiet=True, memory_limit=64 << 30, disable=("pid_limit",)) as e:
+    print(json.dumps({"prot": e.protections, "res": e.run([(storm, 10), ("print(1)", 5)])}))
+"""
+
+
+@pytest.mark.parametrize("deny", [None, "none allowed"])
+def test_a_non_root_users_samples_have_a_process_limit(tmp_path, plan, deny):
+    """Without a uid per sample there is no RLIMIT_NPROC of a sample's own, and without a PID namespace's
+    pid_max (Linux < 6.14, or no namespaces) nothing else bounds its processes: RLIMIT_NPROC then bounds all
+    samples of the user together. (The memory limit is out of the way: the fallback's memory watch counts
+    each forked child's copy of the zygote's memory and would stop the storm first.)"""
+    uid = 59000 + os.getpid() % 1000 + 60 + 10 * (deny is not None)
+    home, tmp = user_dirs(tmp_path, uid)
+    (home / "driver.py").write_text(STORM_DRIVER)
+    try:
+        r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO)], plan, home, tmp, deny)
+    finally:
+        for pid in processes_of(uid):
+            os.kill(pid, 9)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["prot"]["userns"] == (deny is None) and not out["prot"]["pid_limit"], out["prot"]
+    storm, honest = out["res"]
+    assert not storm["passed"] and "Resource temporarily unavailable" in storm["result"], storm
+    assert honest["passed"], honest
