@@ -1,12 +1,14 @@
 """sandbox.py as a non-root user: `python eval.py --samples` run by an unprivileged uid, where the executor
 must enter a user namespace of its own to get its namespaces, and again where user namespaces are refused to
-that user (max_user_namespaces 0 in a user namespace around it), where it must fall back and say so.
+that user (max_user_namespaces 0 in a user namespace around it, or a namespace that cannot be mapped), where it
+must fall back and say so.
 
 Setting this up needs root (this machine runs everything as root, and its Python lives under /root, mode 700):
 each run is a child in a private mount namespace that makes the Python installation and the project readable
 to the uid (a tmpfs over /root with them bound back read-only), gives it a home under /mnt and a /tmp of the
 test's own, and then drops to the uid. Nothing outside that namespace changes. Run as any other user, these
-tests skip: the rest of the suite is then the non-root run."""
+tests skip: the rest of the suite is then the non-root run; so do those that need what root may not do here
+(a container without CAP_SYS_ADMIN), or user namespaces that this machine refuses to unprivileged users."""
 import json
 import os
 import subprocess
@@ -25,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 MS_RDONLY, MS_REMOUNT = 1, 32
 HOME = "/mnt/home"            # the uid's home inside the child's mount namespace (a tmpfs over /mnt holds it)
 ROOT_SECRET = "/mnt/root-secret"  # mode 600, owned by root
+UIDS = iter(range(40000 + os.getpid() % 2000 * 8, 40008 + os.getpid() % 2000 * 8))  # this process's own, below 61000
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only"),
               pytest.mark.skipif(os.geteuid() != 0, reason="setting up a non-root run needs root (run as non-root, "
                                                             "the whole suite is the non-root run)")]
@@ -52,7 +55,8 @@ def view_plan():
     """(folders to cover with a tmpfs, paths to bind back under them), or a reason this machine cannot do it."""
     need = needed_paths()
     covers = sorted({b for b in map(blocker, need) if b})
-    if "/" in covers or any(p == "/tmp" or p.startswith(("/tmp/", "/mnt/", "/mnt")) for p in need):
+    if "/" in covers or not os.path.isdir("/mnt") or any(p in ("/tmp", "/mnt") or p.startswith(("/tmp/", "/mnt/"))
+                                                         for p in need):
         return None, f"the Python installation or the project is where this test cannot lay it out ({need})"
     return (covers, [p for p in need if any(p.startswith(c + "/") for c in covers)]), None
 
@@ -127,8 +131,8 @@ DENY = {None: lambda: None, "none allowed": deny_user_namespaces, "no uid map": 
 
 
 def run_as(uid, argv, plan, home, tmp, deny=None, timeout=120):
-    """argv as uid in its private view, with user namespaces refused as DENY[deny] does; a failure of the
-    set-up is the child's stderr and exit status 99."""
+    """argv as uid in its private view, with user namespaces refused as DENY[deny] does. Skips the test where
+    root may not set that up here."""
     sandbox._lib()  # (loaded here: the child only calls into it)
 
     def setup():
@@ -141,7 +145,10 @@ def run_as(uid, argv, plan, home, tmp, deny=None, timeout=120):
             os._exit(99)
 
     env = {"PATH": "/usr/bin:/bin", "HOME": HOME, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(argv, preexec_fn=setup, env=env, cwd="/", capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(argv, preexec_fn=setup, env=env, cwd="/", capture_output=True, text=True, timeout=timeout)
+    if r.returncode == 99 and r.stderr.startswith("set-up failed: "):
+        pytest.skip(f"the non-root run cannot be set up here: {r.stderr.strip()}")
+    return r
 
 
 # ----------------------------------------------------------------------------- what the uid leaves behind
@@ -248,6 +255,17 @@ def plan():
     return plan
 
 
+@pytest.fixture(scope="module")
+def userns(plan, tmp_path_factory):
+    """Skips unless an unprivileged uid may make (and map) a user namespace here."""
+    uid = next(UIDS)
+    home, tmp = user_dirs(tmp_path_factory.mktemp("userns"), uid)
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); import sandbox; sandbox._enter_user_namespace()"
+    r = run_as(uid, [os.path.realpath(sys.executable), "-c", code], plan, home, tmp)
+    if r.returncode:
+        pytest.skip(f"this machine refuses user namespaces to unprivileged users: {r.stderr.strip()[-300:]}")
+
+
 def user_dirs(tmp_path, uid):
     """(home, tmp): the uid's home (bound at HOME) and a /tmp the test can look into afterwards."""
     home, tmp = tmp_path / "home", tmp_path / "tmp"
@@ -261,7 +279,7 @@ def user_dirs(tmp_path, uid):
 def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny):
     """Score the samples with eval.py as a fresh uid; returns (the samples, results by name, metrics, the
     run's stderr), after checking that nothing of the uid's is left: no process, no SysV object, nothing in /tmp."""
-    uid = 59000 + os.getpid() % 1000 + 100 * list(DENY).index(deny)
+    uid = next(UIDS)
     home, tmp = user_dirs(tmp_path, uid)
     private = home / "private.txt"
     private.write_text("the user's own")
@@ -274,8 +292,9 @@ def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny):
         os.chown(p, uid, uid)
     ipc_before = ipc_objects_of(uid)
     try:
-        r = run_as(uid, [os.path.realpath(sys.executable), str(REPO / "eval.py"), "--samples", f"{HOME}/samples.jsonl",
-                         "--tasks", "humaneval,mbpp", "--workers", "2", "--memory_limit", "512M"], plan, home, tmp, deny)
+        argv = [os.path.realpath(sys.executable), str(REPO / "eval.py"), "--samples", f"{HOME}/samples.jsonl",
+                "--tasks", "humaneval,mbpp", "--workers", "2", "--memory_limit", "512M"]
+        r = run_as(uid, argv, plan, home, tmp, deny)
         assert r.returncode == 0, r.stderr[-3000:]
         deadline = time.monotonic() + 10
         while processes_of(uid) and time.monotonic() < deadline:
@@ -293,7 +312,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny):
     return cases, {name: res for (name, *_), res in zip(cases, results)}, metrics, r.stderr
 
 
-def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, mbpp, plan):
+def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, mbpp, plan, userns):
     """With unprivileged user namespaces allowed (as on most workstations): the executor enters one, and
     has every namespace, the minimal root, Landlock and seccomp; every attack fails, honest samples pass."""
     cases, res, metrics, err = evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, None)
@@ -339,10 +358,10 @@ with sandbox.Executor(workers=1, quiet=True, cgroup_root=sys.argv[2]) as e:
 """
 
 
-def test_a_cgroup_the_user_owns_is_delegated_to_the_non_root_executor(tmp_path, plan):
+def test_a_cgroup_the_user_owns_is_delegated_to_the_non_root_executor(tmp_path, plan, userns):
     """Run as a non-root user (so in its own user namespace), the executor takes a cgroup that user owns as
     delegated, moves itself and its caller into a leaf and gives each sample a cgroup with its memory.max."""
-    uid = 59000 + os.getpid() % 1000 + 50
+    uid = next(UIDS)
     home, tmp = user_dirs(tmp_path, uid)
     (home / "driver.py").write_text(CGROUP_DRIVER)
     (home / "cg").mkdir()
@@ -376,12 +395,14 @@ with sandbox.Executor(workers=2, quiet=True, memory_limit=64 << 30, disable=("pi
 
 
 @pytest.mark.parametrize("deny", [None, "none allowed"])
-def test_a_non_root_users_samples_have_a_process_limit(tmp_path, plan, deny):
+def test_a_non_root_users_samples_have_a_process_limit(tmp_path, plan, deny, request):
     """Without a uid per sample there is no RLIMIT_NPROC of a sample's own, and without a PID namespace's
     pid_max (Linux < 6.14, or no namespaces) nothing else bounds its processes: RLIMIT_NPROC then bounds all
     samples of the user together. (The memory limit is out of the way: the fallback's memory watch counts
     each forked child's copy of the zygote's memory and would stop the storm first.)"""
-    uid = 59000 + os.getpid() % 1000 + 60 + 10 * (deny is not None)
+    if deny is None:
+        request.getfixturevalue("userns")
+    uid = next(UIDS)
     home, tmp = user_dirs(tmp_path, uid)
     (home / "driver.py").write_text(STORM_DRIVER)
     try:
