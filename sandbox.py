@@ -41,6 +41,7 @@ import _random  # random's C part: reseeds a forked sample cheaply
 import ast
 import builtins
 import ctypes
+import errno
 import importlib
 import json
 import math
@@ -325,7 +326,8 @@ def _reexec_in_user_namespace(cfg):
         _probe_in_child(_enter_user_namespace)
         _enter_user_namespace()
     except OSError as e:
-        cfg["userns"] = e.strerror or str(e)
+        full = e.errno == errno.ENOSPC
+        cfg["userns"] = (e.strerror or str(e)) + (": user.max_user_namespaces is 0 or reached" if full else "")
         return
     cfg["userns"] = True
     os.execv(sys.executable, sys.orig_argv[:-1] + [json.dumps(cfg)])  # (the executor's last argument is cfg)
@@ -671,8 +673,8 @@ def _setup_protections(cfg, proc_fd):
     pid_code = []
     prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
     prot["pidns"] = attempt("pidns", lambda: pid_code.append(_probe_pid_namespace(cfg, prot, proc_fd)),
-                            "processes a sample starts are killed by process group, and "
-                            "they can see other processes")
+                            "processes a sample starts are killed by process group (orphans of it by the "
+                            "executor), and they can see other processes")
     prot["pid_limit"] = prot["pidns"] and pid_code[0] == 0 and "pid_limit" not in off
     if prot["pidns"] and not prot["pid_limit"]:
         warn.append(("pid_limit disabled by request" if "pid_limit" in off else
