@@ -1515,6 +1515,7 @@ def _serve(cfg):
     if os.getppid() != cfg["parent"]:
         return 0
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # the zygote's orphans come back to us, never to the host's init
+    prctl(PR_SET_DUMPABLE, 0)  # samples of our uid (not root) may not read or write our, our judges' or zygote's memory
     proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # before the minimal root hides it
     for name in PREWARM + ("fcntl", "_signal"):
         try:

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 MS_RDONLY, MS_REMOUNT = 1, 32
 HOME = "/mnt/home"            # the uid's home inside the child's mount namespace (a tmpfs over /mnt holds it)
 ROOT_SECRET = "/mnt/root-secret"  # mode 600, owned by root
-UIDS = iter(range(40000 + os.getpid() % 2000 * 8, 40008 + os.getpid() % 2000 * 8))  # this process's own, below 61000
+UIDS = iter(range(40000 + os.getpid() % 1000 * 16, 40016 + os.getpid() % 1000 * 16))  # this process's own, below 61000
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only"),
               pytest.mark.skipif(os.geteuid() != 0, reason="setting up a non-root run needs root (run as non-root, "
                                                             "the whole suite is the non-root run)")]
@@ -416,3 +416,52 @@ def test_a_non_root_users_samples_have_a_process_limit(tmp_path, plan, deny, req
     storm, honest = out["res"]
     assert not storm["passed"] and "Resource temporarily unavailable" in storm["result"], storm
     assert honest["passed"], honest
+
+
+# a sample that reads the memory of the executor's processes (a judge's, where it could as well rewrite a verdict)
+PEEK_DRIVER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+peek = '''
+import os
+def cmdline(pid):
+    try:
+        return open(f'/proc/{pid}/cmdline', 'rb').read()
+    except OSError:
+        return b''
+read = []
+for p in os.listdir('/proc'):
+    if p.isdigit() and int(p) != os.getpid() and b'sandbox._serve' in cmdline(p):
+        try:
+            start = int(open(f'/proc/{p}/maps').readline().split('-')[0], 16)
+            with open(f'/proc/{p}/mem', 'rb') as f:
+                f.seek(start)
+                read.append(f.read(4))
+        except OSError:
+            pass
+assert read
+'''
+with sandbox.Executor(workers=1, quiet=True, disable=("landlock",)) as e:
+    print(json.dumps({"prot": e.protections, "res": e.run([(peek, 5), ("print(1)", 5)])}))
+"""
+
+
+def test_without_namespaces_or_landlock_samples_cannot_reach_the_judges_memory(tmp_path, plan):
+    """The last fallback of a non-root user: no namespaces, no Landlock (Linux < 5.13, or not in lsm=), and
+    samples of the user's own uid beside its executor, zygote and judges. Those are not dumpable, so a sample
+    can neither read nor write their memory (where Yama's ptrace_scope is 0, as here, nothing else stops it)."""
+    uid = next(UIDS)
+    home, tmp = user_dirs(tmp_path, uid)
+    (home / "driver.py").write_text(PEEK_DRIVER)
+    try:
+        r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO)], plan, home, tmp,
+                   "none allowed")
+    finally:
+        for pid in processes_of(uid):
+            os.kill(pid, 9)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert not out["prot"]["pidns"] and not out["prot"]["landlock"], out["prot"]
+    peek, honest = out["res"]
+    assert not peek["passed"] and honest["passed"], out["res"]
