@@ -686,6 +686,9 @@ def _setup_protections(cfg, proc_fd):
                      "Landlock unavailable (needs Linux >= 5.13 with landlock in lsm=)")
                     + ": samples can write outside their temp dir where the file system allows"
                     + ("" if prot["pidns"] else ", and signal other processes of this user"))
+    elif abi < 6 and not prot["pidns"] and not prot["sample_uid"]:
+        warn.append(f"Landlock ABI {abi} has no signal scoping (needs Linux >= 6.12): samples can signal other "
+                    "processes of this user, the evaluation's included")
     prot["capabilities_dropped"] = True
     return prot, warn, cgroup_fd
 
