@@ -48,6 +48,7 @@ import math
 import os
 import platform
 import random
+import resource
 import select
 import signal
 import socket
@@ -663,7 +664,9 @@ def _setup_protections(cfg, proc_fd):
                                      ", and RLIMIT_NPROC bounds their processes together with this user's others"
                                      if not_root else ", and no RLIMIT_NPROC bounds their processes (root is exempt)"))
     if not prot["sample_uid"] and not_root:  # one budget for all samples (each with a slot's share) and the user
-        cfg["shared_nproc"] = _processes_of(proc_fd, os.getuid()) + 2 * cfg["workers"] * (cfg["proc_limit"] + 1) + 8
+        budget = _processes_of(proc_fd, os.getuid()) + 2 * cfg["workers"] * (cfg["proc_limit"] + 1) + 8
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]  # (not root: the most we may set)
+        cfg["shared_nproc"] = budget if hard == resource.RLIM_INFINITY else min(budget, hard)
     prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
         "seccomp", lambda: _probe_in_child(lambda: (prctl(PR_SET_NO_NEW_PRIVS, 1),
                                                     _seccomp_install(_seccomp_program()))),
@@ -916,7 +919,6 @@ def _sample_main(req, fds, cfg, prot):
         os.chdir(tmp)
         if not prot["mountns"]:
             _sample_process_state(tmp)
-        import resource  # (pre-imported by the zygote; here for readability)
         cpu = int(math.ceil(req["timeout"])) + 1
         limits = [(resource.RLIMIT_AS, cfg["memory_limit"]), (resource.RLIMIT_CPU, cpu),
                   (resource.RLIMIT_FSIZE, cfg["file_size_limit"]), (resource.RLIMIT_CORE, 0),

@@ -379,9 +379,10 @@ def test_a_cgroup_the_user_owns_is_delegated_to_the_non_root_executor(tmp_path, 
 # a sample that starts 600 processes: more than a PID namespace's pid_max (512) allows, and more than the
 # RLIMIT_NPROC that bounds the samples of a non-root user together
 STORM_DRIVER = """
-import json, sys
+import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 import sandbox
+resource.setrlimit(resource.RLIMIT_NPROC, (200, 200))  # a hard limit below the samples' budget: kept to
 storm = '''
 import os, time
 for i in range(600):
