@@ -625,6 +625,12 @@ def _setup_protections(cfg, proc_fd):
     off = set(cfg.get("disable", ()))
     prot, warn = {"userns": cfg.get("userns") is True}, []
     not_root = prot["userns"] or os.getuid() != 0
+    for key, lim in (("memory_limit", resource.RLIMIT_AS), ("file_size_limit", resource.RLIMIT_FSIZE),
+                     ("open_files_limit", resource.RLIMIT_NOFILE)):
+        hard = resource.getrlimit(lim)[1]  # not root, we cannot raise it: samples that asked for more all failed
+        if not_root and hard != resource.RLIM_INFINITY and cfg[key] > hard:
+            warn.append(f"{key} lowered from {cfg[key]} to this user's hard limit, {hard}")
+            cfg[key] = hard
     if isinstance(cfg.get("userns"), str):
         warn.append(f"user namespace unavailable ({cfg['userns']}): not being root, the executor gets no namespaces")
 

@@ -466,3 +466,27 @@ def test_without_namespaces_or_landlock_samples_cannot_reach_the_judges_memory(t
     assert not out["prot"]["pidns"] and not out["prot"]["landlock"], out["prot"]
     peek, honest = out["res"]
     assert not peek["passed"] and honest["passed"], out["res"]
+
+
+LIMITS_DRIVER = """
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+import sandbox
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a user's hard limit, below --memory_limit's 4 GiB
+with sandbox.Executor(workers=1, quiet=True) as e:
+    print(json.dumps({"warnings": e.warnings, "res": e.run([("print(1)", 5), ("x = bytearray(3 << 30)", 5)])}))
+"""
+
+
+def test_limits_above_the_users_hard_limits_are_lowered_with_a_warning(tmp_path, plan):
+    """A non-root user cannot raise a hard limit (a login node's `ulimit -v`): samples get the hard limit
+    instead of failing their set-up, and a warning says so."""
+    uid = next(UIDS)
+    home, tmp = user_dirs(tmp_path, uid)
+    (home / "driver.py").write_text(LIMITS_DRIVER)
+    r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO)], plan, home, tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert f"memory_limit lowered from {sandbox.MEMORY_LIMIT} to this user's hard limit, {3 << 30}" in out["warnings"]
+    honest, big = out["res"]
+    assert honest["passed"] and big["result"] == "failed: ", out["res"]  # (a MemoryError says nothing)
