@@ -209,8 +209,9 @@ def samples(humaneval, mbpp, private):
     reads = {"benchmark data": HUMAN_EVAL, "MBPP": str(REPO / "benchmarks" / "mbpp.jsonl"),
              "root-only file": ROOT_SECRET, "the user's own file": private}
     out = [(f"honest {q['task_id']}", q["task_id"], q["canonical"], True, None) for q in humaneval[:4]]
-    out += [("honest, importing", p["task_id"], canon + "\nimport email.parser, sqlite3, decimal, unittest, ssl\n", True,
-             None)]
+    imports = "\nimport email.parser, sqlite3, decimal, unittest, ssl\n"
+    out += [("honest, importing", p["task_id"], canon + imports, True, None),
+            ("honest, in_process", "MBPP/40", mbpp["MBPP/40"]["canonical"], True, None)]
     out += [("wrong", p["task_id"], WRONG, False, None), ("always equal", p["task_id"], ALWAYS_EQUAL, False, None)]
     out += [(f"forged: {a}", p["task_id"], WRONG + ATTACKS[a], False, None)
             for a in ("frame walk", "gc search", "forked child", "setup marker")]
@@ -287,6 +288,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny):
     private.write_text("the user's own")
     os.chmod(private, 0o600)
     cases = samples(humaneval, mbpp, f"{HOME}/private.txt")
+    cases.sort(key=lambda c: c[1].startswith("MBPP/"))  # (eval.py's results come task by task)
     with open(home / "samples.jsonl", "w") as f:
         for _, tid, completion, *_ in cases:
             f.write(json.dumps({"task_id": tid, "completion": completion}) + "\n")
@@ -311,6 +313,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny):
     out = home / "samples_eval"
     results = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
+    assert [(r["task_id"], r["completion"]) for r in results] == [(tid, c) for _, tid, c, *_ in cases]
     return cases, {name: res for (name, *_), res in zip(cases, results)}, metrics, r.stderr
 
 
