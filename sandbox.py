@@ -33,18 +33,22 @@ all of a sample's processes, and the warning it prints says so. Nothing a sample
 can stop the evaluation: a failure of one sample's machinery fails that sample with its reason; when
 the zygote dies E exits and Executor.run() restarts it, as it does a dead executor, and runs the
 samples that had no result again. Protections the kernel refuses are reported as one warning line each.
+As a non-root user E first enters a user namespace of its own (and execs itself again there), where it gets the
+namespaces, though not a uid per sample; where user namespaces are refused, the warnings name each fallback.
 Linux only.
 """
 import _random  # random's C part: reseeds a forked sample cheaply
 import ast
 import builtins
 import ctypes
+import errno
 import importlib
 import json
 import math
 import os
 import platform
 import random
+import resource
 import select
 import signal
 import socket
@@ -228,6 +232,8 @@ SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF =
 LL_WRITE_FILE, LL_TRUNCATE, LL_IOCTL_DEV = 1 << 1, 1 << 14, 1 << 15
 LL_FS_WRITES = {1: 0b1_1111_1111_0010,  # write file, remove dir/file, make char/dir/reg/sock/fifo/block/sym
                 2: 1 << 13, 3: LL_TRUNCATE, 5: LL_IOCTL_DEV}  # refer (ABI 2), truncate (3), device ioctl (5)
+LL_READS, LL_READ_DIR = 0b1101, 0b1000  # execute, read file, read dir (ABI 1); read dir
+LL_FILE_RIGHTS = 0b111 | LL_TRUNCATE | LL_IOCTL_DEV  # the rights a rule on a file (not a folder) may hold
 LL_NET_TCP = 0b11             # bind and connect TCP (ABI 4)
 LL_SCOPE_ALL = 0b11           # abstract unix sockets and signals stay inside the sandbox (ABI 6)
 _libc = None
@@ -266,20 +272,34 @@ def landlock_abi():
         return 0
 
 
-def _landlock_confine(tmp, abi):
+def _landlock_confine(tmp, abi, reads=None):
     """Restrict this process and its children: no filesystem writes outside tmp (and /dev/null), no
-    TCP bind/connect (ABI >= 4), no signals or abstract unix sockets beyond the sandbox (ABI >= 6)."""
+    TCP bind/connect (ABI >= 4), no signals or abstract unix sockets beyond the sandbox (ABI >= 6); with
+    `reads` (paths: where there is no minimal root), no reads outside them and tmp either."""
     writes = 0
     for v, bits in LL_FS_WRITES.items():
         writes |= bits if abi >= v else 0
-    attr = struct.pack("<QQQ", writes, LL_NET_TCP if abi >= 4 else 0, LL_SCOPE_ALL if abi >= 6 else 0)
+    read = LL_READS if reads is not None else 0
+    attr = struct.pack("<QQQ", writes | read, LL_NET_TCP if abi >= 4 else 0, LL_SCOPE_ALL if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    buf = ctypes.create_string_buffer(attr[:size], size)
-    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_long(size), ctypes.c_long(0)),
-                  "landlock_create_ruleset")
     dev_null = writes & (LL_WRITE_FILE | LL_TRUNCATE | LL_IOCTL_DEV)
-    for path, access in ((tmp, writes), (os.devnull, dev_null)):
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    _landlock_layer(attr[:size], [(tmp, writes | read), (os.devnull, dev_null | read)]
+                    + [(p, read) for p in reads or ()])
+
+
+def _landlock_layer(attr, rules):
+    """One Landlock layer: a ruleset handling what attr says, with rules (path, access), on this process.
+    Paths that are gone are left out; a file's rule keeps only the rights a file can have."""
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_long(len(attr)), ctypes.c_long(0)),
+                  "landlock_create_ruleset")
+    for path, access in rules:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        if access & ~LL_FILE_RIGHTS and not os.path.isdir(path):
+            access &= LL_FILE_RIGHTS
         rule = ctypes.create_string_buffer(struct.pack("<Qi", access, fd), 12)
         _ok(_lib().syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1), rule,
                            ctypes.c_long(0)), "landlock_add_rule")
@@ -287,6 +307,23 @@ def _landlock_confine(tmp, abi):
     _ok(_lib().syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset), ctypes.c_long(0)),
         "landlock_restrict_self")
     os.close(ruleset)
+
+
+def _read_rules(keep, hide):
+    """Landlock rules (path, access) to read keep with the hidden paths cut out: a folder holding one may only be
+    listed (as may any folder below it: names, no contents), and its entries are rules of their own, down to it."""
+    hide = {os.path.realpath(h) for h in hide}
+    out, stack = [], list(keep)
+    while stack:
+        p = stack.pop()
+        if p in hide:
+            continue
+        if any(h.startswith(p + "/") for h in hide):
+            out.append((p, LL_READ_DIR))
+            stack += [os.path.join(p, name) for name in os.listdir(p)]
+        else:
+            out.append((p, LL_READS))
+    return out
 
 
 def _drop_capabilities():
@@ -313,6 +350,27 @@ def _enter_user_namespace():
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
+
+
+def _reexec_in_user_namespace(cfg):
+    """Not root: enter a user namespace and exec this executor again in it, so that its memory, and that of
+    every process it forks, belongs to the namespace: there we may read the smaps of samples, which are not
+    dumpable (for the memory watch). Returns only where user namespaces are refused; cfg["userns"] says why."""
+    try:  # first in a child: where a namespace can be made but not mapped (a security module refuses), we stay out
+        _probe_in_child(_enter_user_namespace)
+        _enter_user_namespace()
+    except OSError as e:
+        full = e.errno == errno.ENOSPC
+        cfg["userns"] = (e.strerror or str(e)) + (": user.max_user_namespaces is 0 or reached" if full else "")
+        return
+    cfg["userns"] = True
+    os.execv(sys.executable, sys.orig_argv[:-1] + [json.dumps(cfg)])  # (the executor's last argument is cfg)
+
+
+def _machine_root():
+    """Are we uid 0 of the machine, not of a user namespace of a non-root user's?"""
+    with open("/proc/self/uid_map") as f:
+        return os.geteuid() == 0 and any(line.split()[:2] == ["0", "0"] for line in f)
 
 
 
@@ -370,7 +428,7 @@ def _needed_paths():
     return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
 
 
-def _minimal_root(hide):
+def _minimal_root(hide, userns=False):
     """Enter a new mount namespace whose root is a fresh tmpfs holding read-only binds of _needed_paths(),
     /dev/null, /dev/urandom and /dev/zero, an empty /tmp (samples mount their own there) and /proc (they
     mount their own). Paths in `hide` (benchmark data inside the Python installation) are covered. Nothing
@@ -391,6 +449,9 @@ def _minimal_root(hide):
             os.symlink(os.readlink(link), top + link)
     for d in ("tmp", "proc", "dev"):
         os.makedirs(f"{top}/{d}", mode=0o755, exist_ok=True)
+    if userns:  # in a user namespace a /proc (samples mount one) may be mounted only where one is in sight:
+        _call("mount", b"/proc", f"{top}/proc".encode(), None, MS_BIND | MS_REC, None)  # the host's, covered
+        _call("mount", b"tmpfs", f"{top}/proc".encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0555,size=4k")
     for dev in ("/dev/null", "/dev/urandom", "/dev/zero"):
         open(top + dev, "w").close()
         _call("mount", dev.encode(), (top + dev).encode(), None, MS_BIND, None)
@@ -441,7 +502,7 @@ def _cgroup_v2_delegation(root=None):
 
 
 def _delegated(path):
-    if os.geteuid() != 0 and os.stat(path).st_uid == os.geteuid():
+    if os.stat(path).st_uid == os.geteuid() and not _machine_root():
         return True
     for name in ("trusted.delegate", "user.delegate"):
         try:
@@ -595,7 +656,16 @@ def _setup_protections(cfg, proc_fd):
     protection that is unavailable here (or switched off with `disable`), and a descriptor of the cgroup
     that per-sample cgroups go in (None without them)."""
     off = set(cfg.get("disable", ()))
-    prot, warn = {"userns": False}, []
+    prot, warn = {"userns": cfg.get("userns") is True}, []
+    not_root = prot["userns"] or os.getuid() != 0
+    for key, lim in (("memory_limit", resource.RLIMIT_AS), ("file_size_limit", resource.RLIMIT_FSIZE),
+                     ("open_files_limit", resource.RLIMIT_NOFILE)):
+        hard = resource.getrlimit(lim)[1]  # not root, we cannot raise it: samples that asked for more all failed
+        if not_root and hard != resource.RLIM_INFINITY and cfg[key] > hard:
+            warn.append(f"{key} lowered from {cfg[key]} to this user's hard limit, {hard}")
+            cfg[key] = hard
+    if isinstance(cfg.get("userns"), str):
+        warn.append(f"user namespace unavailable ({cfg['userns']}): not being root, the executor gets no namespaces")
 
     def attempt(name, fn, consequence):
         if name in off:
@@ -608,32 +678,38 @@ def _setup_protections(cfg, proc_fd):
             warn.append(f"{_WHAT[name]} unavailable ({e.strerror or e}): {consequence}")
             return False
 
-    def net():
-        try:
-            _call("unshare", CLONE_NEWNET)
-        except OSError:
-            if os.geteuid() == 0:
-                raise
-            _enter_user_namespace()  # not root: a user namespace makes the other namespaces possible
-            prot["userns"] = True
-            _call("unshare", CLONE_NEWNET)
+    def uids():
+        if prot["userns"]:
+            raise OSError(0, "the user namespace of a non-root user maps its own uid only")
+        _probe_in_child(lambda: _become(SAMPLE_UID))
 
     abi = 0 if "landlock" in off else landlock_abi()
     prot["cgroup"], cgroup_fd = _setup_cgroup(cfg, off, warn)  # first: the cgroup tree is out of sight after the pivot
-    prot["netns"] = attempt("netns", net, "samples can reach the network"
+    prot["netns"] = attempt("netns", lambda: _call("unshare", CLONE_NEWNET), "samples can reach the network"
                             + (" except over TCP, which Landlock blocks" if abi >= 4 else ""))
     if SYS_PIVOT_ROOT is None:
         off.add("minimal_root")  # (no pivot_root number for this architecture here: reported as disabled)
     prot["minimal_root"] = attempt(
-        "minimal_root", lambda: _minimal_root(cfg.get("hide", ())),
-        "samples can read every file this user can (the benchmark data included), write outside their temp dir "
-        "where Landlock is missing, and connect to host services on pathname unix sockets")
+        "minimal_root", lambda: _minimal_root(cfg.get("hide", ()), prot["userns"]),
+        ("Landlock keeps samples' reads to the Python installation (less the benchmark data in it) and their "
+         "temp dir" if abi else "samples can read every file this user can (the benchmark data included), write "
+         "outside their temp dir") + ", and they can connect to host services on pathname unix sockets")
     prot["readonly_fs"] = prot["mountns"] = prot["minimal_root"]
+    if abi and not prot["mountns"]:  # (the zygote makes the benchmark data unreadable beneath them)
+        cfg["read_paths"] = _needed_paths() + ["/dev/urandom", "/dev/zero"]
     prot["ipcns"] = attempt("ipcns", lambda: _probe_in_child(lambda: _call("unshare", CLONE_NEWIPC)),
                             "samples share SysV IPC with the host (seccomp still denies creating it)")
-    prot["sample_uid"] = attempt("sample_uid", lambda: _probe_in_child(lambda: _become(SAMPLE_UID)),
-                                 "samples run as the executor's uid: they can read each other's files while "
-                                 "running and share one process limit")
+    prot["sample_uid"] = attempt("sample_uid", uids,
+                                 "samples run as the executor's uid: " + (
+                                     "their own mount namespaces keep their files apart" if prot["mountns"]
+                                     else "Landlock keeps their files apart" if abi
+                                     else "they can read each other's files while running") + (
+                                     ", and RLIMIT_NPROC bounds their processes together with this user's others"
+                                     if not_root else ", and no RLIMIT_NPROC bounds their processes (root is exempt)"))
+    if not prot["sample_uid"] and not_root:  # one budget for all samples (each with a slot's share) and the user
+        budget = _processes_of(proc_fd, os.getuid()) + 2 * cfg["workers"] * (cfg["proc_limit"] + 1) + 8
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]  # (not root: the most we may set)
+        cfg["shared_nproc"] = budget if hard == resource.RLIM_INFINITY else min(budget, hard)
     prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
         "seccomp", lambda: _probe_in_child(lambda: (prctl(PR_SET_NO_NEW_PRIVS, 1),
                                                     _seccomp_install(_seccomp_program()))),
@@ -643,8 +719,8 @@ def _setup_protections(cfg, proc_fd):
     pid_code = []
     prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
     prot["pidns"] = attempt("pidns", lambda: pid_code.append(_probe_pid_namespace(cfg, prot, proc_fd)),
-                            "processes a sample starts are killed by process group, and "
-                            "they can see other processes")
+                            "processes a sample starts are killed by process group (orphans of it by the "
+                            "executor)" + ("" if cfg.get("read_paths") else ", and they can see other processes"))
     prot["pid_limit"] = prot["pidns"] and pid_code[0] == 0 and "pid_limit" not in off
     if prot["pidns"] and not prot["pid_limit"]:
         warn.append(("pid_limit disabled by request" if "pid_limit" in off else
@@ -656,30 +732,54 @@ def _setup_protections(cfg, proc_fd):
                      "Landlock unavailable (needs Linux >= 5.13 with landlock in lsm=)")
                     + ": samples can write outside their temp dir where the file system allows"
                     + ("" if prot["pidns"] else ", and signal other processes of this user"))
+    elif abi < 6 and not prot["pidns"] and not prot["sample_uid"]:
+        warn.append(f"Landlock ABI {abi} has no signal scoping (needs Linux >= 6.12): samples can signal other "
+                    "processes of this user, the evaluation's included")
     prot["capabilities_dropped"] = True
     return prot, warn, cgroup_fd
 
 
+def _processes_of(proc_fd, uid):
+    """How many processes of real uid `uid` this /proc shows: what RLIMIT_NPROC counts (or more, where it counts
+    those of one user namespace)."""
+    n = 0
+    for name in os.listdir(proc_fd):
+        try:
+            status = _proc_read(proc_fd, f"{name}/status") if name.isdigit() else ""
+        except OSError:
+            continue
+        n += any(line.split()[1:2] == [str(uid)] for line in status.splitlines() if line.startswith("Uid:"))
+    return n
+
+
 def _probe_pid_namespace(cfg, prot, proc_fd):
     """Fork a child into a new PID namespace: is it pid 1 there, can it cap its number of processes?
-    Returns 0 (yes, yes) or 3 (yes, no); OSError when it is not pid 1."""
-    own = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-    _call("unshare", CLONE_NEWPID)
+    Returns 0 (yes, yes) or 3 (yes, no); OSError saying what failed otherwise. The namespace is made by a
+    child of ours, so our own children stay in our namespace without setns (which a user namespace of a
+    non-root user has no right to for the namespace it started in)."""
+    r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            if os.getpid() != 1:
-                os._exit(4)
-            if prot["mountns"]:
-                _call("unshare", CLONE_NEWNS)
-            os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
-        except BaseException:
+            os.close(r)
+            _call("unshare", CLONE_NEWPID)
+            inner = os.fork()
+            if inner == 0:
+                if os.getpid() != 1:
+                    raise OSError(0, "probe child was not pid 1")
+                if prot["mountns"]:
+                    _call("unshare", CLONE_NEWNS)
+                os._exit(0 if _pid_namespace_setup(cfg, prot, True) else 3)
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1]))
+        except BaseException as e:
+            os.write(w, (e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__).encode())
             os._exit(5)
-    _call("setns", own, CLONE_NEWPID)
-    os.close(own)
+    os.close(w)
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    with open(r, "rb") as f:
+        why = f.read().decode(errors="replace")
     if code not in (0, 3):
-        raise OSError(0, "probe child was not pid 1")
+        raise OSError(0, why or f"probe child exited with {code}")
     return code
 
 
@@ -754,16 +854,24 @@ def _zygote(sock, cfg, prot, proc_fd):
     sample. On each request (slot, mode, and the sample's three descriptors, four with its cgroup's) it forks
     the sample as pid 1 of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    renumber = prot["pidns"] and prot["userns"]
+    if renumber:  # (not root: setns back into the PID namespace we started in is refused; into one we made, not)
+        _pid_namespace_of_our_own()
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
     cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
     _sample_process_state("/tmp" if prot["mountns"] else None)  # once here rather than in every sample
     if prot["seccomp"]:  # inherited by every sample (the zygote itself needs none of the calls it denies)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         _seccomp_install(_seccomp_program())
+    if cfg.get("read_paths"):  # no minimal root: samples read the Python installation less the hidden data (each
+        prctl(PR_SET_NO_NEW_PRIVS, 1)  # sample's own layer narrows the temp dirs to its own)
+        rules = _read_rules(cfg["read_paths"], cfg.get("hide", ())) + [(cfg["base"], LL_READS), (os.devnull, LL_READS)]
+        _landlock_layer(struct.pack("<Q", LL_READS), rules)
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
     gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
-    os.close(proc_fd)
+    if not renumber:
+        os.close(proc_fd)
     children = {}
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
@@ -783,15 +891,32 @@ def _zygote(sock, cfg, prot, proc_fd):
                 for f in fds:
                     os.close(f)
                 pidfd = os.pidfd_open(pid)
-                children[pidfd] = pid
+                children[pidfd] = pid, _executor_pid(proc_fd, pidfd) if renumber else pid
                 poller.register(pidfd, select.POLLIN)
-                socket.send_fds(sock, [_FORKED.pack(b"P", pid, 0)], [pidfd])
+                socket.send_fds(sock, [_FORKED.pack(b"P", children[pidfd][1], 0)], [pidfd])
             elif fd in children:
-                pid = children.pop(fd)
+                pid, theirs = children.pop(fd)
                 poller.unregister(fd)
                 status = os.waitpid(pid, 0)[1]
                 os.close(fd)
-                sock.send(_FORKED.pack(b"X", pid, status))
+                sock.send(_FORKED.pack(b"X", theirs, status))
+
+
+def _pid_namespace_of_our_own():
+    """Go on as pid 1 of a new PID namespace (of our user namespace, so that we may setns() back into it after
+    each sample's fork): a child does, while this process waits for it and exits with it."""
+    _call("unshare", CLONE_NEWPID)
+    pid = os.fork()
+    if pid:
+        status = os.waitpid(pid, 0)[1]
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _executor_pid(proc_fd, pidfd):
+    """The pid of a pidfd's process as the executor numbers them (the PID namespace of its /proc)."""
+    text = _proc_read(proc_fd, f"self/fdinfo/{pidfd}")
+    return int(next(l.split()[1] for l in text.splitlines() if l.startswith("Pid:")))
 
 
 def _fork():
@@ -841,13 +966,13 @@ def _sample_main(req, fds, cfg, prot):
         os.chdir(tmp)
         if not prot["mountns"]:
             _sample_process_state(tmp)
-        import resource  # (pre-imported by the zygote; here for readability)
         cpu = int(math.ceil(req["timeout"])) + 1
         limits = [(resource.RLIMIT_AS, cfg["memory_limit"]), (resource.RLIMIT_CPU, cpu),
                   (resource.RLIMIT_FSIZE, cfg["file_size_limit"]), (resource.RLIMIT_CORE, 0),
                   (resource.RLIMIT_NOFILE, cfg["open_files_limit"])]
-        if prot["sample_uid"]:
-            limits.append((resource.RLIMIT_NPROC, cfg["proc_limit"]))
+        nproc = cfg["proc_limit"] if prot["sample_uid"] else cfg.get("shared_nproc")  # (the uid's processes)
+        if nproc:
+            limits.append((resource.RLIMIT_NPROC, nproc))
         for lim, val in limits:
             resource.setrlimit(lim, (val, val + 1 if lim == resource.RLIMIT_CPU else val))
         if prot["sample_uid"]:
@@ -858,7 +983,7 @@ def _sample_main(req, fds, cfg, prot):
         os.close(5)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         if prot["landlock"]:
-            _landlock_confine(tmp, prot["landlock"])
+            _landlock_confine(tmp, prot["landlock"], cfg.get("read_paths"))
         if not prot["sample_uid"]:  # (a uid other than 0 has none)
             _drop_capabilities()
         os.write(setup, b"ok")
@@ -1326,9 +1451,7 @@ def _tree_usage(proc_fd, root, memory=False):
             f = _proc_read(proc_fd, f"{pid}/stat").rsplit(")", 1)[1].split()
             cpu += sum(int(x) for x in f[11:15])
             if memory:
-                for line in _proc_read(proc_fd, f"{pid}/smaps_rollup").splitlines():
-                    if line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
+                pss += _memory(proc_fd, pid)
             tasks = os.open(f"{pid}/task", os.O_RDONLY | os.O_DIRECTORY, dir_fd=proc_fd)
             try:
                 tids = os.listdir(tasks)
@@ -1339,6 +1462,18 @@ def _tree_usage(proc_fd, root, memory=False):
         except (OSError, ValueError, IndexError):
             continue
     return cpu / _CLK, pss
+
+
+def _memory(proc_fd, pid):
+    """Proportional set size of a process, in bytes. Where its smaps are closed to us (a sample is not dumpable,
+    and a non-root executor outside a user namespace has no right to read them), its resident anonymous and
+    shared memory instead, from /proc/PID/status, which anyone may read."""
+    try:
+        return next(int(l.split()[1]) * 1024 for l in _proc_read(proc_fd, f"{pid}/smaps_rollup").splitlines()
+                    if l.startswith("Pss:"))
+    except PermissionError:
+        text = _proc_read(proc_fd, f"{pid}/status")
+        return sum(int(l.split()[1]) * 1024 for l in text.splitlines() if l.startswith(("RssAnon:", "RssShmem:")))
 
 
 def _kill_sample(r):
@@ -1419,6 +1554,8 @@ def _serve(cfg):
     """The executor (E): read jobs as JSON lines on stdin, run up to cfg["workers"] samples at a time,
     write each result as a JSON line on stdout. Exits when stdin closes, killing whatever still runs;
     exits with status 3 when its zygote died (the caller restarts it and re-runs what had no result)."""
+    if os.geteuid() != 0 and "userns" not in cfg:
+        _reexec_in_user_namespace(cfg)
     rfd, wfd = os.dup(0), os.dup(1)  # protocol pipes; 0 and 1 become /dev/null so no child inherits them
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -1430,6 +1567,7 @@ def _serve(cfg):
     if os.getppid() != cfg["parent"]:
         return 0
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # the zygote's orphans come back to us, never to the host's init
+    prctl(PR_SET_DUMPABLE, 0)  # samples of our uid (not root) may not read or write our, our judges' or zygote's memory
     proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # before the minimal root hides it
     for name in PREWARM + ("fcntl", "_signal"):
         try:
@@ -1439,7 +1577,7 @@ def _serve(cfg):
     prot, warn, cgroup_fd = _setup_protections(cfg, proc_fd)
     base = None
     if not prot["mountns"]:  # no private tmpfs per sample: temp dirs in a folder of ours on the host
-        base = tempfile.mkdtemp(prefix="codelm-eval-")
+        base = cfg["base"] = tempfile.mkdtemp(prefix="codelm-eval-")
         os.chmod(base, 0o711)
     zygote = _Zygote(cfg, prot, proc_fd)
     import gc  # (here: the zygote is forked before this, so that it freezes nothing of ours)
@@ -1593,6 +1731,8 @@ class _State:
 
     def finish(self):
         exits = self.zygote.exits
+        if exits and not self.prot["pidns"]:  # a sample ended: what it left behind in other sessions is ours now
+            self.kill_orphans()
         for r in [r for r in self.runs if r.verdict is not None and r.spid in exits and r.out_r < 0]:
             self.runs.remove(r)
             r.s_status = exits.pop(r.spid)
@@ -1614,6 +1754,24 @@ class _State:
         if self.cgroups and self.cgroups.dying:
             self.cgroups.sweep()
 
+    def kill_orphans(self):
+        """Without PID namespaces, processes a sample started in sessions of their own outlive its process
+        group's kill; orphaned, they come to us (the subreaper). Kill and reap every child of ours that is not
+        our zygote, a judge or a cleaner, again while their deaths hand us more."""
+        ours = {self.zygote.pid, *(j.pid for j in self.judges), *self.cleaners}
+        me = os.getpid()
+        for _ in range(100):
+            try:
+                orphans = {int(p) for p in _proc_read(self.proc_fd, f"{me}/task/{me}/children").split()} - ours
+            except OSError:
+                return
+            if not orphans:
+                return
+            for pid in orphans:
+                os.kill(pid, signal.SIGKILL)
+            for pid in orphans:
+                os.waitpid(pid, 0)
+
     def shutdown(self):
         for r in self.runs:
             _kill_sample(r)
@@ -1621,6 +1779,10 @@ class _State:
             j.kill()
         os.kill(self.zygote.pid, signal.SIGKILL)  # and its samples with it
         os.waitpid(self.zygote.pid, 0)
+        if not self.prot["pidns"]:
+            for r in self.runs:  # (each sample's orphans come to us once it has exited)
+                select.select([r.sfd], [], [], 2.0)
+            self.kill_orphans()
         if self.cgroups:
             for r in self.runs:
                 if r.cgroup:
