@@ -240,20 +240,24 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.out_bias)
 
-    def forward(self, x, rope, cache=None):
+    def forward(self, x, rope, cache=None, last=False):
+        """x (B, T, C) -> (B, T, C); last=True: the last position's output alone (B, 1, C), every position's
+        key/value still computed (and stored in cache)."""
         B, T, _ = x.shape
-        q, k, v = self.q(x), self.k(x), self.v(x)
+        q, k, v = self.q(x[:, -1:] if last else x), self.k(x), self.v(x)
         if self.qkv_clip > 0:
             q, k, v = (t.clamp(-self.qkv_clip, self.qkv_clip) for t in (q, k, v))
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        Tq = q.shape[1]
+        q = q.view(B, Tq, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = apply_rope(q, rope[0][-1:], rope[1][-1:], rope[2]) if last else apply_rope(q, *rope)
+        k = apply_rope(k, *rope)
         if cache is None:
             y = attention(q, k, v, causal=True, impl=self.attn_impl)
         else:
             y = cache.attend(self, q, k, v)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return self.o(y.transpose(1, 2).reshape(B, Tq, self.n_head * self.head_dim))
 
     def decode(self, x, rope, mask, keys, values, col, end):
         """One new token per row: x (b, C) -> (b, C), the fewest tensor operations (decoding is bound by their
@@ -303,12 +307,15 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, *attn_args, decode=False):
-        """x (B, T, C), attn_args those of Attention.forward; decode=True: x (b, C), those of Attention.decode."""
-        attn = self.attn.decode if decode else self.attn
+    def forward(self, x, *attn_args, decode=False, last=False):
+        """x (B, T, C), attn_args those of Attention.forward; decode=True: x (b, C), those of Attention.decode.
+        last=True (the prefill's last block): the output at the last position alone, (B, 1, C)."""
+        h = self.attn.decode(self.attn_norm(x), *attn_args) if decode else self.attn(self.attn_norm(x), *attn_args, last=last)
+        if last:
+            x = x[:, -1:]
         if self.parallel:  # both branches read the block's input
-            return x + attn(self.attn_norm(x), *attn_args) + self.mlp(self.mlp_norm(x))
-        x = x + attn(self.attn_norm(x), *attn_args)
+            return x + h + self.mlp(self.mlp_norm(x))
+        x = x + h
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -332,9 +339,12 @@ class KVCache:
         return self.k + self.v + [self.cols, self.cos, self.sin, self.swap]
 
     def attend(self, attn, q, k, v):
-        """Prefill: whole prompts stored at columns col.. of rows, each attending to itself alone."""
-        i, end = self.layer_of[attn], self.col + q.shape[2]
+        """Prefill: whole prompts stored at columns col.. of rows, each attending to itself alone (the last
+        block: the last position alone, which sees every key)."""
+        i, end = self.layer_of[attn], self.col + k.shape[2]
         self.k[i][self.rows, :, self.col:end], self.v[i][self.rows, :, self.col:end] = k, v
+        if q.shape[2] < k.shape[2]:
+            return sdpa_attention(q, k, v, causal=False)
         return attention(q, k, v, causal=True, impl=attn.attn_impl)
 
     def take(self, idx, cols):
@@ -466,8 +476,8 @@ class GPT(nn.Module):
             run = list(run)
             cache.rows, cache.col = slice(run[0], run[-1] + 1), L - T
             x = self.embed(torch.tensor([prompts[i] for i in run], device=device))
-            for block in self.blocks:
-                x = block(x, (cache.cos[:T], cache.sin[:T], cache.swap), cache)
+            for j, block in enumerate(self.blocks):  # the last block: only the last position is needed
+                x = block(x, (cache.cos[:T], cache.sin[:T], cache.swap), cache, last=j == len(self.blocks) - 1)
             logits.append(F.linear(self.norm(x[:, -1]), self.head.weight[:self.cfg.vocab_size]).float())
         if n > 1:  # each prompt's keys/values to its n sample rows
             cache.take(torch.arange(len(prompts), device=device).repeat_interleave(n), L)
