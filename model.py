@@ -166,7 +166,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()  # the mean of squares in fp32, as Llama does
+        if x.dtype == self.weight.dtype == torch.float32:  # the same sums as below, in one call (decoding is op-bound)
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        x32 = x.float()  # the mean of squares in fp32, rounded to x's dtype before the scale, as Llama does
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
@@ -379,6 +381,7 @@ class StaticDecoder:
         self.pad = torch.zeros(B, dtype=torch.long, device=cache.cols.device) if pad is None else pad
         self.rows = torch.arange(B, device=cache.cols.device)  # the batch rows still in use
         self.tokens = torch.zeros_like(self.rows)              # every row's input token
+        self.col = torch.zeros_like(self.rows[:1])             # the step's column: one tensor, written in place
 
     def drop(self, idx, cols):
         self.rows = self.rows[idx]
@@ -389,7 +392,7 @@ class StaticDecoder:
             tokens = self.tokens.index_copy_(0, self.rows, tokens)
         if self.cache.cols.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        logits = self.step_fn(tokens, self.cache.cols[col:col + 1], self.pad, self.cache)
+        logits = self.step_fn(tokens, self.col.fill_(col), self.pad, self.cache)
         return logits[self.rows] if some else logits.clone()  # a CUDA graph's next replay overwrites its output
 
 
@@ -524,8 +527,8 @@ class GPT(nn.Module):
         cache = KVCache(self, batch, key[1])
         cuda = w.device.type == "cuda"
         if cuda:
-            for t in cache.tensors():
-                torch._dynamo.mark_static_address(t)
+            for t in cache.tensors():  # no guard: a new cache of the same shape re-records, not recompiles
+                torch._dynamo.mark_static_address(t, guard=False)
         step = torch.compile(self._static_step, mode="reduce-overhead" if cuda else None, fullgraph=True)
         self._static = (key, cache, step)
         return cache, step
