@@ -686,6 +686,10 @@ def _vs_transformers(model, prompts, T, sync, rounds, compile=False):
     same = {k: sum(a == b for a, b in zip(box[k], box["theirs"])) for k in names if k != "theirs"}
     print(f"# best of {rounds} alternating rounds, prompts {min(map(len, prompts))}-{L} tokens, load average "
           f"{os.getloadavg()[0]:.1f}; identical greedy tokens: " + ", ".join(f"{short[k]} {n}/{B} rows" for k, n in same.items()))
+    paired = {(k, what): sorted(a / b for a, b in zip(times["theirs"], times[k]))
+              for k in names if k != "theirs" for what, times in (("wall", wall), ("cpu", cpu))}
+    print("# speedup within each round, median (range), robust to load drifting between rounds: " + "; ".join(
+        f"{short[k]} {what} {statistics.median(r):.2f}x ({r[0]:.2f}-{r[-1]:.2f})" for (k, what), r in paired.items()))
     step = {k: (w[k] - w["prefill " + k]) / max(T - 1, 1) for k in names}
     print("# prefill (a call for 1 new token) and each later step: " + "; ".join(
         f"{short[k]} {1e3 * w['prefill ' + k]:.1f} ms and {1e3 * step[k]:.2f} ms" for k in names))
@@ -693,7 +697,8 @@ def _vs_transformers(model, prompts, T, sync, rounds, compile=False):
         print(f"# generate(compile=True)'s first calls (compiling): {first['prefill compiled']:.1f} s for 1 new token, "
               f"then {first['compiled']:.1f} s for {T}")
     return {"rows": rows, "identical_rows": same, "batch": B, "load": os.getloadavg()[0], "seconds": wall, "cpu_s": cpu,
-            "first_call_s": first}
+            "first_call_s": first,
+            "round_speedups": {f"{k} {what}": r for (k, what), r in paired.items()}}
 
 
 SUBCOMMANDS["generate"] = (bench_generate, _generate_args,
