@@ -166,7 +166,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if x.dtype == self.weight.dtype == torch.float32:  # the same sums as below, in one call (decoding is op-bound)
+        if x.dtype == self.weight.dtype == torch.float32:  # the same sums as below, in one call instead of eight
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         x32 = x.float()  # the mean of squares in fp32, rounded to x's dtype before the scale, as Llama does
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
@@ -262,8 +262,8 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, Tq, self.n_head * self.head_dim))
 
     def decode(self, x, rope, mask, keys, values, col, end):
-        """One new token per row: x (b, C) -> (b, C), the fewest tensor operations (decoding is bound by their
-        count at small sizes). Its key/value are written at column col (a (1,) tensor) of keys/values (b, Hkv,
+        """One new token per row: x (b, C) -> (b, C), in few tensor operations (each costs microseconds of
+        dispatch, and a small model's step is mostly made of them). Its key/value are written at column col (a (1,) tensor) of keys/values (b, Hkv,
         S, D), and it attends to their first end columns (None: all S, the static-shape step), mask allowing."""
         b = x.shape[0]
         q, k, v = self.q(x), self.k(x), self.v(x)
