@@ -549,6 +549,9 @@ def _generate_args(p):
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--ckpt", default=None, help="time this checkpoint instead of a random model of the sizes above")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="against transformers, also generate(compile=True) (fixed-shape steps, torch.compile; CUDA graphs "
+                        "on CUDA); its first call, which compiles, is reported apart")
 
 
 def _hf_twin(model):
@@ -590,7 +593,7 @@ def bench_generate(args):
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     if args.ragged:  # the transformers comparison alone (the naive loop takes equal lengths)
         prompts = [p[:P - i * P // (2 * B)] for i, p in enumerate(prompts)]
-        return {"vs_transformers": _vs_transformers(model, prompts, T, sync, args.rounds)}
+        return {"vs_transformers": _vs_transformers(model, prompts, T, sync, args.rounds, args.compile)}
     gen = torch.Generator(device=args.device)
 
     def cached(prompts=prompts, n=1):
@@ -623,15 +626,16 @@ def bench_generate(args):
     print(f"# model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params ({model.cfg.n_layer} layers x "
           f"{model.cfg.n_embd}), prompt {P} + {T} new tokens, temperature 1.0, {args.device}, "
           f"torch threads {torch.get_num_threads()}")
-    result = {"rows": rows, "vs_transformers": _vs_transformers(model, prompts, T, sync, args.rounds)}
+    result = {"rows": rows, "vs_transformers": _vs_transformers(model, prompts, T, sync, args.rounds, args.compile)}
     return result
 
 
-def _vs_transformers(model, prompts, T, sync, rounds):
+def _vs_transformers(model, prompts, T, sync, rounds, compile=False):
     """Greedy decoding, ours vs transformers' generate() on the same weights and prompts (left-padded
-    for both when their lengths differ): tokens/s and whether every token agrees. The two alternate
-    `rounds` times after a warm-up each; the best wall and CPU (user + sys) time of each are reported, and
-    the split between the prefill (a call for 1 new token) and each later decoding step."""
+    for both when their lengths differ): tokens/s and whether every token agrees. The two (three with
+    compile: generate(compile=True) too) alternate `rounds` times after a warm-up each; the best wall and
+    CPU (user + sys) time of each are reported, and the split between the prefill (a call for 1 new token)
+    and each later decoding step."""
     hf = _hf_twin(model)
     if hf is None:
         print("# transformers is not installed: the comparison with its generate() is skipped "
@@ -647,39 +651,54 @@ def _vs_transformers(model, prompts, T, sync, rounds):
     def ours(new=T):
         box["ours"] = model.generate(prompts, new)
 
+    def compiled(new=T):
+        box["compiled"] = model.generate(prompts, new, compile=True)
+
     def theirs(new=T):
         with torch.no_grad():
             out = hf.generate(ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=new,
                               min_new_tokens=new, pad_token_id=0, eos_token_id=None)
         box["theirs"] = out[:, L:].tolist()
 
-    wall, cpu = collections.defaultdict(list), collections.defaultdict(list)
-    for r in range(rounds + 1):  # round 0 warms both up
-        for name, fn, new in (("prefill theirs", theirs, 1), ("prefill ours", ours, 1),
-                              ("theirs", theirs, T), ("ours", ours, T)):  # the full calls last: box keeps them
+    names = {"theirs": (theirs, f"transformers {transformers.__version__} generate()"),
+             "ours": (ours, "codelm generate()")}
+    if compile:
+        names["compiled"] = (compiled, "codelm generate(compile=True)")
+    wall, cpu, first = collections.defaultdict(list), collections.defaultdict(list), {}
+    for r in range(rounds + 1):  # round 0 warms every one up (and compiles)
+        for name, new in [("prefill " + k, 1) for k in names] + [(k, T) for k in names]:  # full calls last: box keeps them
             if sync:
                 sync()
             t0, c0 = time.perf_counter(), time.process_time()
-            fn(new)
+            names[name.removeprefix("prefill ")][0](new)
             if sync:
                 sync()
             if r:
                 wall[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
-    same = sum(a == b for a, b in zip(box["ours"], box["theirs"]))
+            else:
+                first[name] = time.perf_counter() - t0
     w, c = {k: min(v) for k, v in wall.items()}, {k: min(v) for k, v in cpu.items()}
-    rows = [dict(method=f"transformers {transformers.__version__} generate(), greedy, batch {B}", tokens=B * T,
-                 seconds=w["theirs"], cpu_s=c["theirs"], tokens_per_s=B * T / w["theirs"], speedup=1.0, cpu_speedup=1.0),
-            dict(method=f"codelm generate(), greedy, batch {B}", tokens=B * T, seconds=w["ours"], cpu_s=c["ours"],
-                 tokens_per_s=B * T / w["ours"], speedup=w["theirs"] / w["ours"], cpu_speedup=c["theirs"] / c["ours"])]
+    rows = [dict(method=f"{label}, greedy, batch {B}", tokens=B * T, seconds=w[k], cpu_s=c[k], tokens_per_s=B * T / w[k],
+                 speedup=w["theirs"] / w[k], cpu_speedup=c["theirs"] / c[k]) for k, (_, label) in names.items()]
     print_table(rows, ["method", "tokens", "seconds", "cpu_s", "tokens_per_s", "speedup", "cpu_speedup"])
+    short = {"theirs": "transformers", "ours": "codelm", "compiled": "codelm compile=True"}
+    same = {k: sum(a == b for a, b in zip(box[k], box["theirs"])) for k in names if k != "theirs"}
     print(f"# best of {rounds} alternating rounds, prompts {min(map(len, prompts))}-{L} tokens, load average "
-          f"{os.getloadavg()[0]:.1f}; identical greedy tokens: {same}/{B} rows")
-    step = {k: (w[k] - w["prefill " + k]) / max(T - 1, 1) for k in ("ours", "theirs")}
-    print(f"# prefill (a call for 1 new token): codelm {1e3 * w['prefill ours']:.1f} ms, transformers "
-          f"{1e3 * w['prefill theirs']:.1f} ms; each later step: codelm {1e3 * step['ours']:.2f} ms, transformers "
-          f"{1e3 * step['theirs']:.2f} ms")
-    return {"rows": rows, "identical_rows": same, "batch": B, "load": os.getloadavg()[0], "seconds": wall, "cpu_s": cpu}
+          f"{os.getloadavg()[0]:.1f}; identical greedy tokens: " + ", ".join(f"{short[k]} {n}/{B} rows" for k, n in same.items()))
+    paired = {(k, what): sorted(a / b for a, b in zip(times["theirs"], times[k]))
+              for k in names if k != "theirs" for what, times in (("wall", wall), ("cpu", cpu))}
+    print("# speedup within each round, median (range), robust to load drifting between rounds: " + "; ".join(
+        f"{short[k]} {what} {statistics.median(r):.2f}x ({r[0]:.2f}-{r[-1]:.2f})" for (k, what), r in paired.items()))
+    step = {k: (w[k] - w["prefill " + k]) / max(T - 1, 1) for k in names}
+    print("# prefill (a call for 1 new token) and each later step: " + "; ".join(
+        f"{short[k]} {1e3 * w['prefill ' + k]:.1f} ms and {1e3 * step[k]:.2f} ms" for k in names))
+    if compile:
+        print(f"# generate(compile=True)'s first calls (compiling): {first['prefill compiled']:.1f} s for 1 new token, "
+              f"then {first['compiled']:.1f} s for {T}")
+    return {"rows": rows, "identical_rows": same, "batch": B, "load": os.getloadavg()[0], "seconds": wall, "cpu_s": cpu,
+            "first_call_s": first,
+            "round_speedups": {f"{k} {what}": r for (k, what), r in paired.items()}}
 
 
 SUBCOMMANDS["generate"] = (bench_generate, _generate_args,

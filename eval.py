@@ -718,6 +718,7 @@ class Sampling:
     sugar_prompt: bool = False        # a Token Sugar checkpoint is given the prompt's code in its shorthand
     batch_size: int = BATCH_SIZE
     seed: int = 0
+    compile: bool = False             # GPT.generate(compile=True): fixed-shape decoding steps, torch.compile'd
 
 
 def prompt_text(problem, pp, strip_prompt=False, sugar_count=None):
@@ -880,7 +881,7 @@ def generate_completions(model, tok, problems, sampling=None, postprocess=None, 
             outs = model.generate([prompts[i][1] for i in idx], max(budgets[i] for i in idx),
                                   temperature=s.temperature, top_p=s.top_p, min_p=s.min_p,
                                   repetition_penalty=s.repetition_penalty, eos_id=tok.eos_id, n_samples=m,
-                                  stop=rule, generators=gens, banned_ids=banned)
+                                  stop=rule, generators=gens, banned_ids=banned, compile=s.compile)
         for row, new in enumerate(outs):
             i = idx[row // m]
             text = tok.decode(new)
@@ -1195,6 +1196,8 @@ def build_parser():
                          f"than --min_time_limit (default {EVALPLUS_TIME_FACTOR:g}, as EvalPlus)")
     ap.add_argument("--strip_prompt", action="store_true", help="strip the prompt's trailing whitespace (bigcode harness default)")
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
+    ap.add_argument("--compile", action="store_true",
+                    help="decode with torch.compile (CUDA graphs on CUDA): faster steps after a compile per batch shape")
     ap.add_argument("--seed", type=int, default=0, help=">= 0 (default 0)")
     return ap
 
@@ -1235,6 +1238,7 @@ def resolve_settings(args):
     for name in ("n_samples", "temperature", "top_p", "min_p", "repetition_penalty", "max_new_tokens", "batch_size", "seed"):
         if getattr(args, name) is not None:
             setattr(sampling, name, getattr(args, name))
+    sampling.compile = args.compile
     if not ks or ks[0] < 1 or (args.ckpt and ks[-1] > sampling.n_samples):
         raise EvalError(f"--k {k_text}: every k must be in 1..n_samples ({sampling.n_samples})" if args.ckpt
                         else f"--k {k_text}: every k must be >= 1")

@@ -35,6 +35,7 @@ NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 VOCAB_MULTIPLE = 64          # embedding rows are padded to a multiple of this (faster matmuls)
+STATIC_CACHE_MULTIPLE = 128  # generate(compile=True): cache lengths rounded up to this (fewer shapes to compile)
 CHECKPOINT_FORMAT = "codelm"
 # Peak dense bf16 tensor-core throughput, FLOP/s, for MFU (vendor datasheets, SXM parts).
 PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
@@ -165,7 +166,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()  # the mean of squares in fp32, as Llama does
+        if x.dtype == self.weight.dtype == torch.float32:  # the same sums as below, in one call instead of eight
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        x32 = x.float()  # the mean of squares in fp32, rounded to x's dtype before the scale, as Llama does
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
@@ -208,22 +211,25 @@ def rope_inv_freq(cfg, device=None):
     return inv_freq
 
 
-def rope_cos_sin(positions, cfg, device=None):
-    """cos, sin of shape (*positions.shape, cfg.rotary_dim) for the rotate-half convention (Hugging Face Llama)."""
+def rope_tables(positions, cfg, device=None):
+    """RoPE as apply_rope computes it: cos, sin of shape (*positions.shape, head_dim) and swap (head_dim,).
+    Rotate-half (Hugging Face Llama) is x * cos + [-x2, x1] * sin on the first rotary_dim dims; here its sign
+    is folded into sin and [x2, x1] is x[..., swap], so no concatenation is needed per call; the dims past
+    rotary_dim (partial rotary) have cos 1, sin 0 and pass through unchanged."""
+    D, R = cfg.head_dim, cfg.rotary_dim
     angles = positions.to(device=device, dtype=torch.float32)[..., None] * rope_inv_freq(cfg, device)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    rest = angles.new_zeros(*angles.shape[:-1], D - R)
+    cos, sin = torch.cat([cos, cos, rest + 1], dim=-1), torch.cat([-sin, sin, rest], dim=-1)
+    half = torch.arange(R // 2, device=device)
+    swap = torch.cat([half + R // 2, half, torch.arange(R, D, device=device)])
+    return cos, sin, swap
 
 
-def apply_rope(x, cos, sin):
-    """x (B, H, T, D); cos/sin (T, R) or (B, 1, T, R): rotate-half RoPE on the first R dims of each head
-    (R = D but for partial rotary), the rest passed through."""
-    r = cos.shape[-1]
-    if r < x.shape[-1]:
-        return torch.cat([apply_rope(x[..., :r], cos, sin), x[..., r:]], dim=-1)
-    half = r // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).type_as(x)
+def apply_rope(x, cos, sin, swap):
+    """x (..., D) rotated by the tables of rope_tables (broadcast over x's leading dims), in fp32."""
+    xf = x.float()
+    return (xf * cos).addcmul_(xf.index_select(-1, swap), sin).type_as(x)
 
 
 class Attention(nn.Module):
@@ -236,20 +242,40 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.out_bias)
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, rope, cache=None, last=False):
+        """x (B, T, C) -> (B, T, C); last=True: the last position's output alone (B, 1, C), every position's
+        key/value still computed (and stored in cache)."""
         B, T, _ = x.shape
-        q, k, v = self.q(x), self.k(x), self.v(x)
+        q, k, v = self.q(x[:, -1:] if last else x), self.k(x), self.v(x)
         if self.qkv_clip > 0:
             q, k, v = (t.clamp(-self.qkv_clip, self.qkv_clip) for t in (q, k, v))
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        Tq = q.shape[1]
+        q = q.view(B, Tq, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = apply_rope(q, rope[0][-1:], rope[1][-1:], rope[2]) if last else apply_rope(q, *rope)
+        k = apply_rope(k, *rope)
         if cache is None:
             y = attention(q, k, v, causal=True, impl=self.attn_impl)
         else:
             y = cache.attend(self, q, k, v)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return self.o(y.transpose(1, 2).reshape(B, Tq, self.n_head * self.head_dim))
+
+    def decode(self, x, rope, mask, keys, values, col, end):
+        """One new token per row: x (b, C) -> (b, C), in few tensor operations (each costs microseconds of
+        dispatch, and a small model's step is mostly made of them). Its key/value are written at column col (a (1,) tensor) of keys/values (b, Hkv,
+        S, D), and it attends to their first end columns (None: all S, the static-shape step), mask allowing."""
+        b = x.shape[0]
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.qkv_clip > 0:
+            q, k, v = (t.clamp(-self.qkv_clip, self.qkv_clip) for t in (q, k, v))
+        q = apply_rope(q.view(b, self.n_head, 1, self.head_dim), *rope)
+        keys.index_copy_(2, col, apply_rope(k.view(b, self.n_kv_head, 1, self.head_dim), *rope))
+        values.index_copy_(2, col, v.view(b, self.n_kv_head, 1, self.head_dim))
+        if end is not None:
+            keys, values = keys[:, :, :end], values[:, :, :end]
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.n_head != self.n_kv_head)
+        return self.o(y.reshape(b, self.n_head * self.head_dim))
 
 
 def activation(x, kind):
@@ -283,10 +309,15 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, *attn_args, decode=False, last=False):
+        """x (B, T, C), attn_args those of Attention.forward; decode=True: x (b, C), those of Attention.decode.
+        last=True (the prefill's last block): the output at the last position alone, (B, 1, C)."""
+        h = self.attn.decode(self.attn_norm(x), *attn_args) if decode else self.attn(self.attn_norm(x), *attn_args, last=last)
+        if last:
+            x = x[:, -1:]
         if self.parallel:  # both branches read the block's input
-            return x + self.attn(self.attn_norm(x), cos, sin, cache) + self.mlp(self.mlp_norm(x))
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+            return x + h + self.mlp(self.mlp_norm(x))
+        x = x + h
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -300,26 +331,69 @@ class KVCache:
         shape = (batch, cfg.n_kv_head, length, cfg.head_dim)
         self.k = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in range(cfg.n_layer)]
-        self.cos, self.sin = rope_cos_sin(torch.arange(length), cfg, w.device)  # RoPE at every position
+        self.cols = torch.arange(length, device=w.device)  # a step's column is a slice of it (no tensor to build)
+        self.cos, self.sin, self.swap = rope_tables(self.cols, cfg, w.device)  # RoPE at every position
         self.layer_of = {blk.attn: i for i, blk in enumerate(model.blocks)}  # Attention module -> layer index
-        self.rows = slice(0, batch)  # the rows in use
-        self.col = 0                 # first column written by the current forward
-        self.prefilling = True       # the forward holds whole prompts, each attending to itself alone
-        self.mask = None             # decoding: (b, 1, 1, col + 1) bool, True where a key may be attended; None: all
+        self.rows = slice(0, batch)  # prefill: the rows of the current forward
+        self.col = 0                 # prefill: the first column it writes
+
+    def tensors(self):
+        return self.k + self.v + [self.cols, self.cos, self.sin, self.swap]
 
     def attend(self, attn, q, k, v):
-        i, end = self.layer_of[attn], self.col + q.shape[2]
-        keys, values = self.k[i][self.rows], self.v[i][self.rows]
-        keys[:, :, self.col:end], values[:, :, self.col:end] = k, v
-        if self.prefilling:
-            return attention(q, k, v, causal=True, impl=attn.attn_impl)
-        k, v = keys[:, :, :end], values[:, :, :end]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, enable_gqa=q.shape[1] != k.shape[1])
+        """Prefill: whole prompts stored at columns col.. of rows, each attending to itself alone (the last
+        block: the last position alone, which sees every key)."""
+        i, end = self.layer_of[attn], self.col + k.shape[2]
+        self.k[i][self.rows, :, self.col:end], self.v[i][self.rows, :, self.col:end] = k, v
+        if q.shape[2] < k.shape[2]:
+            return sdpa_attention(q, k, v, causal=False)
+        return attention(q, k, v, causal=True, impl=attn.attn_impl)
 
     def take(self, idx, cols):
         """Rows idx (a LongTensor; repeats copy a row) become the first rows, in place, their first cols columns."""
         for t in self.k + self.v:
             t[:len(idx), :, :cols] = t[idx, :, :cols]
+
+
+class EagerDecoder:
+    """generate()'s decoding steps in eager PyTorch: finished rows leave the batch (the cache keeps the rows
+    in use first) and each step attends to the columns written so far."""
+
+    def __init__(self, model, cache, pad):
+        self.model, self.cache, self.pad = model, cache, pad
+
+    def drop(self, idx, cols):
+        """Only rows idx (a LongTensor into the rows in use) go on; their first cols columns are written."""
+        self.cache.take(idx, cols)
+        self.pad = None if self.pad is None or not self.pad[idx].any() else self.pad[idx]
+
+    def step(self, tokens, col):
+        return self.model._decode_step(tokens, col, self.pad, self.cache)
+
+
+class StaticDecoder:
+    """generate(compile=True)'s decoding steps, all of the same shapes: every row stays in the batch (a
+    finished row's logits are dropped, not computed less) and every step attends to the whole cache, masked,
+    so one compiled graph serves every step (on CUDA a CUDA graph: no kernel launch costs)."""
+
+    def __init__(self, step_fn, cache, pad):
+        self.step_fn, self.cache, B = step_fn, cache, len(cache.k[0])
+        self.pad = torch.zeros(B, dtype=torch.long, device=cache.cols.device) if pad is None else pad
+        self.rows = torch.arange(B, device=cache.cols.device)  # the batch rows still in use
+        self.tokens = torch.zeros_like(self.rows)              # every row's input token
+        self.col = torch.zeros_like(self.rows[:1])             # the step's column: one tensor, written in place
+
+    def drop(self, idx, cols):
+        self.rows = self.rows[idx]
+
+    def step(self, tokens, col):
+        some = len(self.rows) < len(self.tokens)
+        if some:
+            tokens = self.tokens.index_copy_(0, self.rows, tokens)
+        if self.cache.cols.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        logits = self.step_fn(tokens, self.col.fill_(col), self.pad, self.cache)
+        return logits[self.rows] if some else logits.clone()  # a CUDA graph's next replay overwrites its output
 
 
 class GPT(nn.Module):
@@ -333,6 +407,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self.activation_checkpointing = False
+        self._static = None  # generate(compile=True): (shape key, its KVCache, its compiled step), reused
         self.reset_rope()
         if self.embed.weight.device.type != "meta":
             self.apply(self._init_weights)
@@ -348,9 +423,10 @@ class GPT(nn.Module):
 
     def reset_rope(self, device=None):
         """(Re)build the RoPE tables; needed after loading weights onto a model built on 'meta'."""
-        cos, sin = rope_cos_sin(torch.arange(self.cfg.block_size), self.cfg, device)
+        cos, sin, swap = rope_tables(torch.arange(self.cfg.block_size), self.cfg, device)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_swap", swap, persistent=False)
 
     # -- accounting
     def num_params(self, matmul_only=False):
@@ -376,12 +452,12 @@ class GPT(nn.Module):
         if T > self.cfg.block_size:
             raise ModelError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
         x = self.embed(idx)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        rope = (self.rope_cos[:T], self.rope_sin[:T], self.rope_swap)
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, cos, sin)
+                x = block(x, rope)
         # padding rows never enter the softmax; slicing the weight, not the output, keeps logits a fresh
         # tensor (FSDP2 warns about, and can mishandle, a view returned from the root module)
         logits = F.linear(self.norm(x), self.head.weight[:self.cfg.vocab_size])
@@ -393,43 +469,75 @@ class GPT(nn.Module):
             weights = weights * loss_mask.reshape(-1).float()
         return logits, (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
-    def _forward_cached(self, idx, cos, sin, cache):
-        """Logits (b, vocab) after the last position of idx (b, T), its keys/values stored in cache."""
-        x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x, cos, sin, cache)
-        return F.linear(self.norm(x[:, -1]), self.head.weight[:self.cfg.vocab_size]).float()
-
-    def _prefill(self, prompts, n, max_new_tokens):
+    def _prefill(self, prompts, n, cache):
         """Each run of equal-length prompts in one causal forward (no padding computed), their keys/values
-        stored in a new cache, each prompt ending at column L - 1 of its n sample rows. Returns (cache, each
-        row's logits after its prompt, each row's left padding, or None when no row has any)."""
+        stored in cache, each prompt ending at column L - 1 of its n sample rows. Returns (each row's logits
+        after its prompt, each row's left padding or None when no row has any)."""
         L, device = max(map(len, prompts)), self.embed.weight.device
-        cache, logits = KVCache(self, len(prompts) * n, L + max_new_tokens), []
+        logits = []
         for T, run in groupby(range(len(prompts)), key=lambda i: len(prompts[i])):
             run = list(run)
             cache.rows, cache.col = slice(run[0], run[-1] + 1), L - T
-            ids = torch.tensor([prompts[i] for i in run], device=device)
-            logits.append(self._forward_cached(ids, cache.cos[:T], cache.sin[:T], cache))
-        cache.prefilling = False
+            x = self.embed(torch.tensor([prompts[i] for i in run], device=device))
+            for j, block in enumerate(self.blocks):  # the last block: only the last position is needed
+                x = block(x, (cache.cos[:T], cache.sin[:T], cache.swap), cache, last=j == len(self.blocks) - 1)
+            logits.append(F.linear(self.norm(x[:, -1]), self.head.weight[:self.cfg.vocab_size]).float())
         if n > 1:  # each prompt's keys/values to its n sample rows
             cache.take(torch.arange(len(prompts), device=device).repeat_interleave(n), L)
         pad = torch.tensor([L - len(p) for p in prompts for _ in range(n)], device=device)
-        return cache, torch.cat(logits).repeat_interleave(n, 0), pad if L > min(map(len, prompts)) else None
+        return torch.cat(logits).repeat_interleave(n, 0), pad if L > min(map(len, prompts)) else None
 
     def _decode_step(self, tokens, col, pad, cache):
-        """Logits after one more token per row in use (tokens (b,)), stored at cache column col. pad: (b,)
-        each row's left padding, or None when no row has any (then no mask to build or apply)."""
-        cache.col, cache.rows = col, slice(0, len(tokens))
-        cache.mask = None if pad is None else (torch.arange(col + 1, device=pad.device) >= pad[:, None])[:, None, None]
-        pos = slice(col, col + 1) if pad is None else col - pad
-        return self._forward_cached(tokens[:, None], cache.cos[pos][:, None, None], cache.sin[pos][:, None, None], cache)
+        """Logits after one more token per row in use (tokens (b,)), stored at cache column col, attending to
+        the columns up to it. pad: (b,) each row's left padding, or None when no row has any (no mask)."""
+        if pad is None:
+            pos, mask = slice(col, col + 1), None
+        else:
+            pos, mask = col - pad, (cache.cols[:col + 1] >= pad[:, None])[:, None, None]
+        rope = (cache.cos[pos][:, None, None], cache.sin[pos][:, None, None], cache.swap)
+        return self._decode_forward(tokens, rope, mask, cache, cache.cols[col:col + 1], col + 1)
+
+    def _static_step(self, tokens, col, pad, cache):
+        """_decode_step with the same shapes at every column (what torch.compile and CUDA graphs replay): all
+        of the cache's rows and columns, the columns not written yet masked; col a (1,) tensor, pad (B,)."""
+        pos, mask = col - pad, ((cache.cols >= pad[:, None]) & (cache.cols <= col))[:, None, None]
+        rope = (cache.cos[pos][:, None, None], cache.sin[pos][:, None, None], cache.swap)
+        return self._decode_forward(tokens, rope, mask, cache, col, None)
+
+    def _decode_forward(self, tokens, rope, mask, cache, col, end):
+        """Logits (b, vocab) after one token per row (tokens (b,)): Attention.decode's arguments, its
+        keys/values the first b rows of cache."""
+        b = len(tokens)
+        x = self.embed(tokens)
+        for block, keys, values in zip(self.blocks, cache.k, cache.v):
+            x = block(x, rope, mask, keys[:b], values[:b], col, end, decode=True)
+        return F.linear(self.norm(x), self.head.weight[:self.cfg.vocab_size]).float()
+
+    def _static_decoding(self, batch, length):
+        """(KVCache, step) of generate(compile=True), kept for the next call of the same shape (the length
+        rounded up, so that eval's batches share a few): compiled once, and a CUDA graph replays on the same
+        memory (mark_static_address: the cache is not copied into the graph's inputs at each step)."""
+        w = self.embed.weight
+        key = (batch, STATIC_CACHE_MULTIPLE * math.ceil(length / STATIC_CACHE_MULTIPLE), w.device, w.dtype)
+        if self._static is not None and self._static[0] == key:
+            for t in self._static[1].k + self._static[1].v:
+                t.zero_()
+            return self._static[1:]
+        self._static = None  # the previous cache's memory is freed first
+        cache = KVCache(self, batch, key[1])
+        cuda = w.device.type == "cuda"
+        if cuda:
+            for t in cache.tensors():  # no guard: a new cache of the same shape re-records, not recompiles
+                torch._dynamo.mark_static_address(t, guard=False)
+        step = torch.compile(self._static_step, mode="reduce-overhead" if cuda else None, fullgraph=True)
+        self._static = (key, cache, step)
+        return cache, step
 
     # -- generation
     @torch.inference_mode()  # cheaper per op than no_grad: no autograd bookkeeping at all
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, n_samples=1,
                  stop=None, generator=None, return_logits=False, min_p=0.0, repetition_penalty=1.0,
-                 generators=None, banned_ids=None):
+                 generators=None, banned_ids=None, compile=False):
         """Sample continuations of token-id prompts: len(prompts) * n_samples lists of new ids (sample j of
         prompt i at i * n_samples + j), eos excluded. Each prompt is prefilled once (equal lengths together);
         all samples decode as one batch that drops rows as they finish (eos, or stop(row, new_ids) -> True).
@@ -437,7 +545,8 @@ class GPT(nn.Module):
         positive logits of tokens already in the row (prompt included) and multiplies the negative ones.
         generators: one torch.Generator (CPU) per output row, each row drawing only from its own (its tokens
         do not depend on its batch). banned_ids: tokens never sampled. return_logits=True also returns each
-        row's (steps, vocab) logits."""
+        row's (steps, vocab) logits. compile=True: decoding steps of fixed shapes, torch.compile'd (CUDA graphs
+        on CUDA), their cache kept for the next call; the first call of each shape compiles."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ModelError("generate: every prompt needs at least one token")
         if max_new_tokens <= 0:
@@ -447,7 +556,12 @@ class GPT(nn.Module):
             raise ModelError(f"generate: {len(generators)} generators for {B} rows")
         was_training, device = self.training, self.embed.weight.device
         self.eval()
-        cache, logits, pad = self._prefill(prompts, n, max_new_tokens)  # pad: None once no row has any
+        if compile:
+            cache, step_fn = self._static_decoding(B, L + max_new_tokens)
+        else:
+            cache = KVCache(self, B, L + max_new_tokens)
+        logits, pad = self._prefill(prompts, n, cache)
+        decoder = StaticDecoder(step_fn, cache, pad) if compile else EagerDecoder(self, cache, pad)
         rows, outs, step_logits = list(range(B)), [[] for _ in range(B)], [[] for _ in range(B)]  # rows: row -> output
         seen = None if repetition_penalty == 1.0 else torch.zeros(B, V, dtype=torch.bool, device=device)
         for i, p in enumerate(prompts if seen is not None else ()):  # seen: the tokens already in each row
@@ -470,10 +584,9 @@ class GPT(nn.Module):
                 break
             if len(live) < len(rows):  # drop finished rows
                 idx = torch.tensor(live, device=device)
-                cache.take(idx, L + step)
+                decoder.drop(idx, L + step)
                 rows, tokens, seen = [rows[j] for j in live], tokens[idx], seen if seen is None else seen[idx]
-                pad = None if pad is None or not pad[idx].any() else pad[idx]
-            logits = self._decode_step(tokens, L + step, pad, cache)
+            logits = decoder.step(tokens, L + step)
         self.train(was_training)
         return (outs, [torch.stack(s) if s else torch.empty(0, V) for s in step_logits]) if return_logits else outs
 
