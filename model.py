@@ -263,8 +263,9 @@ class Attention(nn.Module):
 
     def decode(self, x, rope, mask, keys, values, col, end):
         """One new token per row: x (b, C) -> (b, C), in few tensor operations (each costs microseconds of
-        dispatch, and a small model's step is mostly made of them). Its key/value are written at column col (a (1,) tensor) of keys/values (b, Hkv,
-        S, D), and it attends to their first end columns (None: all S, the static-shape step), mask allowing."""
+        dispatch, and a small model's step is mostly made of them). Its key/value are written at column col
+        (a (1,) tensor) of keys/values (b, Hkv, S, D), and it attends to their first end columns (None: all
+        S, the static-shape step), mask allowing."""
         b = x.shape[0]
         q, k, v = self.q(x), self.k(x), self.v(x)
         if self.qkv_clip > 0:
