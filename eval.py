@@ -1312,6 +1312,7 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor, data):
                                 data=data)
     if rank_and_world()[1] > 1:
         import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
+        dist.barrier()  # the ranks leave together: a gloo rank tearing down while rank 0 judges can abort
         dist.destroy_process_group()
     info = {"checkpoint": str(Path(args.ckpt).resolve()), "step": config.get("step"),
             "postprocess": {**pp.to_dict(), "sugar": bool(pp.sugar)}, "ranks": rank_and_world()[1]}
