@@ -89,7 +89,7 @@ class ChannelError(BaseException):
 # ----------------------------------------------------------------------------- the channel: plain values only
 _SCALARS = {type(None): b"N", bool: b"B", int: b"i", float: b"f", complex: b"c", str: b"s", bytes: b"b"}
 _CONTAINERS = {list: b"l", tuple: b"t", set: b"S", frozenset: b"Z", dict: b"d"}
-_U32 = struct.Struct("<I")
+_U32, _I32 = struct.Struct("<I"), struct.Struct("i")
 
 
 def encode(value, limit=VALUE_LIMIT):
@@ -194,12 +194,32 @@ def send_msg(sock, value):
     sock.sendall(_U32.pack(len(data)) + data)
 
 
-def recv_msg(sock):
-    """One framed message, decoded; ChannelError at end of file or on anything malformed."""
-    (n,) = _U32.unpack(_recv_exactly(sock, 4))
-    if n > VALUE_LIMIT + 1024:
-        raise ChannelError(f"a message larger than {VALUE_LIMIT} bytes")
-    return decode(_recv_exactly(sock, n))
+def recv_msg(sock, ahead=None):
+    """One framed message, decoded; ChannelError at end of file or on anything malformed. ahead: a bytearray
+    kept between calls on this socket, which then reads ahead into it (a header and a small message take one
+    recv instead of two); without one, exactly the message is read."""
+    if ahead is None:
+        (n,) = _U32.unpack(_recv_exactly(sock, 4))
+        if n > VALUE_LIMIT + 1024:
+            raise ChannelError(f"a message larger than {VALUE_LIMIT} bytes")
+        return decode(_recv_exactly(sock, n))
+    n = None
+    while True:
+        if n is None and len(ahead) >= 4:
+            (n,) = _U32.unpack_from(ahead)
+            if n > VALUE_LIMIT + 1024:
+                raise ChannelError(f"a message larger than {VALUE_LIMIT} bytes")
+        if n is not None and len(ahead) >= 4 + n:
+            data = bytes(ahead[4:4 + n])
+            del ahead[:4 + n]
+            return decode(data)
+        try:
+            chunk = sock.recv(1 << 16 if n is None else min(4 + n - len(ahead), 1 << 20))
+        except OSError as e:
+            raise ChannelError(f"the sample's channel failed ({e.strerror or e})")
+        if not chunk:
+            raise ChannelError("the sample's process ended")
+        ahead += chunk
 
 
 def _recv_exactly(sock, n):
@@ -253,9 +273,24 @@ def _call(name, *args):
     return _ok(getattr(_lib(), name)(*conv), name)
 
 
+_PREPARED = {}  # name -> libc function with its argument types set (_prepared)
+_INT, _ULONG, _STR = ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p
+
+
+def _prepared(name, *argtypes):
+    """libc function `name` with these argument types: called with plain ints and bytes, nothing converted
+    in Python (the zygote and its samples call these on every fork: made once, before forking). A function
+    object of its own: _call's keeps no argument types."""
+    fn = _PREPARED.get(name)
+    if fn is None:
+        fn = _PREPARED[name] = _lib()[name]
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
 def prctl(option, arg=0):
     """prctl(2); OSError on failure (train.py sets its parent-death signal with it too)."""
-    return _call("prctl", option, arg, 0, 0, 0)
+    return _ok(_prepared("prctl", _INT, _ULONG, _ULONG, _ULONG, _ULONG)(option, arg, 0, 0, 0), "prctl")
 
 
 def landlock_abi():
@@ -760,32 +795,35 @@ def _zygote(sock, cfg, prot, proc_fd):
     if prot["seccomp"]:  # inherited by every sample (the zygote itself needs none of the calls it denies)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         _seccomp_install(_seccomp_program())
+    _reseed()  # the first sample does not share the executor's sequence either
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
     gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
     os.close(proc_fd)
-    children = {}
+    children, me = {}, sock.fileno()
     poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(me, select.POLLIN)
+    unshare, setns = _prepared("unshare", _INT), _prepared("setns", _INT, _INT)
+    _prepared("mount", _STR, _STR, _STR, _ULONG, _STR)  # (for the samples)
     while True:
         for fd, _ in poller.poll():
-            if fd == sock.fileno():
+            if fd == me:
                 msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
                 if not msg:
                     os._exit(0)
                 if own_pidns >= 0:
-                    _call("unshare", CLONE_NEWPID)
+                    _ok(unshare(CLONE_NEWPID), "unshare")
                 pid = _fork()
                 if pid == 0:
                     _sample_main(_unpack_request(msg), fds, cfg, prot)  # never returns
                 if own_pidns >= 0:
-                    _call("setns", own_pidns, CLONE_NEWPID)
+                    _ok(setns(own_pidns, CLONE_NEWPID), "setns")
                 for f in fds:
                     os.close(f)
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
-                socket.send_fds(sock, [_FORKED.pack(b"P", pid, 0)], [pidfd])
+                sock.sendmsg([_FORKED.pack(b"P", pid, 0)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _I32.pack(pidfd))])
             elif fd in children:
                 pid = children.pop(fd)
                 poller.unregister(fd)
@@ -799,11 +837,17 @@ def _fork():
     thread states and the import lock, and the at-fork hooks of threading and random), which a
     single-threaded zygote does not need and which writes to ~80 more shared pages in every sample (each
     copied: a sixth of a sample's copying). ctypes releases the GIL around the call, so the child takes it
-    back as the only thread. Only random's hook matters to a sample: it is reseeded."""
+    back as the only thread. Only random's hook matters to a sample: the zygote reseeds itself after each
+    fork instead, so each sample starts from a sequence no other has, without writing to its pages."""
     pid = _ok(_lib().fork(), "fork")
-    if pid == 0:  # samples do not share the zygote's random sequence (seeded in C: random.seed's Python copies pages)
-        _random.Random.seed(random._inst, int.from_bytes(os.urandom(32), "little"))
+    if pid > 0:
+        _reseed()
     return pid
+
+
+def _reseed():
+    """A fresh random sequence for the next sample forked (seeded in C: random.seed's Python copies pages)."""
+    _random.Random.seed(random._inst, int.from_bytes(os.urandom(32), "little"))
 
 
 # ----------------------------------------------------------------------------- sample: the untrusted process
@@ -820,14 +864,14 @@ def _sample_main(req, fds, cfg, prot):
         os.setsid()
         ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
         if prot["mountns"] or ipc:
-            _call("unshare", (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0))
+            _ok(_prepared("unshare")((CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0)), "unshare")
         if os.getpid() == 1 and not prot["sample_uid"]:  # else RLIMIT_NPROC of its uid caps its processes
             _pid_namespace_setup(cfg, prot, keep_proc=req["mode"] != "in_process")
         uid = SAMPLE_UID + req["slot"] if prot["sample_uid"] else os.getuid()
         if prot["mountns"]:
             tmp = "/tmp"
             opts = f"size={cfg['tmp_size']},nr_inodes={cfg['tmp_inodes']},mode=0700,uid={uid},gid={uid}"
-            _call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode())
+            _ok(_prepared("mount")(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "mount")
         else:
             tmp = req["tmp"]
             os.mkdir(tmp, 0o700)
@@ -868,7 +912,7 @@ def _sample_main(req, fds, cfg, prot):
             os.write(setup, f"{type(e).__name__}: {e}".encode()[:4096])
         finally:
             os._exit(1)
-    _sample_serve(socket.socket(fileno=3))
+    _sample_serve(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=3))  # (given: else 3 syscalls ask)
 
 
 def _sample_process_state(tmp):
@@ -899,10 +943,10 @@ def _fcntl_dup(fd):
 def _sample_serve(chan):
     """Answer the judge: load the candidate's code, call its functions, send back what they return
     (plain values only) or the exception they raised. A forked child that gets here leaves quietly."""
-    me, g = os.getpid(), {}
+    me, g, ahead = os.getpid(), {}, bytearray()
     while True:
         try:
-            msg = recv_msg(chan)
+            msg = recv_msg(chan, ahead)
         except ChannelError:
             os._exit(0)
         if msg[0] == "run":
@@ -1010,12 +1054,12 @@ class _Remote:
 
 class _Channel:
     def __init__(self, sock):
-        self.sock, self.broken = sock, None
+        self.sock, self.broken, self.ahead = sock, None, bytearray()
 
     def request(self, msg, data=None):
         data = encode(msg) if data is None else data
         self.sock.sendall(_U32.pack(len(data)) + data)
-        reply = recv_msg(self.sock)
+        reply = recv_msg(self.sock, self.ahead)
         if type(reply) is not tuple or not reply or type(reply[0]) is not str:
             raise ChannelError("malformed reply from the sample")
         return reply
@@ -1028,16 +1072,18 @@ class _Channel:
         except ChannelError as e:
             self.broken = f"the test passes {e}; this problem needs mode in_process"
             raise ChannelError(self.broken)
-        t0 = time.monotonic()
+        t0 = time.monotonic() if limit is not None else None
         try:
-            self.sock.settimeout(limit)
+            if limit is not None:  # (each settimeout is a system call: only around calls that have a limit)
+                self.sock.settimeout(limit)
             reply = self.request(None, data)
         except ChannelError as e:
             late = limit is not None and time.monotonic() - t0 >= limit
             self.broken = f"time limit exceeded: no answer within {limit:.1f} s" if late else str(e)
             raise ChannelError(self.broken)
         finally:
-            self.sock.settimeout(None)
+            if limit is not None:
+                self.sock.settimeout(None)
         if reply[0] == "ok" and len(reply) == 2:
             return reply[1]
         if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
@@ -1142,7 +1188,7 @@ def _judge_loop(sock):
         header, fds, _, _ = socket.recv_fds(sock, 4, 1)
         if not header or not fds:
             os._exit(0)
-        chan = socket.socket(fileno=fds[0])
+        chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fds[0])  # (given: else 3 syscalls ask)
         c0 = time.process_time()
         try:
             (n,) = _U32.unpack(header + _recv_exactly(sock, 4 - len(header)))
