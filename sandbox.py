@@ -70,6 +70,7 @@ INT_BYTES = 1 << 16           # largest int on the channel, bytes
 BACKSTOP = 4.0                # wall-clock limit = BACKSTOP x timeout + 1 s, whatever the CPU time says
 WATCH_AFTER = 0.2             # s: samples running longer are checked for memory every WATCH_EVERY s
 WATCH_EVERY = 0.1
+LOOKAHEAD = 64                # queued jobs the executor looks through for one whose test no running sample has
 SAMPLE_UID = 61000            # uid and gid of worker slot k: SAMPLE_UID + k
 ZYGOTE_RESTARTS = 20          # per executor; then the executor gives up (and the caller restarts it)
 PREWARM = ("re", "math", "collections", "typing", "heapq", "itertools", "random", "cmath", "copy", "operator",
@@ -1548,10 +1549,30 @@ class _State:
             j.run.verdict, j.run.elapsed = "failed: judge error: the judge died", time.monotonic() - j.run.t0
             _kill_sample(j.run)
 
+    def next_job(self):
+        """The queued job to start next: within the first LOOKAHEAD, the first whose test no running sample
+        has (samples of one problem usually come together: a judge then takes the rest of them, having
+        their test compiled, rather than every judge compiling it), preferring one an idle judge has
+        judged before; else the first."""
+        busy = {r.job.get("test") for r in self.runs if r.verdict is None}
+        known = set().union(*(j.tests for j in self.idle)) if self.idle else set()
+        fresh = None
+        for i in range(min(len(self.queue), LOOKAHEAD)):
+            test = self.queue[i][0].get("test")
+            if test not in busy:
+                if test in known:
+                    fresh = i
+                    break
+                fresh = i if fresh is None else fresh
+        i = fresh or 0
+        job = self.queue[i]
+        del self.queue[i]
+        return job
+
     def start(self):
         active = sum(r.verdict is None for r in self.runs)
         while self.queue and self.free and active < self.cfg["workers"]:
-            (job, raw), slot, judge = self.queue.popleft(), self.free.pop(), None
+            (job, raw), slot, judge = self.next_job(), self.free.pop(), None
             try:
                 judge = self.take_judge(job.get("test"))
                 r = _start_run(job, raw, slot, judge, self.cfg, self.prot, self.zygote, self.base, self.cgroups)
