@@ -1247,8 +1247,7 @@ class _Judge:
             os.closerange(keep + 1, 1 << 16)
             _judge_loop(socket.socket(fileno=keep))  # never returns
         theirs.close()
-        self.fd = os.pidfd_open(self.pid)
-        os.set_blocking(self.sock.fileno(), False)
+        self.fd = os.pidfd_open(self.pid)  # (its socket stays blocking: receive() reads with MSG_DONTWAIT)
         self.buf, self.cpu_mark, self.run = bytearray(), 0.0, None
         self.tests = set()  # the tests sent to it (its _CACHE compiled them)
 
@@ -1257,17 +1256,13 @@ class _Judge:
         if len(self.tests) > 2048:  # as the judge's own cache
             self.tests.clear()
         self.tests.add(test)
-        os.set_blocking(self.sock.fileno(), True)
-        try:
-            socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
-            self.sock.sendall(data)
-        finally:
-            os.set_blocking(self.sock.fileno(), False)
+        socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
+        self.sock.sendall(data)
 
     def receive(self):
         """A verdict message if a whole one has arrived, else None; ChannelError at end of file."""
         try:
-            data = self.sock.recv(1 << 16)
+            data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
             if not data:
                 raise ChannelError("the judge died")
             self.buf += data
@@ -1576,15 +1571,16 @@ class _State:
         their test compiled, rather than every judge compiling it), preferring one an idle judge has
         judged before; else the first."""
         busy = {r.job.get("test") for r in self.runs if r.verdict is None}
-        known = set().union(*(j.tests for j in self.idle)) if self.idle else set()
         fresh = None
         for i in range(min(len(self.queue), LOOKAHEAD)):
             test = self.queue[i][0].get("test")
-            if test not in busy:
-                if test in known:
-                    fresh = i
-                    break
-                fresh = i if fresh is None else fresh
+            if test in busy:
+                continue
+            if any(test in j.tests for j in self.idle):
+                fresh = i
+                break
+            fresh = i if fresh is None else fresh
+            busy.add(test)  # (looked at: the next job of this test would find the same)
         i = fresh or 0
         job = self.queue[i]
         del self.queue[i]
