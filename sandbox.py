@@ -332,15 +332,14 @@ def _landlock_confine(tmp, abi):
         writes |= bits if abi >= v else 0
     attr = struct.pack("<QQQ", writes, LL_NET_TCP if abi >= 4 else 0, LL_SCOPE_ALL if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    buf = ctypes.create_string_buffer(attr[:size], size)
-    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_long(size), ctypes.c_long(0)),
+    # (the structs go as bytes: ctypes passes a pointer to their data, which the kernel only reads)
+    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, attr[:size], ctypes.c_long(size), ctypes.c_long(0)),
                   "landlock_create_ruleset")
     dev_null = writes & (LL_WRITE_FILE | LL_TRUNCATE | LL_IOCTL_DEV)
     for path, access in ((tmp, writes), (os.devnull, dev_null)):
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        rule = ctypes.create_string_buffer(struct.pack("<Qi", access, fd), 12)
-        _ok(_lib().syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1), rule,
-                           ctypes.c_long(0)), "landlock_add_rule")
+        _ok(_lib().syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1),
+                           struct.pack("<Qi", access, fd), ctypes.c_long(0)), "landlock_add_rule")
         os.close(fd)
     _ok(_lib().syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset), ctypes.c_long(0)),
         "landlock_restrict_self")
@@ -1888,9 +1887,9 @@ class Executor:
         payload = self._payload(jobs, base, results)
         done, t0, last = 0, time.monotonic(), time.monotonic()
         while done < n:
-            while b"\n" in self._buf:
-                line, _, rest = bytes(self._buf).partition(b"\n")
-                self._buf = bytearray(rest)
+            *lines, rest = self._buf.split(b"\n")  # (every whole line at once: no copy of the rest per line)
+            self._buf = rest
+            for line in lines:
                 msg = json.loads(line)
                 i = (msg.pop("id", None) or 0) - base
                 if 0 <= i < n and results[i] is None:
