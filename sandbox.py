@@ -37,7 +37,6 @@ samples that had no result again. Protections the kernel refuses are reported as
 Linux only.
 """
 import _random  # random's C part: reseeds a forked sample cheaply
-import ast
 import builtins
 import ctypes
 import importlib
@@ -45,13 +44,11 @@ import json
 import marshal
 import math
 import os
-import platform
 import random
 import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -265,7 +262,8 @@ PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MNT_DETACH = 2, 4, 8, 2
 MS_BIND, MS_REC, MS_PRIVATE, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 1 << 12, 1 << 14, 1 << 18, -100, 0x8000, 1
 SYS_MOUNT_SETATTR, MOUNT_ATTR_NOSUID = 442, 2
-SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+MACHINE = os.uname().machine  # (as platform.machine(), without importing platform into every sample)
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(MACHINE)
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446  # all arches
 LL_WRITE_FILE, LL_TRUNCATE, LL_IOCTL_DEV = 1 << 1, 1 << 14, 1 << 15
@@ -386,10 +384,10 @@ SECCOMP_DENIED = {
 
 def _seccomp_program():
     """Classic BPF: other architectures' system calls kill the process, the denied ones fail with EPERM."""
-    arch, numbers = SECCOMP_DENIED[platform.machine()]
+    arch, numbers = SECCOMP_DENIED[MACHINE]
     eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
     ins = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, kill), (0x20, 0, 0, 0)]  # load arch, check, load nr
-    if platform.machine() == "x86_64":
+    if MACHINE == "x86_64":
         ins += [(0x35, 0, 1, 0x40000000), (0x06, 0, 0, eperm)]  # the x32 ABI: denied altogether
     for nr in numbers.values():
         ins += [(0x15, 0, 1, nr), (0x06, 0, 0, eperm)]
@@ -691,12 +689,12 @@ def _setup_protections(cfg, proc_fd):
     prot["sample_uid"] = attempt("sample_uid", lambda: _probe_in_child(lambda: _become(SAMPLE_UID)),
                                  "samples run as the executor's uid: they can read each other's files while "
                                  "running and share one process limit")
-    prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
+    prot["seccomp"] = MACHINE in SECCOMP_DENIED and attempt(
         "seccomp", lambda: _probe_in_child(lambda: (prctl(PR_SET_NO_NEW_PRIVS, 1),
                                                     _seccomp_install(_seccomp_program()))),
         "samples can create keyring keys, memfds and SysV IPC objects")
-    if platform.machine() not in SECCOMP_DENIED:
-        warn.append(f"seccomp filter unavailable on {platform.machine()}: samples can create keyring keys and memfds")
+    if MACHINE not in SECCOMP_DENIED:
+        warn.append(f"seccomp filter unavailable on {MACHINE}: samples can create keyring keys and memfds")
     pid_code = []
     prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
     prot["pidns"] = attempt("pidns", lambda: pid_code.append(_probe_pid_namespace(cfg, prot, proc_fd)),
@@ -1129,6 +1127,7 @@ _CACHE = {}  # in a judge: benchmark text -> (code object, names it loads); each
 
 def _compiled(source):
     if source not in _CACHE:
+        import ast  # (here: only judges parse; imported at the top it would sit in every sample's memory)
         if len(_CACHE) > 2048:
             _CACHE.clear()
         tree = ast.parse(source)
@@ -1840,6 +1839,7 @@ class Executor:
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         self._buf = bytearray()
         here = os.path.dirname(os.path.abspath(__file__))
+        import subprocess  # (here: only the caller starts processes so; see _compiled)
         self.proc = subprocess.Popen([sys.executable, *flags, "-c", _EXECUTOR_MAIN, here, json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
@@ -1954,6 +1954,7 @@ class Executor:
         mount namespace and go with it)."""
         if self.proc is None or os.getpid() != self._owner:
             return
+        import subprocess  # (see start)
         proc, self.proc = self.proc, None
         try:
             proc.stdin.close()
