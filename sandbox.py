@@ -13,8 +13,8 @@ Verdicts are decided outside the untrusted interpreter. Each sample is two proce
 the test with the candidate's functions replaced by stubs that call into the sample over a socket
 carrying plain values only (None, bool, int, float, complex, str, bytes and lists, tuples, dicts,
 sets, frozensets of them, size and depth limited) in the codec below: never pickle, never eval, no
-object of the sample's ever reaches the judge (the judge's own requests travel as marshal data, which
-only the sample reads). An answer of any other type fails with a reason.
+object of the sample's ever reaches the judge (the judge's own requests, the same plain values, travel
+as marshal data, which only the sample reads). An answer of any other type fails with a reason.
 Problems whose tests need more than plain values (mode "in_process") run test and candidate in the
 sample with audit hooks closing frame, gc, trace and ctypes introspection; results say which mode ran.
 
@@ -187,11 +187,6 @@ def _decode(b, pos, depth):
         return {b"l": list, b"t": tuple, b"S": set, b"Z": frozenset}[tag](items), pos
     except TypeError:
         raise ChannelError("malformed message (an unhashable key or set member)")
-
-
-def send_msg(sock, value):
-    data = encode(value)
-    sock.sendall(_U32.pack(len(data)) + data)
 
 
 def recv_msg(sock, ahead=None):
@@ -819,7 +814,7 @@ def _zygote(sock, cfg, prot, proc_fd):
     poller = select.poll()
     poller.register(me, select.POLLIN)
     unshare, setns = _prepared("unshare", _INT), _prepared("setns", _INT, _INT)
-    _prepared("mount", _STR, _STR, _STR, _ULONG, _STR)  # (for the samples)
+    _prepared("mount", _STR, _STR, _STR, _ULONG, _STR)  # (made here, once, for the samples)
     while True:
         for fd, _ in poller.poll():
             if fd == me:
@@ -879,14 +874,16 @@ def _sample_main(req, fds, cfg, prot):
         os.setsid()
         ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
         if prot["mountns"] or ipc:
-            _ok(_prepared("unshare")((CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0)), "unshare")
+            flags = (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0)
+            _ok(_prepared("unshare", _INT)(flags), "unshare")
         if os.getpid() == 1 and not prot["sample_uid"]:  # else RLIMIT_NPROC of its uid caps its processes
             _pid_namespace_setup(cfg, prot, keep_proc=req["mode"] != "in_process")
         uid = SAMPLE_UID + req["slot"] if prot["sample_uid"] else os.getuid()
         if prot["mountns"]:
             tmp = "/tmp"
             opts = f"size={cfg['tmp_size']},nr_inodes={cfg['tmp_inodes']},mode=0700,uid={uid},gid={uid}"
-            _ok(_prepared("mount")(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "mount")
+            mount = _prepared("mount", _STR, _STR, _STR, _ULONG, _STR)
+            _ok(mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "mount")
         else:
             tmp = req["tmp"]
             os.mkdir(tmp, 0o700)
