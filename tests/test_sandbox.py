@@ -301,7 +301,8 @@ def test_the_judges_requests_carry_exactly_the_plain_values(ex, humaneval):
     """Requests travel as marshal data: the sample gets the test's values as they are (shared parts still
     shared, as in one process), and what the codec refuses (a bytearray, which marshal alone would turn into
     bytes) is still refused."""
-    code = "def same(v):\n    return v\n\ndef alias(v):\n    return v[0] is v[1]\n\ndef kind(v):\n    return type(v).__name__\n"
+    code = ("def same(v):\n    return v\n\ndef alias(v):\n    return v[0] is v[1]\n\n"
+            "def kind(v):\n    return type(v).__name__\n")
     plain = "v = ('s\\udc80', b'b', 1 << 200, -0.0, 1j, frozenset({1}), {2: [None, True]})\nassert same(v) == v\n"
     tests = [plain, "x = [1]\nassert alias([x, x]) is True\n", "assert kind(bytearray(b'ab')) == 'bytearray'\n"]
     res = ex.run(honest(humaneval) + [{"code": code, "test": t, "timeout": 5.0} for t in tests])
