@@ -13,7 +13,8 @@ Verdicts are decided outside the untrusted interpreter. Each sample is two proce
 the test with the candidate's functions replaced by stubs that call into the sample over a socket
 carrying plain values only (None, bool, int, float, complex, str, bytes and lists, tuples, dicts,
 sets, frozensets of them, size and depth limited) in the codec below: never pickle, never eval, no
-object of the sample's ever reaches the judge. An answer of any other type fails with a reason.
+object of the sample's ever reaches the judge (the judge's own requests, the same plain values, travel
+as marshal data, which only the sample reads). An answer of any other type fails with a reason.
 Problems whose tests need more than plain values (mode "in_process") run test and candidate in the
 sample with audit hooks closing frame, gc, trace and ctypes introspection; results say which mode ran.
 
@@ -38,22 +39,20 @@ namespaces, though not a uid per sample; where user namespaces are refused, the 
 Linux only.
 """
 import _random  # random's C part: reseeds a forked sample cheaply
-import ast
 import builtins
 import ctypes
 import errno
 import importlib
 import json
+import marshal
 import math
 import os
-import platform
 import random
 import resource
 import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +73,7 @@ INT_BYTES = 1 << 16           # largest int on the channel, bytes
 BACKSTOP = 4.0                # wall-clock limit = BACKSTOP x timeout + 1 s, whatever the CPU time says
 WATCH_AFTER = 0.2             # s: samples running longer are checked for memory every WATCH_EVERY s
 WATCH_EVERY = 0.1
+LOOKAHEAD = 64                # queued jobs the executor looks through for one whose test no running sample has
 SAMPLE_UID = 61000            # uid and gid of worker slot k: SAMPLE_UID + k
 ZYGOTE_RESTARTS = 20          # per executor; then the executor gives up (and the caller restarts it)
 PREWARM = ("re", "math", "collections", "typing", "heapq", "itertools", "random", "cmath", "copy", "operator",
@@ -93,7 +93,7 @@ class ChannelError(BaseException):
 # ----------------------------------------------------------------------------- the channel: plain values only
 _SCALARS = {type(None): b"N", bool: b"B", int: b"i", float: b"f", complex: b"c", str: b"s", bytes: b"b"}
 _CONTAINERS = {list: b"l", tuple: b"t", set: b"S", frozenset: b"Z", dict: b"d"}
-_U32 = struct.Struct("<I")
+_U32, _I32 = struct.Struct("<I"), struct.Struct("i")
 
 
 def encode(value, limit=VALUE_LIMIT):
@@ -193,17 +193,47 @@ def _decode(b, pos, depth):
         raise ChannelError("malformed message (an unhashable key or set member)")
 
 
-def send_msg(sock, value):
-    data = encode(value)
-    sock.sendall(_U32.pack(len(data)) + data)
+def recv_msg(sock, ahead=None):
+    """One framed message, decoded; ChannelError at end of file or on anything malformed. ahead: see
+    _recv_frame; without it, exactly the message is read."""
+    if ahead is None:
+        (n,) = _U32.unpack(_recv_exactly(sock, 4))
+        if n > VALUE_LIMIT + 1024:
+            raise ChannelError(f"a message larger than {VALUE_LIMIT} bytes")
+        return decode(_recv_exactly(sock, n))
+    return decode(_recv_frame(sock, ahead))
 
 
-def recv_msg(sock):
-    """One framed message, decoded; ChannelError at end of file or on anything malformed."""
-    (n,) = _U32.unpack(_recv_exactly(sock, 4))
-    if n > VALUE_LIMIT + 1024:
-        raise ChannelError(f"a message larger than {VALUE_LIMIT} bytes")
-    return decode(_recv_exactly(sock, n))
+def _recv_frame(sock, ahead):
+    """One framed message's bytes. ahead: a bytearray kept between calls on this socket, which reads ahead
+    into it (a header and a small message take one recv instead of two)."""
+    n = None
+    while True:
+        if n is None and len(ahead) >= 4:
+            (n,) = _U32.unpack_from(ahead)
+            if n > VALUE_LIMIT + 1024:
+                raise ChannelError(f"a message larger than {VALUE_LIMIT} bytes")
+        if n is not None and len(ahead) >= 4 + n:
+            data = bytes(ahead[4:4 + n])
+            del ahead[:4 + n]
+            return data
+        try:
+            chunk = sock.recv(1 << 16 if n is None else min(4 + n - len(ahead), 1 << 20))
+        except OSError as e:
+            raise ChannelError(f"the sample's channel failed ({e.strerror or e})")
+        if not chunk:
+            raise ChannelError("the sample's process ended")
+        ahead += chunk
+
+
+def _request(value):
+    """A framed request of the judge's to its sample. What may cross is what encode accepts (exact plain
+    types, within the limits; ChannelError naming anything else), but it travels as marshal data, which the
+    sample reads in C, ten times faster than the codec's decoder: requests come from the trusted side, and
+    only the sample's answers need validating. (marshal alone would pass a bytearray or an array as bytes.)"""
+    encode(value)
+    data = marshal.dumps(value)
+    return _U32.pack(len(data)) + data
 
 
 def _recv_exactly(sock, n):
@@ -226,7 +256,8 @@ PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MNT_DETACH = 2, 4, 8, 2
 MS_BIND, MS_REC, MS_PRIVATE, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 1 << 12, 1 << 14, 1 << 18, -100, 0x8000, 1
 SYS_MOUNT_SETATTR, MOUNT_ATTR_NOSUID = 442, 2
-SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+MACHINE = os.uname().machine  # (as platform.machine(), without importing platform into every sample)
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(MACHINE)
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446  # all arches
 LL_WRITE_FILE, LL_TRUNCATE, LL_IOCTL_DEV = 1 << 1, 1 << 14, 1 << 15
@@ -259,9 +290,24 @@ def _call(name, *args):
     return _ok(getattr(_lib(), name)(*conv), name)
 
 
+_PREPARED = {}  # name -> libc function with its argument types set (_prepared)
+_INT, _ULONG, _STR = ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p
+
+
+def _prepared(name, *argtypes):
+    """libc function `name` with these argument types: called with plain ints and bytes, nothing converted
+    in Python (the zygote and its samples call these on every fork: made once, before forking). A function
+    object of its own: _call's keeps no argument types."""
+    fn = _PREPARED.get(name)
+    if fn is None:
+        fn = _PREPARED[name] = _lib()[name]
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
 def prctl(option, arg=0):
     """prctl(2); OSError on failure (train.py sets its parent-death signal with it too)."""
-    return _call("prctl", option, arg, 0, 0, 0)
+    return _ok(_prepared("prctl", _INT, _ULONG, _ULONG, _ULONG, _ULONG)(option, arg, 0, 0, 0), "prctl")
 
 
 def landlock_abi():
@@ -290,8 +336,8 @@ def _landlock_confine(tmp, abi, reads=None):
 def _landlock_layer(attr, rules):
     """One Landlock layer: a ruleset handling what attr says, with rules (path, access), on this process.
     Paths that are gone are left out; a file's rule keeps only the rights a file can have."""
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_long(len(attr)), ctypes.c_long(0)),
+    # (the structs go as bytes: ctypes passes a pointer to their data, which the kernel only reads)
+    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_long(len(attr)), ctypes.c_long(0)),
                   "landlock_create_ruleset")
     for path, access in rules:
         try:
@@ -300,9 +346,8 @@ def _landlock_layer(attr, rules):
             continue
         if access & ~LL_FILE_RIGHTS and not os.path.isdir(path):
             access &= LL_FILE_RIGHTS
-        rule = ctypes.create_string_buffer(struct.pack("<Qi", access, fd), 12)
-        _ok(_lib().syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1), rule,
-                           ctypes.c_long(0)), "landlock_add_rule")
+        _ok(_lib().syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1),
+                           struct.pack("<Qi", access, fd), ctypes.c_long(0)), "landlock_add_rule")
         os.close(fd)
     _ok(_lib().syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset), ctypes.c_long(0)),
         "landlock_restrict_self")
@@ -387,10 +432,10 @@ SECCOMP_DENIED = {
 
 def _seccomp_program():
     """Classic BPF: other architectures' system calls kill the process, the denied ones fail with EPERM."""
-    arch, numbers = SECCOMP_DENIED[platform.machine()]
+    arch, numbers = SECCOMP_DENIED[MACHINE]
     eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
     ins = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, kill), (0x20, 0, 0, 0)]  # load arch, check, load nr
-    if platform.machine() == "x86_64":
+    if MACHINE == "x86_64":
         ins += [(0x35, 0, 1, 0x40000000), (0x06, 0, 0, eperm)]  # the x32 ABI: denied altogether
     for nr in numbers.values():
         ins += [(0x15, 0, 1, nr), (0x06, 0, 0, eperm)]
@@ -710,12 +755,12 @@ def _setup_protections(cfg, proc_fd):
         budget = _processes_of(proc_fd, os.getuid()) + 2 * cfg["workers"] * (cfg["proc_limit"] + 1) + 8
         hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]  # (not root: the most we may set)
         cfg["shared_nproc"] = budget if hard == resource.RLIM_INFINITY else min(budget, hard)
-    prot["seccomp"] = platform.machine() in SECCOMP_DENIED and attempt(
+    prot["seccomp"] = MACHINE in SECCOMP_DENIED and attempt(
         "seccomp", lambda: _probe_in_child(lambda: (prctl(PR_SET_NO_NEW_PRIVS, 1),
                                                     _seccomp_install(_seccomp_program()))),
         "samples can create keyring keys, memfds and SysV IPC objects")
-    if platform.machine() not in SECCOMP_DENIED:
-        warn.append(f"seccomp filter unavailable on {platform.machine()}: samples can create keyring keys and memfds")
+    if MACHINE not in SECCOMP_DENIED:
+        warn.append(f"seccomp filter unavailable on {MACHINE}: samples can create keyring keys and memfds")
     pid_code = []
     prot["pid_limit"] = "pid_limit" not in off  # what samples will try; the probe says if it works
     prot["pidns"] = attempt("pidns", lambda: pid_code.append(_probe_pid_namespace(cfg, prot, proc_fd)),
@@ -867,33 +912,36 @@ def _zygote(sock, cfg, prot, proc_fd):
         prctl(PR_SET_NO_NEW_PRIVS, 1)  # sample's own layer narrows the temp dirs to its own)
         rules = _read_rules(cfg["read_paths"], cfg.get("hide", ())) + [(cfg["base"], LL_READS), (os.devnull, LL_READS)]
         _landlock_layer(struct.pack("<Q", LL_READS), rules)
+    _reseed()  # the first sample does not share the executor's sequence either
     import gc  # (here, not at the top: the executor freezes its own objects only after forking us)
     gc.collect()
     gc.freeze()  # forked samples then do not touch (copy) these objects' pages during collections
     if not renumber:
         os.close(proc_fd)
-    children = {}
+    children, me = {}, sock.fileno()
     poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(me, select.POLLIN)
+    unshare, setns = _prepared("unshare", _INT), _prepared("setns", _INT, _INT)
+    _prepared("mount", _STR, _STR, _STR, _ULONG, _STR)  # (made here, once, for the samples)
     while True:
         for fd, _ in poller.poll():
-            if fd == sock.fileno():
+            if fd == me:
                 msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
                 if not msg:
                     os._exit(0)
                 if own_pidns >= 0:
-                    _call("unshare", CLONE_NEWPID)
+                    _ok(unshare(CLONE_NEWPID), "unshare")
                 pid = _fork()
                 if pid == 0:
                     _sample_main(_unpack_request(msg), fds, cfg, prot)  # never returns
                 if own_pidns >= 0:
-                    _call("setns", own_pidns, CLONE_NEWPID)
+                    _ok(setns(own_pidns, CLONE_NEWPID), "setns")
                 for f in fds:
                     os.close(f)
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = pid, _executor_pid(proc_fd, pidfd) if renumber else pid
                 poller.register(pidfd, select.POLLIN)
-                socket.send_fds(sock, [_FORKED.pack(b"P", children[pidfd][1], 0)], [pidfd])
+                sock.sendmsg([_FORKED.pack(b"P", children[pidfd][1], 0)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _I32.pack(pidfd))])
             elif fd in children:
                 pid, theirs = children.pop(fd)
                 poller.unregister(fd)
@@ -924,11 +972,17 @@ def _fork():
     thread states and the import lock, and the at-fork hooks of threading and random), which a
     single-threaded zygote does not need and which writes to ~80 more shared pages in every sample (each
     copied: a sixth of a sample's copying). ctypes releases the GIL around the call, so the child takes it
-    back as the only thread. Only random's hook matters to a sample: it is reseeded."""
+    back as the only thread. Only random's hook matters to a sample: the zygote reseeds itself after each
+    fork instead, so each sample starts from a sequence no other has, without writing to its pages."""
     pid = _ok(_lib().fork(), "fork")
-    if pid == 0:  # samples do not share the zygote's random sequence (seeded in C: random.seed's Python copies pages)
-        _random.Random.seed(random._inst, int.from_bytes(os.urandom(32), "little"))
+    if pid > 0:
+        _reseed()
     return pid
+
+
+def _reseed():
+    """A fresh random sequence for the next sample forked (seeded in C: random.seed's Python copies pages)."""
+    _random.Random.seed(random._inst, int.from_bytes(os.urandom(32), "little"))
 
 
 # ----------------------------------------------------------------------------- sample: the untrusted process
@@ -945,14 +999,16 @@ def _sample_main(req, fds, cfg, prot):
         os.setsid()
         ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
         if prot["mountns"] or ipc:
-            _call("unshare", (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0))
+            flags = (CLONE_NEWNS if prot["mountns"] else 0) | (CLONE_NEWIPC if ipc else 0)
+            _ok(_prepared("unshare", _INT)(flags), "unshare")
         if os.getpid() == 1 and not prot["sample_uid"]:  # else RLIMIT_NPROC of its uid caps its processes
             _pid_namespace_setup(cfg, prot, keep_proc=req["mode"] != "in_process")
         uid = SAMPLE_UID + req["slot"] if prot["sample_uid"] else os.getuid()
         if prot["mountns"]:
             tmp = "/tmp"
             opts = f"size={cfg['tmp_size']},nr_inodes={cfg['tmp_inodes']},mode=0700,uid={uid},gid={uid}"
-            _call("mount", b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode())
+            mount = _prepared("mount", _STR, _STR, _STR, _ULONG, _STR)
+            _ok(mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()), "mount")
         else:
             tmp = req["tmp"]
             os.mkdir(tmp, 0o700)
@@ -993,7 +1049,7 @@ def _sample_main(req, fds, cfg, prot):
             os.write(setup, f"{type(e).__name__}: {e}".encode()[:4096])
         finally:
             os._exit(1)
-    _sample_serve(socket.socket(fileno=3))
+    _sample_serve(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=3))  # (given: else 3 syscalls ask)
 
 
 def _sample_process_state(tmp):
@@ -1024,10 +1080,10 @@ def _fcntl_dup(fd):
 def _sample_serve(chan):
     """Answer the judge: load the candidate's code, call its functions, send back what they return
     (plain values only) or the exception they raised. A forked child that gets here leaves quietly."""
-    me, g = os.getpid(), {}
+    me, g, ahead = os.getpid(), {}, bytearray()
     while True:
         try:
-            msg = recv_msg(chan)
+            msg = marshal.loads(_recv_frame(chan, ahead))  # (the judge's: see _request)
         except ChannelError:
             os._exit(0)
         if msg[0] == "run":
@@ -1135,12 +1191,11 @@ class _Remote:
 
 class _Channel:
     def __init__(self, sock):
-        self.sock, self.broken = sock, None
+        self.sock, self.broken, self.ahead = sock, None, bytearray()
 
     def request(self, msg, data=None):
-        data = encode(msg) if data is None else data
-        self.sock.sendall(_U32.pack(len(data)) + data)
-        reply = recv_msg(self.sock)
+        self.sock.sendall(_request(msg) if data is None else data)
+        reply = recv_msg(self.sock, self.ahead)
         if type(reply) is not tuple or not reply or type(reply[0]) is not str:
             raise ChannelError("malformed reply from the sample")
         return reply
@@ -1149,20 +1204,22 @@ class _Channel:
         if self.broken:
             raise ChannelError(self.broken)
         try:
-            data = encode(("call", name, args, kwargs))
+            data = _request(("call", name, args, kwargs))
         except ChannelError as e:
             self.broken = f"the test passes {e}; this problem needs mode in_process"
             raise ChannelError(self.broken)
-        t0 = time.monotonic()
+        t0 = time.monotonic() if limit is not None else None
         try:
-            self.sock.settimeout(limit)
+            if limit is not None:  # (each settimeout is a system call: only around calls that have a limit)
+                self.sock.settimeout(limit)
             reply = self.request(None, data)
         except ChannelError as e:
             late = limit is not None and time.monotonic() - t0 >= limit
             self.broken = f"time limit exceeded: no answer within {limit:.1f} s" if late else str(e)
             raise ChannelError(self.broken)
         finally:
-            self.sock.settimeout(None)
+            if limit is not None:
+                self.sock.settimeout(None)
         if reply[0] == "ok" and len(reply) == 2:
             return reply[1]
         if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
@@ -1187,6 +1244,7 @@ _CACHE = {}  # in a judge: benchmark text -> (code object, names it loads); each
 
 def _compiled(source):
     if source not in _CACHE:
+        import ast  # (here: only judges parse; imported at the top it would sit in every sample's memory)
         if len(_CACHE) > 2048:
             _CACHE.clear()
         tree = ast.parse(source)
@@ -1247,7 +1305,7 @@ def _judge(job, sock):
 def _judge_in_process(program, sock):
     nonce = os.urandom(16).hex()
     try:
-        send_msg(sock, ("run", program, nonce))
+        sock.sendall(_request(("run", program, nonce)))
         (n,) = _U32.unpack(_recv_exactly(sock, 4))
         data = _recv_exactly(sock, min(n, 1 << 16))
     except ChannelError as e:
@@ -1267,7 +1325,7 @@ def _judge_loop(sock):
         header, fds, _, _ = socket.recv_fds(sock, 4, 1)
         if not header or not fds:
             os._exit(0)
-        chan = socket.socket(fileno=fds[0])
+        chan = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fds[0])  # (given: else 3 syscalls ask)
         c0 = time.process_time()
         try:
             (n,) = _U32.unpack(header + _recv_exactly(sock, 4 - len(header)))
@@ -1304,8 +1362,7 @@ class _Judge:
             os.closerange(keep + 1, 1 << 16)
             _judge_loop(socket.socket(fileno=keep))  # never returns
         theirs.close()
-        self.fd = os.pidfd_open(self.pid)
-        os.set_blocking(self.sock.fileno(), False)
+        self.fd = os.pidfd_open(self.pid)  # (its socket stays blocking: receive() reads with MSG_DONTWAIT)
         self.buf, self.cpu_mark, self.run = bytearray(), 0.0, None
         self.tests = set()  # the tests sent to it (its _CACHE compiled them)
 
@@ -1314,17 +1371,13 @@ class _Judge:
         if len(self.tests) > 2048:  # as the judge's own cache
             self.tests.clear()
         self.tests.add(test)
-        os.set_blocking(self.sock.fileno(), True)
-        try:
-            socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
-            self.sock.sendall(data)
-        finally:
-            os.set_blocking(self.sock.fileno(), False)
+        socket.send_fds(self.sock, [_U32.pack(len(data))], [chan_fd])
+        self.sock.sendall(data)
 
     def receive(self):
         """A verdict message if a whole one has arrived, else None; ChannelError at end of file."""
         try:
-            data = self.sock.recv(1 << 16)
+            data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
             if not data:
                 raise ChannelError("the judge died")
             self.buf += data
@@ -1640,10 +1693,31 @@ class _State:
             j.run.verdict, j.run.elapsed = "failed: judge error: the judge died", time.monotonic() - j.run.t0
             _kill_sample(j.run)
 
+    def next_job(self):
+        """The queued job to start next: within the first LOOKAHEAD, the first whose test no running sample
+        has (samples of one problem usually come together: a judge then takes the rest of them, having
+        their test compiled, rather than every judge compiling it), preferring one an idle judge has
+        judged before; else the first."""
+        busy = {r.job.get("test") for r in self.runs if r.verdict is None}
+        fresh = None
+        for i in range(min(len(self.queue), LOOKAHEAD)):
+            test = self.queue[i][0].get("test")
+            if test in busy:
+                continue
+            if any(test in j.tests for j in self.idle):
+                fresh = i
+                break
+            fresh = i if fresh is None else fresh
+            busy.add(test)  # (looked at: the next job of this test would find the same)
+        i = fresh or 0
+        job = self.queue[i]
+        del self.queue[i]
+        return job
+
     def start(self):
         active = sum(r.verdict is None for r in self.runs)
         while self.queue and self.free and active < self.cfg["workers"]:
-            (job, raw), slot, judge = self.queue.popleft(), self.free.pop(), None
+            (job, raw), slot, judge = self.next_job(), self.free.pop(), None
             try:
                 judge = self.take_judge(job.get("test"))
                 r = _start_run(job, raw, slot, judge, self.cfg, self.prot, self.zygote, self.base, self.cgroups)
@@ -1919,6 +1993,7 @@ class Executor:
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         self._buf = bytearray()
         here = os.path.dirname(os.path.abspath(__file__))
+        import subprocess  # (here: only the caller starts processes so; see _compiled)
         self.proc = subprocess.Popen([sys.executable, *flags, "-c", _EXECUTOR_MAIN, here, json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
@@ -1966,9 +2041,9 @@ class Executor:
         payload = self._payload(jobs, base, results)
         done, t0, last = 0, time.monotonic(), time.monotonic()
         while done < n:
-            while b"\n" in self._buf:
-                line, _, rest = bytes(self._buf).partition(b"\n")
-                self._buf = bytearray(rest)
+            *lines, rest = self._buf.split(b"\n")  # (every whole line at once: no copy of the rest per line)
+            self._buf = rest
+            for line in lines:
                 msg = json.loads(line)
                 i = (msg.pop("id", None) or 0) - base
                 if 0 <= i < n and results[i] is None:
@@ -2033,6 +2108,7 @@ class Executor:
         mount namespace and go with it)."""
         if self.proc is None or os.getpid() != self._owner:
             return
+        import subprocess  # (see start)
         proc, self.proc = self.proc, None
         try:
             proc.stdin.close()

@@ -297,6 +297,20 @@ def test_always_equal_answers_fail_through_the_channel(ex, humaneval):
     assert "the answer is a T" in res[5]["result"] and "the answer is a generator" in res[6]["result"]
 
 
+def test_the_judges_requests_carry_exactly_the_plain_values(ex, humaneval):
+    """Requests travel as marshal data: the sample gets the test's values as they are (shared parts still
+    shared, as in one process), and what the codec refuses (a bytearray, which marshal alone would turn into
+    bytes) is still refused."""
+    code = ("def same(v):\n    return v\n\ndef alias(v):\n    return v[0] is v[1]\n\n"
+            "def kind(v):\n    return type(v).__name__\n")
+    plain = "v = ('s\\udc80', b'b', 1 << 200, -0.0, 1j, frozenset({1}), {2: [None, True]})\nassert same(v) == v\n"
+    tests = [plain, "x = [1]\nassert alias([x, x]) is True\n", "assert kind(bytearray(b'ab')) == 'bytearray'\n"]
+    res = ex.run(honest(humaneval) + [{"code": code, "test": t, "timeout": 5.0} for t in tests])
+    assert_honest_pass(res)
+    assert [r["result"] for r in res[4:6]] == ["passed", "passed"], res[4:6]
+    assert "the test passes a bytearray" in res[6]["result"] and "needs mode in_process" in res[6]["result"], res[6]
+
+
 def test_exactly_the_in_process_problems_need_the_fallback(ex, mbpp_path):
     """eval.IN_PROCESS is measured: its reference solutions fail through the channel (every other one
     passes through it: test_eval's reference-solution tests) and pass in the fallback."""
