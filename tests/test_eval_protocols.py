@@ -346,19 +346,25 @@ def evalplus_fixture(path, humaneval, canonical_of=None, inputs=None, atol=None)
     return path
 
 
-def test_evalplus_judging_base_and_plus_with_tolerance(tmp_path, humaneval):
-    plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
-    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n    for idx", 1)
-    samples = [("HumanEval/0", humaneval[0]["canonical"]), ("HumanEval/0", short_only),
-               ("HumanEval/2", "    return number % 1.0 + 1e-9\n"), ("HumanEval/2", "    return number % 1.0 + 1e-3\n"),
-               ("HumanEval/2", "    return int(number % 1.0 * 100) / 100\n")]
+def score_humaneval_plus(tmp_path, plus, samples):
+    """results.jsonl's records of `eval.py --samples` over (task_id, completion) pairs, judged on the
+    HumanEval+ file plus."""
     f = tmp_path / "s.jsonl"
     f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
     r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus",
                         "--humaneval_plus_path", str(plus), "--out", str(tmp_path / "o"), "--workers", "2"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
-    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+
+
+def test_evalplus_judging_base_and_plus_with_tolerance(tmp_path, humaneval):
+    plus = evalplus_fixture(tmp_path / "HumanEvalPlus.jsonl", humaneval)
+    short_only = humaneval[0]["canonical"].replace("    for idx", "    if len(numbers) > 8:\n        return False\n    for idx", 1)
+    samples = [("HumanEval/0", humaneval[0]["canonical"]), ("HumanEval/0", short_only),
+               ("HumanEval/2", "    return number % 1.0 + 1e-9\n"), ("HumanEval/2", "    return number % 1.0 + 1e-3\n"),
+               ("HumanEval/2", "    return int(number % 1.0 * 100) / 100\n")]
+    res = score_humaneval_plus(tmp_path, plus, samples)
     # canonical: both; wrong only on long (plus) inputs: base only; 1e-9 off: within the float tolerance;
     # 1e-3 off: outside it; right on 3.5 (base) but truncating 10.25 -> 0.25 ok, 123.456 -> 0.45 wrong: base only
     assert [(x["base_passed"], x["passed"]) for x in res] == [(True, True), (True, False), (True, True),
@@ -676,13 +682,7 @@ def test_evalplus_judging_agrees_with_numpy_end_to_end(tmp_path, humaneval):
                ("HumanEval/20", wrap(closest, "tuple(x + 1e-7 for x in result)")),
                ("HumanEval/87", rows), ("HumanEval/87", wrap(rows, "[(i,) for i, j in result]")),
                ("HumanEval/87", wrap(rows, "[(i, j + 1) for i, j in result]"))]
-    f = tmp_path / "s.jsonl"
-    f.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in samples))
-    r = subprocess.run([sys.executable, str(REPO / "eval.py"), "--samples", str(f), "--tasks", "humaneval_plus",
-                        "--humaneval_plus_path", str(plus), "--out", str(tmp_path / "o"), "--workers", "2"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert r.returncode == 0, r.stderr
-    res = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    res = score_humaneval_plus(tmp_path, plus, samples)
 
     def verdict(task_id, completion, runs, close):  # (base passed, all passed), each run with its own atol
         p_number = int(task_id.split("/")[1])
