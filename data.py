@@ -94,6 +94,26 @@ def run_command(tool, main, argv=None, errors=(), kept="nothing was written"):
         signal.signal(signal.SIGTERM, previous)
 
 
+
+def exit_process(run):
+    """End the process with run()'s exit code (an int; anything else is 0; a SystemExit's own code, its
+    message printed). Under torchrun (WORLD_SIZE > 1), after flushing and without interpreter teardown:
+    destroy_process_group and teardown left ranks stuck or aborting now and then once everything was
+    written (a gloo peer waiting on one that had exited; SIGABRT, "terminate called without an active
+    exception"). The ranks meet at a barrier before calling this."""
+    try:
+        code = run()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1 if e.code else 0
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    code = code if isinstance(code, int) else 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
 # ----------------------------------------------------------------------------- files
 def file_sha256(path, chunk=1 << 20):
     h = hashlib.sha256()

@@ -68,8 +68,8 @@ import types
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, check_output_path, file_sha256, format_eta, read_jsonl,
-                  run_command, write_json, write_jsonl)
+from data import (LINTSEQ_DIFF_TOKEN, DataError, Postprocess, check_output_path, exit_process, file_sha256, format_eta,
+                  read_jsonl, run_command, write_json, write_jsonl)
 from lintseq import decode_edits
 from sandbox import MEMORY_LIMIT, Executor, ExecutorError
 from sugar import cut_at_stops, desugarize, load_sugars, stop_tokens, sugarize
@@ -1312,8 +1312,7 @@ def evaluate_checkpoint(args, tasks, ks, sampling, preset, executor, data):
                                 data=data)
     if rank_and_world()[1] > 1:
         import torch.distributed as dist  # only under torchrun (load_checkpoint started the group)
-        dist.barrier()  # the ranks leave together: a gloo rank tearing down while rank 0 judges can abort
-        dist.destroy_process_group()
+        dist.barrier()  # the ranks leave together, and without teardown (data.exit_process)
     info = {"checkpoint": str(Path(args.ckpt).resolve()), "step": config.get("step"),
             "postprocess": {**pp.to_dict(), "sugar": bool(pp.sugar)}, "ranks": rank_and_world()[1]}
     return metrics, results, info, block
@@ -1379,5 +1378,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_command("eval.py", main, errors=(EvalError, ExecutorError),
-                kept="nothing was written (outputs are written once everything is judged)")
+    exit_process(lambda: run_command("eval.py", main, errors=(EvalError, ExecutorError),
+                                     kept="nothing was written (outputs are written once everything is judged)"))

@@ -49,7 +49,8 @@ from checkpoint import CheckpointError, recover_checkpoint, save_checkpoint
 from configurator import ConfigError, configurable, configure, describe
 from data import BATCH_BUDGETS as _SFT_BUDGETS  # (a private name: configurator takes public globals as settings)
 from data import (DataError, SFTData, SFTSchedule, Tokenizer, atomic_write_bytes, collate_sft, format_eta,
-                  load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, run_command, sample_windows)
+                  exit_process, load_corpus_meta, load_sft_meta, open_shards, prepare_corpus, run_command,
+                  sample_windows)
 from finetune import LoraSettings, finetune_checkpoint, finetune_model, new_rows_only, parse_lora_targets
 from hf import checkpoint_config
 from model import GPT, GPTConfig, ModelError, estimate_mfu, make_config, peak_flops, without_tied_head
@@ -998,7 +999,7 @@ def run(cfg):
             trainer.sample()
     finally:
         trainer.close()
-    if env.world > 1:  # leave together; the process then ends without teardown (see the end of this file)
+    if env.world > 1:  # leave together; the process then ends without teardown (data.exit_process)
         dist.barrier()  # (destroy_process_group here left a rank waiting now and then after its peer had exited)
     return code
 
@@ -1022,18 +1023,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        exit_code = main()
-    except SystemExit as e:
-        exit_code = e.code if isinstance(e.code, int) else 1 if e.code else 0
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # A distributed run ends here, after a final barrier and without destroy_process_group or
-        # interpreter teardown: both left ranks stuck or aborting now and then after everything was
-        # written (a gloo peer waiting on one that had exited; SIGABRT, "terminate called without an
-        # active exception", when FSDP's device mesh kept the group alive). Logs are flushed per line.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_code or 0)
-    sys.exit(exit_code or 0)
+    exit_process(main)  # under torchrun: no teardown after the final barrier (see data.exit_process)
