@@ -19,6 +19,7 @@ finetune.py.
 import json
 import math
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, fields
 from itertools import groupby
 from pathlib import Path
@@ -36,6 +37,9 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 VOCAB_MULTIPLE = 64          # embedding rows are padded to a multiple of this (faster matmuls)
 STATIC_CACHE_MULTIPLE = 128  # generate(compile=True): cache lengths rounded up to this (fewer shapes to compile)
+PACKED_MAX_BYTES = 4 << 30   # CPU decoding packs its fp32 weights for oneDNN (a second copy) only up to this size
+PACK_BATCH = 8               # the batch oneDNN's packing is tuned for (any batch gives the same results)
+_PACKED = weakref.WeakKeyDictionary()  # GPT -> (its weights (weak), their (address, version), packed copies)
 CHECKPOINT_FORMAT = "codelm"
 # Peak dense bf16 tensor-core throughput, FLOP/s, for MFU (vendor datasheets, SXM parts).
 PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
@@ -232,6 +236,15 @@ def apply_rope(x, cos, sin, swap):
     return (xf * cos).addcmul_(xf.index_select(-1, swap), sin).type_as(x)
 
 
+def linear(module, x, packed=None):
+    """module(x) (an nn.Linear), through its weight packed for oneDNN where packed (GPT._packed_weights) has one:
+    generation on CPU."""
+    w = packed.get(module) if packed else None
+    if w is None:
+        return module(x)
+    return torch.ops.mkldnn._linear_pointwise(x, w, module.bias, "none", [], "")
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -242,11 +255,11 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.out_bias)
 
-    def forward(self, x, rope, cache=None, last=False):
+    def forward(self, x, rope, cache=None, last=False, packed=None):
         """x (B, T, C) -> (B, T, C); last=True: the last position's output alone (B, 1, C), every position's
-        key/value still computed (and stored in cache)."""
+        key/value still computed (and stored in cache). packed: GPT._packed_weights() (generation)."""
         B, T, _ = x.shape
-        q, k, v = self.q(x[:, -1:] if last else x), self.k(x), self.v(x)
+        q, k, v = linear(self.q, x[:, -1:] if last else x, packed), linear(self.k, x, packed), linear(self.v, x, packed)
         if self.qkv_clip > 0:
             q, k, v = (t.clamp(-self.qkv_clip, self.qkv_clip) for t in (q, k, v))
         Tq = q.shape[1]
@@ -259,15 +272,15 @@ class Attention(nn.Module):
             y = attention(q, k, v, causal=True, impl=self.attn_impl)
         else:
             y = cache.attend(self, q, k, v)
-        return self.o(y.transpose(1, 2).reshape(B, Tq, self.n_head * self.head_dim))
+        return linear(self.o, y.transpose(1, 2).reshape(B, Tq, self.n_head * self.head_dim), packed)
 
-    def decode(self, x, rope, mask, keys, values, col, end):
+    def decode(self, x, rope, mask, keys, values, col, end, packed=None):
         """One new token per row: x (b, C) -> (b, C), in few tensor operations (each costs microseconds of
         dispatch, and a small model's step is mostly made of them). Its key/value are written at column col
         (a (1,) tensor) of keys/values (b, Hkv, S, D), and it attends to their first end columns (None: all
         S, the static-shape step), mask allowing."""
         b = x.shape[0]
-        q, k, v = self.q(x), self.k(x), self.v(x)
+        q, k, v = linear(self.q, x, packed), linear(self.k, x, packed), linear(self.v, x, packed)
         if self.qkv_clip > 0:
             q, k, v = (t.clamp(-self.qkv_clip, self.qkv_clip) for t in (q, k, v))
         q = apply_rope(q.view(b, self.n_head, 1, self.head_dim), *rope)
@@ -276,7 +289,7 @@ class Attention(nn.Module):
         if end is not None:
             keys, values = keys[:, :, :end], values[:, :, :end]
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=self.n_head != self.n_kv_head)
-        return self.o(y.reshape(b, self.n_head * self.head_dim))
+        return linear(self.o, y.reshape(b, self.n_head * self.head_dim), packed)
 
 
 def activation(x, kind):
@@ -295,10 +308,10 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=cfg.mlp_bias)
 
-    def forward(self, x):
+    def forward(self, x, packed=None):
         if self.gate is None:
-            return self.down(activation(self.up(x), self.act))
-        return self.down(activation(self.gate(x), self.act) * self.up(x))
+            return linear(self.down, activation(linear(self.up, x, packed), self.act), packed)
+        return linear(self.down, activation(linear(self.gate, x, packed), self.act) * linear(self.up, x, packed), packed)
 
 
 class Block(nn.Module):
@@ -310,16 +323,19 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, *attn_args, decode=False, last=False):
+    def forward(self, x, *attn_args, decode=False, last=False, packed=None):
         """x (B, T, C), attn_args those of Attention.forward; decode=True: x (b, C), those of Attention.decode.
         last=True (the prefill's last block): the output at the last position alone, (B, 1, C)."""
-        h = self.attn.decode(self.attn_norm(x), *attn_args) if decode else self.attn(self.attn_norm(x), *attn_args, last=last)
+        if decode:
+            h = self.attn.decode(self.attn_norm(x), *attn_args, packed)
+        else:
+            h = self.attn(self.attn_norm(x), *attn_args, last=last, packed=packed)
         if last:
             x = x[:, -1:]
         if self.parallel:  # both branches read the block's input
-            return x + h + self.mlp(self.mlp_norm(x))
+            return x + h + self.mlp(self.mlp_norm(x), packed)
         x = x + h
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self.mlp(self.mlp_norm(x), packed)
 
 
 class KVCache:
@@ -360,8 +376,8 @@ class EagerDecoder:
     """generate()'s decoding steps in eager PyTorch: finished rows leave the batch (the cache keeps the rows
     in use first) and each step attends to the columns written so far."""
 
-    def __init__(self, model, cache, pad):
-        self.model, self.cache, self.pad = model, cache, pad
+    def __init__(self, model, cache, pad, packed):
+        self.model, self.cache, self.pad, self.packed = model, cache, pad, packed
 
     def drop(self, idx, cols):
         """Only rows idx (a LongTensor into the rows in use) go on; their first cols columns are written."""
@@ -369,7 +385,7 @@ class EagerDecoder:
         self.pad = None if self.pad is None or not self.pad[idx].any() else self.pad[idx]
 
     def step(self, tokens, col):
-        return self.model._decode_step(tokens, col, self.pad, self.cache)
+        return self.model._decode_step(tokens, col, self.pad, self.cache, self.packed)
 
 
 class StaticDecoder:
@@ -470,7 +486,7 @@ class GPT(nn.Module):
             weights = weights * loss_mask.reshape(-1).float()
         return logits, (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
-    def _prefill(self, prompts, n, cache):
+    def _prefill(self, prompts, n, cache, packed):
         """Each run of equal-length prompts in one causal forward (no padding computed), their keys/values
         stored in cache, each prompt ending at column L - 1 of its n sample rows. Returns (each row's logits
         after its prompt, each row's left padding or None when no row has any)."""
@@ -481,14 +497,14 @@ class GPT(nn.Module):
             cache.rows, cache.col = slice(run[0], run[-1] + 1), L - T
             x = self.embed(torch.tensor([prompts[i] for i in run], device=device))
             for j, block in enumerate(self.blocks):  # the last block: only the last position is needed
-                x = block(x, (cache.cos[:T], cache.sin[:T], cache.swap), cache, last=j == len(self.blocks) - 1)
-            logits.append(F.linear(self.norm(x[:, -1]), self.head.weight[:self.cfg.vocab_size]).float())
+                x = block(x, (cache.cos[:T], cache.sin[:T], cache.swap), cache, last=j == len(self.blocks) - 1, packed=packed)
+            logits.append(self._logits(x[:, -1], packed))
         if n > 1:  # each prompt's keys/values to its n sample rows
             cache.take(torch.arange(len(prompts), device=device).repeat_interleave(n), L)
         pad = torch.tensor([L - len(p) for p in prompts for _ in range(n)], device=device)
         return torch.cat(logits).repeat_interleave(n, 0), pad if L > min(map(len, prompts)) else None
 
-    def _decode_step(self, tokens, col, pad, cache):
+    def _decode_step(self, tokens, col, pad, cache, packed=None):
         """Logits after one more token per row in use (tokens (b,)), stored at cache column col, attending to
         the columns up to it. pad: (b,) each row's left padding, or None when no row has any (no mask)."""
         if pad is None:
@@ -496,7 +512,7 @@ class GPT(nn.Module):
         else:
             pos, mask = col - pad, (cache.cols[:col + 1] >= pad[:, None])[:, None, None]
         rope = (cache.cos[pos][:, None, None], cache.sin[pos][:, None, None], cache.swap)
-        return self._decode_forward(tokens, rope, mask, cache, cache.cols[col:col + 1], col + 1)
+        return self._decode_forward(tokens, rope, mask, cache, cache.cols[col:col + 1], col + 1, packed)
 
     def _static_step(self, tokens, col, pad, cache):
         """_decode_step with the same shapes at every column (what torch.compile and CUDA graphs replay): all
@@ -505,14 +521,45 @@ class GPT(nn.Module):
         rope = (cache.cos[pos][:, None, None], cache.sin[pos][:, None, None], cache.swap)
         return self._decode_forward(tokens, rope, mask, cache, col, None)
 
-    def _decode_forward(self, tokens, rope, mask, cache, col, end):
+    def _decode_forward(self, tokens, rope, mask, cache, col, end, packed=None):
         """Logits (b, vocab) after one token per row (tokens (b,)): Attention.decode's arguments, its
-        keys/values the first b rows of cache."""
+        keys/values the first b rows of cache; packed: _packed_weights()."""
         b = len(tokens)
         x = self.embed(tokens)
         for block, keys, values in zip(self.blocks, cache.k, cache.v):
-            x = block(x, rope, mask, keys[:b], values[:b], col, end, decode=True)
-        return F.linear(self.norm(x), self.head.weight[:self.cfg.vocab_size]).float()
+            x = block(x, rope, mask, keys[:b], values[:b], col, end, decode=True, packed=packed)
+        return self._logits(x, packed)
+
+    def _logits(self, x, packed=None):
+        """Generation's fp32 logits over the vocabulary (its padding left out) from the last block's output."""
+        head = packed.get(self.head) if packed else None
+        if head is None:
+            return F.linear(self.norm(x), self.head.weight[:self.cfg.vocab_size]).float()
+        return torch.ops.mkldnn._linear_pointwise(self.norm(x), head, None, "none", [], "")
+
+    def _packed_weights(self):
+        """{nn.Linear: its weight packed for oneDNN} for generation on CPU in fp32 (else {}). At a decoding
+        step's few rows, oneDNN's matmul on weights packed once takes about half the time of the default one
+        (BENCHMARKS.md), and a row's result does not depend on the rows beside it. The copies are kept until
+        a weight is replaced or written in place (an optimizer step, load_state_dict: train.py evaluates
+        between updates); a write through .data is not seen, as autograd does not see it."""
+        w = self.embed.weight
+        if (w.device.type != "cpu" or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+            return {}  # (the ops are the ones torch.compile's CPU freezing packs weights with)
+        linears = [m for m in self.modules() if type(m) is nn.Linear]  # not LoRA's (its forward adds more)
+        if sum(m.weight.numel() * 4 for m in linears) > PACKED_MAX_BYTES:
+            return {}
+        versions = [(m.weight.data_ptr(), m.weight._version) for m in linears]
+        kept = _PACKED.get(self)
+        if kept is not None and kept[1] == versions and all(r() is m.weight for r, m in zip(kept[0], linears)):
+            return kept[2]
+        _PACKED.pop(self, None)  # the old copies are freed first
+        pack = torch.ops.mkldnn._reorder_linear_weight
+        packed = {m: pack(m.weight, PACK_BATCH) for m in linears if m is not self.head}
+        packed[self.head] = pack(self.head.weight[:self.cfg.vocab_size], PACK_BATCH)  # the vocabulary's padding left out
+        _PACKED[self] = ([weakref.ref(m.weight) for m in linears], versions, packed)
+        return packed
 
     def _static_decoding(self, batch, length):
         """(KVCache, step) of generate(compile=True), kept for the next call of the same shape (the length
@@ -561,8 +608,9 @@ class GPT(nn.Module):
             cache, step_fn = self._static_decoding(B, L + max_new_tokens)
         else:
             cache = KVCache(self, B, L + max_new_tokens)
-        logits, pad = self._prefill(prompts, n, cache)
-        decoder = StaticDecoder(step_fn, cache, pad) if compile else EagerDecoder(self, cache, pad)
+        packed = self._packed_weights()
+        logits, pad = self._prefill(prompts, n, cache, packed)
+        decoder = StaticDecoder(step_fn, cache, pad) if compile else EagerDecoder(self, cache, pad, packed)
         rows, outs, step_logits = list(range(B)), [[] for _ in range(B)], [[] for _ in range(B)]  # rows: row -> output
         seen = None if repetition_penalty == 1.0 else torch.zeros(B, V, dtype=torch.bool, device=device)
         for i, p in enumerate(prompts if seen is not None else ()):  # seen: the tokens already in each row

@@ -115,3 +115,48 @@ def test_compiled_generate_equals_eager():
     kw = dict(max_new_tokens=6, eos_id=int(m.generate(PROMPTS[:1], 3)[0][2]))
     assert m.generate(PROMPTS, **kw, compile=True) == m.generate(PROMPTS, **kw)
     assert m.generate(PROMPTS[::-1], **kw, compile=True) == m.generate(PROMPTS[::-1], **kw)
+
+
+def decoding_logits(m, prompts, n=6):
+    outs, logits = m.generate(prompts, n, return_logits=True)
+    full = [m(torch.tensor([p + o]))[0][0, len(p) - 1:-1] for p, o in zip(prompts, outs)]
+    return logits, full
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_packed_weights_follow_every_change_of_the_weights():
+    """CPU decoding multiplies by copies of the weights packed for oneDNN, kept between calls: an optimizer
+    step (in place), load_state_dict (a copy into them) and replaced tensors must each be seen by the next
+    call, whose logits are then the full forward's with the new weights."""
+    m = tiny(tie_embeddings=True)
+    packed = m._packed_weights()
+    linears = [mod for mod in m.modules() if type(mod) is torch.nn.Linear]
+    assert set(packed) == set(linears) and m.head in packed  # every matmul, the tied head too
+    assert m._packed_weights() is packed  # nothing changed: the same copies
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    m(torch.tensor([PROMPTS[0]]), targets=torch.tensor([PROMPTS[0][1:] + [0]]))[1].backward()
+    opt.step()
+
+    def new_weights_seen():
+        logits, full = decoding_logits(m, PROMPTS)
+        for got, want in zip(logits, full):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    new_weights_seen()
+    state = {k: torch.randn_like(v) * 0.1 for k, v in m.state_dict().items() if "rope" not in k}
+    m.load_state_dict(state, strict=False)
+    new_weights_seen()
+    m.blocks[0].mlp.up.weight = torch.nn.Parameter(torch.randn_like(m.blocks[0].mlp.up.weight))
+    new_weights_seen()
+
+
+def test_packed_and_default_matmuls_decode_alike(monkeypatch):
+    """The packed decoding and the default matmuls (where packing does not apply: no oneDNN, another dtype
+    or device) give the same tokens and logits within float tolerance."""
+    m = tiny()
+    packed = m.generate(PROMPTS, 8, return_logits=True)
+    monkeypatch.setattr(GPT, "_packed_weights", lambda self: {})
+    plain = m.generate(PROMPTS, 8, return_logits=True)
+    assert packed[0] == plain[0]
+    for a, b in zip(packed[1], plain[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
