@@ -690,6 +690,8 @@ def _vs_transformers(model, prompts, T, sync, rounds, compile=False):
               for k in names if k != "theirs" for what, times in (("wall", wall), ("cpu", cpu))}
     print("# speedup within each round, median (range), robust to load drifting between rounds: " + "; ".join(
         f"{short[k]} {what} {statistics.median(r):.2f}x ({r[0]:.2f}-{r[-1]:.2f})" for (k, what), r in paired.items()))
+    matmuls = "oneDNN on weights packed once (GPT.packed_weights)" if model.packed_weights() else "torch's default"
+    print(f"# codelm's matmuls: {matmuls}; transformers': torch's default")
     step = {k: (w[k] - w["prefill " + k]) / max(T - 1, 1) for k in names}
     print("# prefill (a call for 1 new token) and each later step: " + "; ".join(
         f"{short[k]} {1e3 * w['prefill ' + k]:.1f} ms and {1e3 * step[k]:.2f} ms" for k in names))
@@ -697,6 +699,7 @@ def _vs_transformers(model, prompts, T, sync, rounds, compile=False):
         print(f"# generate(compile=True)'s first calls (compiling): {first['prefill compiled']:.1f} s for 1 new token, "
               f"then {first['compiled']:.1f} s for {T}")
     return {"rows": rows, "identical_rows": same, "batch": B, "load": os.getloadavg()[0], "seconds": wall, "cpu_s": cpu,
+            "codelm_matmuls": matmuls,
             "first_call_s": first,
             "round_speedups": {f"{k} {what}": r for (k, what), r in paired.items()}}
 

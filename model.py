@@ -237,7 +237,7 @@ def apply_rope(x, cos, sin, swap):
 
 
 def linear(module, x, packed=None):
-    """module(x) (an nn.Linear), through its weight packed for oneDNN where packed (GPT._packed_weights) has one:
+    """module(x) (an nn.Linear), through its weight packed for oneDNN where packed (GPT.packed_weights) has one:
     generation on CPU."""
     w = packed.get(module) if packed else None
     if w is None:
@@ -257,7 +257,7 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, cache=None, last=False, packed=None):
         """x (B, T, C) -> (B, T, C); last=True: the last position's output alone (B, 1, C), every position's
-        key/value still computed (and stored in cache). packed: GPT._packed_weights() (generation)."""
+        key/value still computed (and stored in cache). packed: GPT.packed_weights() (generation)."""
         B, T, _ = x.shape
         q, k, v = linear(self.q, x[:, -1:] if last else x, packed), linear(self.k, x, packed), linear(self.v, x, packed)
         if self.qkv_clip > 0:
@@ -523,7 +523,7 @@ class GPT(nn.Module):
 
     def _decode_forward(self, tokens, rope, mask, cache, col, end, packed=None):
         """Logits (b, vocab) after one token per row (tokens (b,)): Attention.decode's arguments, its
-        keys/values the first b rows of cache; packed: _packed_weights()."""
+        keys/values the first b rows of cache; packed: packed_weights()."""
         b = len(tokens)
         x = self.embed(tokens)
         for block, keys, values in zip(self.blocks, cache.k, cache.v):
@@ -537,7 +537,7 @@ class GPT(nn.Module):
             return F.linear(self.norm(x), self.head.weight[:self.cfg.vocab_size]).float()
         return torch.ops.mkldnn._linear_pointwise(self.norm(x), head, None, "none", [], "")
 
-    def _packed_weights(self):
+    def packed_weights(self):
         """{nn.Linear: its weight packed for oneDNN} for generation on CPU in fp32 (else {}). At a decoding
         step's few rows, oneDNN's matmul on weights packed once takes about half the time of the default one
         (BENCHMARKS.md), and a row's result does not depend on the rows beside it. The copies are kept until
@@ -608,7 +608,7 @@ class GPT(nn.Module):
             cache, step_fn = self._static_decoding(B, L + max_new_tokens)
         else:
             cache = KVCache(self, B, L + max_new_tokens)
-        packed = self._packed_weights()
+        packed = self.packed_weights()
         logits, pad = self._prefill(prompts, n, cache, packed)
         decoder = StaticDecoder(step_fn, cache, pad) if compile else EagerDecoder(self, cache, pad, packed)
         rows, outs, step_logits = list(range(B)), [[] for _ in range(B)], [[] for _ in range(B)]  # rows: row -> output

@@ -42,6 +42,7 @@ import _random  # random's C part: reseeds a forked sample cheaply
 import builtins
 import ctypes
 import errno
+import fcntl
 import importlib
 import json
 import marshal
@@ -251,7 +252,7 @@ def _recv_exactly(sock, n):
 
 # ----------------------------------------------------------------------------- sandbox: Linux calls
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 15, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MNT_DETACH = 2, 4, 8, 2
 MS_BIND, MS_REC, MS_PRIVATE, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 1 << 12, 1 << 14, 1 << 18, -100, 0x8000, 1
@@ -308,6 +309,15 @@ def _prepared(name, *argtypes):
 def prctl(option, arg=0):
     """prctl(2); OSError on failure (train.py sets its parent-death signal with it too)."""
     return _ok(_prepared("prctl", _INT, _ULONG, _ULONG, _ULONG, _ULONG)(option, arg, 0, 0, 0), "prctl")
+
+
+_NAMES = {role: ctypes.create_string_buffer(f"codelm-{role}".encode()) for role in ("executor", "zygote", "judge", "sample")}
+
+
+def _name(role):
+    """This process's name as ps and top show it: codelm-executor, -zygote, -judge or -sample (a buffer made
+    before any fork and the prepared prctl: no ctypes conversion in a sample, whose every page written is copied)."""
+    prctl(PR_SET_NAME, ctypes.addressof(_NAMES[role]))
 
 
 def landlock_abi():
@@ -899,6 +909,7 @@ def _zygote(sock, cfg, prot, proc_fd):
     sample. On each request (slot, mode, and the sample's three descriptors, four with its cgroup's) it forks
     the sample as pid 1 of a new PID namespace and hands back a pidfd; when a sample exits it reports the status."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _name("zygote")
     renumber = prot["pidns"] and prot["userns"]
     if renumber:  # (not root: setns back into the PID namespace we started in is refused; into one we made, not)
         _pid_namespace_of_our_own()
@@ -996,6 +1007,7 @@ def _sample_main(req, fds, cfg, prot):
             os.write(fds[3], b"0")
             os.close(fds[3])
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote gone: so are we (and our namespace)
+        _name("sample")
         os.setsid()
         ipc = prot["ipcns"]  # (seccomp denies creating SysV objects too, where it is available)
         if prot["mountns"] or ipc:
@@ -1071,7 +1083,6 @@ def _sample_process_state(tmp):
 
 
 def _fcntl_dup(fd):
-    import fcntl  # (pre-imported by the zygote)
     new = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
     os.close(fd)
     return new
@@ -1357,6 +1368,7 @@ class _Judge:
         self.pid = os.fork()
         if self.pid == 0:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            _name("judge")
             keep = _fcntl_dup(theirs.detach())
             os.closerange(3, keep)  # other samples' pipes, the protocol pipes (0, 1 are /dev/null)
             os.closerange(keep + 1, 1 << 16)
@@ -1619,10 +1631,11 @@ def _serve(cfg):
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != cfg["parent"]:
         return 0
+    _name("executor")
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # the zygote's orphans come back to us, never to the host's init
     prctl(PR_SET_DUMPABLE, 0)  # samples of our uid (not root) may not read or write our, our judges' or zygote's memory
     proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # before the minimal root hides it
-    for name in PREWARM + ("fcntl", "_signal"):
+    for name in PREWARM + ("_signal",):
         try:
             __import__(name)
         except ImportError:

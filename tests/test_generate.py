@@ -129,10 +129,10 @@ def test_packed_weights_follow_every_change_of_the_weights():
     step (in place), load_state_dict (a copy into them) and replaced tensors must each be seen by the next
     call, whose logits are then the full forward's with the new weights."""
     m = tiny(tie_embeddings=True)
-    packed = m._packed_weights()
+    packed = m.packed_weights()
     linears = [mod for mod in m.modules() if type(mod) is torch.nn.Linear]
     assert set(packed) == set(linears) and m.head in packed  # every matmul, the tied head too
-    assert m._packed_weights() is packed  # nothing changed: the same copies
+    assert m.packed_weights() is packed  # nothing changed: the same copies
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
     m(torch.tensor([PROMPTS[0]]), targets=torch.tensor([PROMPTS[0][1:] + [0]]))[1].backward()
     opt.step()
@@ -155,7 +155,7 @@ def test_packed_and_default_matmuls_decode_alike(monkeypatch):
     or device) give the same tokens and logits within float tolerance."""
     m = tiny()
     packed = m.generate(PROMPTS, 8, return_logits=True)
-    monkeypatch.setattr(GPT, "_packed_weights", lambda self: {})
+    monkeypatch.setattr(GPT, "packed_weights", lambda self: {})
     plain = m.generate(PROMPTS, 8, return_logits=True)
     assert packed[0] == plain[0]
     for a, b in zip(packed[1], plain[1]):
