@@ -188,6 +188,20 @@ def test_protections_match_what_the_kernel_allows(ex):
     assert len(ex.warnings) >= len(unavailable)  # one warning line per missing protection
 
 
+def test_processes_are_named_for_ps(ex, humaneval):
+    """ps and top tell the evaluation's processes apart: the executor, its zygote and its judges, and each
+    sample (which reads its own name with prctl: it has no /proc)."""
+    program = ("import ctypes\nname = ctypes.create_string_buffer(16)\nctypes.CDLL(None).prctl(16, name)\n"
+               "assert name.value == b'codelm-sample', name.value\n")
+    results = ex.run(honest(humaneval, 1) + [(program, 5.0)])
+    assert_honest_pass(results, 1)
+    assert results[1]["passed"], results[1]
+    assert (Path("/proc") / str(ex.pid) / "comm").read_text().strip() == "codelm-executor"
+    children = Path(f"/proc/{ex.pid}/task/{ex.pid}/children").read_text().split()
+    names = {(Path("/proc") / p / "comm").read_text().strip() for p in children}
+    assert {"codelm-zygote", "codelm-judge"} <= names, names
+
+
 def test_disabled_protection_is_warned_about(capsys):
     with ev.Executor(workers=1, disable=("landlock", "netns")) as e:
         assert not e.protections["landlock"] and not e.protections["netns"]
