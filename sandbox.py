@@ -24,7 +24,8 @@ and the libraries it maps, /dev/null, /dev/urandom, /dev/zero; the benchmark dat
 forks a zygote (Z) that only imports, before it reads any job. For each sample E asks Z to fork the
 sample (S: pid 1 of a new PID namespace, new mount and IPC namespaces, a private tmpfs at /tmp with byte
 and inode limits, an unprivileged uid of its own, rlimits incl. RLIMIT_NPROC, Landlock, a seccomp filter
-against keyrings, memfd and SysV IPC; no /proc) and hands the job to a judge (J: forked from E, reused).
+against keyrings, memfd and SysV IPC, and against signalling or tracing other processes where neither a PID
+namespace nor its own uid separates it from them; no /proc) and hands the job to a judge (J: forked from E, reused).
 S reports its set-up on a pipe it closes before any sample code runs. Timeouts are judged on the CPU
 time of the sample's processes and its judge, with a wall-clock backstop (BACKSTOP x timeout + 1 s); a
 verdict that arrives after its deadline is a timeout. Where this process's cgroup is a delegated cgroup v2,
@@ -453,6 +454,37 @@ def _seccomp_program():
     return b"".join(struct.pack("<HBBI", *i) for i in ins), len(ins)
 
 
+# where neither a PID namespace nor a uid of its own keeps a sample from the evaluation's processes (and the
+# user's): signals only to itself (pid, its thread group) and its process group (0, -pid), and no ptrace, no
+# process_vm_readv/writev, no signals or descriptors through pidfds
+SECCOMP_SIGNALS = {"x86_64": {"kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297},
+                   "aarch64": {"kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240}}
+SECCOMP_OTHER_PROCESSES = {
+    "x86_64": {"ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "pidfd_send_signal": 424,
+               "pidfd_getfd": 438},
+    "aarch64": {"ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "pidfd_send_signal": 424,
+                "pidfd_getfd": 438}}
+
+
+def _seccomp_own_processes(pid):
+    """Classic BPF, layered on _seccomp_program's in a sample whose pid is pid (after setsid: also its process
+    group): the signal calls succeed only towards pid (their first argument, a pid_t: the low 32 bits), kill also
+    towards 0 and -pid; the calls of SECCOMP_OTHER_PROCESSES fail with EPERM."""
+    arch = SECCOMP_DENIED[MACHINE][0]
+    eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
+    ins = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, kill), (0x20, 0, 0, 0)]  # load arch, check, load nr
+    for nr in SECCOMP_OTHER_PROCESSES[MACHINE].values():
+        ins += [(0x15, 0, 1, nr), (0x06, 0, 0, eperm)]
+    for name, nr in SECCOMP_SIGNALS[MACHINE].items():
+        targets = [pid, 0, -pid & 0xFFFFFFFF] if name == "kill" else [pid]
+        n = len(targets)
+        ins += [(0x15, 0, n + 3, nr), (0x20, 0, 0, 16)]  # another call: past this block; else load args[0]
+        ins += [(0x15, n - i, 0, t) for i, t in enumerate(targets)]  # one of ours: to the allow below
+        ins += [(0x06, 0, 0, eperm), (0x06, 0, 0, allow)]
+    ins.append((0x06, 0, 0, allow))
+    return b"".join(struct.pack("<HBBI", *i) for i in ins), len(ins)
+
+
 def _seccomp_install(program):
     code, n = program
     buf = ctypes.create_string_buffer(code, len(code))
@@ -782,12 +814,14 @@ def _setup_protections(cfg, proc_fd):
                      "per-namespace pid_max unavailable (needs Linux >= 6.14)")
                     + ": processes are bounded by RLIMIT_NPROC only")
     prot["landlock"] = abi
+    prot["signal_filter"] = prot["seccomp"] and not prot["pidns"] and not prot["sample_uid"]
     if not abi:
         warn.append(("landlock disabled by request" if "landlock" in off else
                      "Landlock unavailable (needs Linux >= 5.13 with landlock in lsm=)")
                     + ": samples can write outside their temp dir where the file system allows"
-                    + ("" if prot["pidns"] else ", and signal other processes of this user"))
-    elif abi < 6 and not prot["pidns"] and not prot["sample_uid"]:
+                    + ("" if prot["pidns"] or prot["sample_uid"] or prot["signal_filter"]
+                       else ", and signal other processes of this user"))
+    elif abi < 6 and not prot["pidns"] and not prot["sample_uid"] and not prot["signal_filter"]:
         warn.append(f"Landlock ABI {abi} has no signal scoping (needs Linux >= 6.12): samples can signal other "
                     "processes of this user, the evaluation's included")
     prot["capabilities_dropped"] = True
@@ -1050,6 +1084,8 @@ def _sample_main(req, fds, cfg, prot):
             os._exit(1)
         os.close(5)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if prot["signal_filter"]:
+            _seccomp_install(_seccomp_own_processes(os.getpid()))
         if prot["landlock"]:
             _landlock_confine(tmp, prot["landlock"], cfg.get("read_paths"))
         if not prot["sample_uid"]:  # (a uid other than 0 has none)

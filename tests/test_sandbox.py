@@ -561,6 +561,36 @@ def test_killing_parents_groups_and_closing_fds_keeps_other_verdicts(ex, humanev
     assert res[8 + len(attacks) - 1]["result"] == "passed"  # closing its own stdio is harmless
 
 
+@pytest.mark.skipif(platform.machine() not in sandbox.SECCOMP_DENIED, reason="no seccomp filter for this architecture")
+def test_without_a_pid_namespace_or_own_uid_samples_signal_only_their_own(humaneval):
+    """Where nothing else keeps a sample from the evaluation's processes (no PID namespace, no uid of its own,
+    no Landlock signal scoping: as for a user whose machine refuses user namespaces, on a kernel before 6.12),
+    seccomp does: a sample signals itself and its process group only, and reaches no other process's memory.
+    Signal 0 only asks whether a signal could be sent, so the probes are harmless if the filter fails."""
+    nr = sandbox.SECCOMP_SIGNALS[platform.machine()]["tgkill"]
+    me = os.getpid()
+    with ev.Executor(workers=2, quiet=True, disable=("pidns", "sample_uid", "landlock")) as bare:
+        assert bare.protections["signal_filter"], bare.protections
+        attacks = [f"import os\nos.kill({me}, 0)\n",  # the process running this test
+                   "import os\nos.kill(os.getppid(), 0)\n",  # the zygote
+                   f"import os\nos.killpg({bare.pid}, 0)\n",  # the executor's process group
+                   "import os\nos.kill(-1, 0)\n",  # every process this uid may signal
+                   f"import ctypes\nassert ctypes.CDLL(None, use_errno=True).syscall({nr}, {me}, {me}, 0) == 0\n",
+                   "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"  # even its own memory
+                   "src, dst = ctypes.create_string_buffer(b'x' * 8), ctypes.create_string_buffer(8)\n"
+                   "iov = lambda b: (ctypes.c_void_p * 2)(ctypes.addressof(b), 8)\n"
+                   "assert libc.process_vm_readv(os.getpid(), iov(dst), 1, iov(src), 1, 0) == 8\n"]
+        own = ("import os, signal\ngot = []\nsignal.signal(signal.SIGUSR1, lambda *a: got.append(1))\n"
+               "os.kill(os.getpid(), signal.SIGUSR1)\nsignal.raise_signal(signal.SIGUSR1)\n"
+               "os.kill(0, 0)\nos.killpg(os.getpgrp(), 0)\nassert got == [1, 1], got\n")
+        res = bare.run(honest(humaneval, 2) + [(a, 5) for a in attacks] + [(own, 5)] + honest(humaneval, 2))
+    assert_honest_pass(res, 2)
+    assert_honest_pass(res[-2:], 2)
+    for a, r in zip(attacks, res[2:]):
+        assert r["result"].startswith("failed"), (a, r)
+    assert res[2 + len(attacks)]["result"] == "passed", res[2 + len(attacks)]
+
+
 def test_sample_sees_only_its_own_processes(ex):
     if not (ex.protections["pidns"] and ex.protections["mountns"]):
         pytest.skip("needs a PID namespace with its own /proc")

@@ -242,6 +242,7 @@ def samples(humaneval, mbpp, private):
             ("a process left running", p["task_id"], canon + "\nimport os, time\nif os.fork() == 0:\n    os.setsid()\n"
              "    null = os.open('/dev/null', os.O_RDWR)\n    for fd in (0, 1, 2):\n        os.dup2(null, fd)\n"
              "    time.sleep(600)\n", True, None),  # a daemon: its own session, its output pipe let go
+            ("signal every process of the user", p["task_id"], canon + "\nimport os\nos.kill(-1, 0)\n", False, None),
             ("see the host's processes", p["task_id"], canon + SEE_HOST_PROC, False, SEES_PROCESSES),
             ("see the host's processes, in_process", "MBPP/40", mbpp["MBPP/40"]["canonical"] + "\n" + SEE_HOST_PROC,
              False, SEES_PROCESSES)]
@@ -334,7 +335,7 @@ def test_eval_as_a_non_root_user_with_user_namespaces(tmp_path, humaneval, mbpp,
         assert res[name]["passed"] == want, (name, res[name])
     prot, warnings = metrics["sandbox"], metrics["sandbox_warnings"]
     assert prot["userns"] and prot["netns"] and prot["minimal_root"] and prot["ipcns"] and prot["pidns"], prot
-    assert prot["seccomp"] and prot["landlock"] == sandbox.landlock_abi(), prot
+    assert prot["seccomp"] and prot["landlock"] == sandbox.landlock_abi() and not prot["signal_filter"], prot
     assert not prot["sample_uid"] and any(w.startswith("a uid per sample unavailable (") for w in warnings), warnings
     assert not any(READS_ANY_FILE in w or READS_SIBLINGS in w for w in warnings), warnings
     assert "\n".join(f"codelm eval: sandbox: {w}" for w in warnings) in err  # said on stderr, as in metrics.json
@@ -350,7 +351,7 @@ def test_eval_as_a_non_root_user_without_user_namespaces(tmp_path, humaneval, mb
         may = want or any(admitted in w for w in warnings) if admitted else want
         assert res[name]["passed"] == may, (name, res[name])
     assert not any(prot[k] for k in ("userns", "netns", "minimal_root", "ipcns", "pidns", "sample_uid")), prot
-    assert prot["seccomp"] and prot["landlock"] == sandbox.landlock_abi(), prot
+    assert prot["seccomp"] and prot["landlock"] == sandbox.landlock_abi() and prot["signal_filter"], prot
     assert any(w.startswith("user namespace unavailable (") for w in warnings), warnings
     admitted = [a for a in (READS_ANY_FILE, READS_SIBLINGS, SEES_PROCESSES) if any(a in w for w in warnings)]
     assert admitted == ([] if prot["landlock"] else [READS_ANY_FILE, READS_SIBLINGS, SEES_PROCESSES]), warnings
