@@ -441,17 +441,26 @@ SECCOMP_DENIED = {
                              "userfaultfd": 282, "perf_event_open": 241, "bpf": 280})}
 
 
-def _seccomp_program():
-    """Classic BPF: other architectures' system calls kill the process, the denied ones fail with EPERM."""
-    arch, numbers = SECCOMP_DENIED[MACHINE]
-    eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
-    ins = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, kill), (0x20, 0, 0, 0)]  # load arch, check, load nr
-    if MACHINE == "x86_64":
-        ins += [(0x35, 0, 1, 0x40000000), (0x06, 0, 0, eperm)]  # the x32 ABI: denied altogether
-    for nr in numbers.values():
-        ins += [(0x15, 0, 1, nr), (0x06, 0, 0, eperm)]
-    ins.append((0x06, 0, 0, allow))
+# classic BPF: load a word of seccomp_data, jump if equal / greater or equal, return; what a filter returns
+BPF_LD, BPF_JEQ, BPF_JGE, BPF_RET = 0x20, 0x15, 0x35, 0x06
+SECCOMP_EPERM, SECCOMP_ALLOW, SECCOMP_KILL = 0x00050000 | 1, 0x7FFF0000, 0x80000000
+
+
+def _bpf(ins, denied):
+    """A seccomp program: (bytes, length) of instructions (code, jump if true, jump if false, k) that start by
+    killing the process on another architecture's system calls and failing the denied ones with EPERM, then ins."""
+    head = [(BPF_LD, 0, 0, 4), (BPF_JEQ, 1, 0, SECCOMP_DENIED[MACHINE][0]), (BPF_RET, 0, 0, SECCOMP_KILL),
+            (BPF_LD, 0, 0, 0)]  # load the architecture, check it, load the call's number
+    for nr in denied:
+        head += [(BPF_JEQ, 0, 1, nr), (BPF_RET, 0, 0, SECCOMP_EPERM)]
+    ins = head + ins + [(BPF_RET, 0, 0, SECCOMP_ALLOW)]
     return b"".join(struct.pack("<HBBI", *i) for i in ins), len(ins)
+
+
+def _seccomp_program():
+    """Every sample's filter (installed in the zygote): SECCOMP_DENIED's calls and the x32 ABI fail with EPERM."""
+    x32 = [(BPF_JGE, 0, 1, 0x40000000), (BPF_RET, 0, 0, SECCOMP_EPERM)] if MACHINE == "x86_64" else []
+    return _bpf(x32, SECCOMP_DENIED[MACHINE][1].values())
 
 
 # where neither a PID namespace nor a uid of its own keeps a sample from the evaluation's processes (and the
@@ -467,22 +476,17 @@ SECCOMP_OTHER_PROCESSES = {
 
 
 def _seccomp_own_processes(pid):
-    """Classic BPF, layered on _seccomp_program's in a sample whose pid is pid (after setsid: also its process
+    """The filter layered on _seccomp_program's in a sample whose pid is pid (after setsid: also its process
     group): the signal calls succeed only towards pid (their first argument, a pid_t: the low 32 bits), kill also
     towards 0 and -pid; the calls of SECCOMP_OTHER_PROCESSES fail with EPERM."""
-    arch = SECCOMP_DENIED[MACHINE][0]
-    eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
-    ins = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, kill), (0x20, 0, 0, 0)]  # load arch, check, load nr
-    for nr in SECCOMP_OTHER_PROCESSES[MACHINE].values():
-        ins += [(0x15, 0, 1, nr), (0x06, 0, 0, eperm)]
+    ins = []
     for name, nr in SECCOMP_SIGNALS[MACHINE].items():
         targets = [pid, 0, -pid & 0xFFFFFFFF] if name == "kill" else [pid]
         n = len(targets)
-        ins += [(0x15, 0, n + 3, nr), (0x20, 0, 0, 16)]  # another call: past this block; else load args[0]
-        ins += [(0x15, n - i, 0, t) for i, t in enumerate(targets)]  # one of ours: to the allow below
-        ins += [(0x06, 0, 0, eperm), (0x06, 0, 0, allow)]
-    ins.append((0x06, 0, 0, allow))
-    return b"".join(struct.pack("<HBBI", *i) for i in ins), len(ins)
+        ins += [(BPF_JEQ, 0, n + 3, nr), (BPF_LD, 0, 0, 16)]  # another call: past this block; else load args[0]
+        ins += [(BPF_JEQ, n - i, 0, t) for i, t in enumerate(targets)]  # one of ours: to the allow below
+        ins += [(BPF_RET, 0, 0, SECCOMP_EPERM), (BPF_RET, 0, 0, SECCOMP_ALLOW)]
+    return _bpf(ins, SECCOMP_OTHER_PROCESSES[MACHINE].values())
 
 
 def _seccomp_install(program):
