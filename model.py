@@ -37,7 +37,7 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 VOCAB_MULTIPLE = 64          # embedding rows are padded to a multiple of this (faster matmuls)
 STATIC_CACHE_MULTIPLE = 128  # generate(compile=True): cache lengths rounded up to this (fewer shapes to compile)
-PACKED_MAX_BYTES = 4 << 30   # CPU decoding packs its fp32 weights for oneDNN (a second copy) only up to this size
+PACKED_MAX_BYTES = 4 << 30   # generation on CPU packs fp32 weights for oneDNN (a second copy) only up to this size
 PACK_BATCH = 8               # the batch oneDNN's packing is tuned for (any batch gives the same results)
 _PACKED = weakref.WeakKeyDictionary()  # GPT -> (its weights (weak), their (address, version), packed copies)
 CHECKPOINT_FORMAT = "codelm"
@@ -556,8 +556,8 @@ class GPT(nn.Module):
             return kept[2]
         _PACKED.pop(self, None)  # the old copies are freed first
         pack = torch.ops.mkldnn._reorder_linear_weight
-        packed = {m: pack(m.weight, PACK_BATCH) for m in linears if m is not self.head}
-        packed[self.head] = pack(self.head.weight[:self.cfg.vocab_size], PACK_BATCH)  # the vocabulary's padding left out
+        packed = {m: pack(m.weight[:self.cfg.vocab_size] if m is self.head else m.weight, PACK_BATCH)
+                  for m in linears}  # (the output layer without the vocabulary's padding rows)
         _PACKED[self] = ([weakref.ref(m.weight) for m in linears], versions, packed)
         return packed
 

@@ -3,6 +3,7 @@ variant, and generate(compile=True)'s fixed-shape decoding (static cache) agains
 import pytest
 import torch
 
+from finetune import LoRALinear, add_lora
 from model import GPT, GPTConfig, apply_rope, rope_inv_freq, rope_tables
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3], [10, 20, 30], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]]
@@ -160,3 +161,19 @@ def test_packed_and_default_matmuls_decode_alike(monkeypatch):
     assert packed[0] == plain[0]
     for a, b in zip(packed[1], plain[1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_layers_decode_through_their_own_forward():
+    """A LoRA adapter's layers are not packed (their forward adds B A x): a model with adapters on q and v
+    decodes to its full forward's logits, adapters included, while its plain layers stay packed."""
+    m = tiny()
+    add_lora(m, r=4, targets=("q", "v"))
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, LoRALinear):
+                mod.lora_B.normal_(0, 0.5)  # (zero at start: a real adapter after some training)
+    packed = m.packed_weights()
+    assert packed and not any(isinstance(mod, LoRALinear) for mod in packed) and m.blocks[0].attn.k in packed
+    logits, full = decoding_logits(m, PROMPTS)
+    for got, want in zip(logits, full):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
