@@ -556,8 +556,11 @@ class GPT(nn.Module):
             return kept[2]
         _PACKED.pop(self, None)  # the old copies are freed first
         pack = torch.ops.mkldnn._reorder_linear_weight
-        packed = {m: pack(m.weight[:self.cfg.vocab_size] if m is self.head else m.weight, PACK_BATCH)
-                  for m in linears}  # (the output layer without the vocabulary's padding rows)
+        try:
+            packed = {m: pack(m.weight[:self.cfg.vocab_size] if m is self.head else m.weight, PACK_BATCH)
+                      for m in linears}  # (the output layer without the vocabulary's padding rows)
+        except RuntimeError:  # a oneDNN build that cannot pack them (another CPU architecture): the default matmuls
+            return {}
         _PACKED[self] = ([weakref.ref(m.weight) for m in linears], versions, packed)
         return packed
 

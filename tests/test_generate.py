@@ -177,3 +177,17 @@ def test_lora_layers_decode_through_their_own_forward():
     logits, full = decoding_logits(m, PROMPTS)
     for got, want in zip(logits, full):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_onednn_that_cannot_pack_leaves_the_default_matmuls(monkeypatch):
+    """Where oneDNN refuses to pack (a build for another CPU), generation runs on torch's default matmuls."""
+    m = tiny()
+    want = m.generate(PROMPTS, 6)
+
+    def refuse(*args):
+        raise RuntimeError("mkldnn: this build cannot reorder weights")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    m2 = tiny()  # (a model never packed: nothing kept)
+    assert m2.packed_weights() == {}
+    assert m2.generate(PROMPTS, 6) == want
