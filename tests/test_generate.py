@@ -124,7 +124,10 @@ def decoding_logits(m, prompts, n=6):
     return logits, full
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
 def test_packed_weights_follow_every_change_of_the_weights():
     """CPU decoding multiplies by copies of the weights packed for oneDNN, kept between calls: an optimizer
     step (in place), load_state_dict (a copy into them) and replaced tensors must each be seen by the next
@@ -163,6 +166,7 @@ def test_packed_and_default_matmuls_decode_alike(monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@needs_onednn
 def test_lora_layers_decode_through_their_own_forward():
     """A LoRA adapter's layers are not packed (their forward adds B A x): a model with adapters on q and v
     decodes to its full forward's logits, adapters included, while its plain layers stay packed."""
