@@ -236,13 +236,16 @@ def apply_rope(x, cos, sin, swap):
     return (xf * cos).addcmul_(xf.index_select(-1, swap), sin).type_as(x)
 
 
+def packed_linear(x, weight, bias=None):
+    """x @ W.T + bias with W packed for oneDNN (GPT.packed_weights): the one place that calls oneDNN's op."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 def linear(module, x, packed=None):
     """module(x) (an nn.Linear), through its weight packed for oneDNN where packed (GPT.packed_weights) has one:
     generation on CPU."""
     w = packed.get(module) if packed else None
-    if w is None:
-        return module(x)
-    return torch.ops.mkldnn._linear_pointwise(x, w, module.bias, "none", [], "")
+    return module(x) if w is None else packed_linear(x, w, module.bias)
 
 
 class Attention(nn.Module):
@@ -535,7 +538,7 @@ class GPT(nn.Module):
         head = packed.get(self.head) if packed else None
         if head is None:
             return F.linear(self.norm(x), self.head.weight[:self.cfg.vocab_size]).float()
-        return torch.ops.mkldnn._linear_pointwise(self.norm(x), head, None, "none", [], "")
+        return packed_linear(self.norm(x), head)
 
     def packed_weights(self):
         """{nn.Linear: its weight packed for oneDNN} for generation on CPU in fp32 (else {}). At a decoding
