@@ -307,6 +307,15 @@ def _prepared(name, *argtypes):
     return fn
 
 
+_SYSCALL = (ctypes.c_long,) + (ctypes.c_void_p,) * 5  # a number, then up to five ints or bytes (by address)
+
+
+def _sys(what, nr, *args):
+    """syscall(2) through one prepared function: ints and bytes go as they are, no ctypes object is made per
+    call (samples set themselves up with it). OSError naming `what` on failure."""
+    return _ok(_prepared("syscall", *_SYSCALL)(nr, *args, *(0,) * (5 - len(args))), what)
+
+
 def prctl(option, arg=0):
     """prctl(2); OSError on failure (train.py sets its parent-death signal with it too)."""
     return _ok(_prepared("prctl", _INT, _ULONG, _ULONG, _ULONG, _ULONG)(option, arg, 0, 0, 0), "prctl")
@@ -324,7 +333,7 @@ def _name(role):
 def landlock_abi():
     """Landlock ABI version of the running kernel, 0 when unavailable."""
     try:
-        return max(0, _lib().syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, 1))
+        return max(0, _sys("landlock_create_ruleset", SYS_LANDLOCK_CREATE_RULESET, None, 0, 1))
     except (OSError, AttributeError):
         return 0
 
@@ -344,12 +353,20 @@ def _landlock_confine(tmp, abi, reads=None):
                     + [(p, read) for p in reads or ()])
 
 
+def _landlock_network_ruleset(abi):
+    """What Landlock adds in a minimal root, where read-only mounts already keep writes to each sample's own
+    tmpfs (its file rules would only repeat them): no TCP bind or connect (ABI >= 4), no signals or abstract
+    unix sockets beyond the sample (ABI >= 6). A ruleset's descriptor, made once by the zygote and applied by
+    each sample (one system call). ABI 4 or later: before it, Landlock has nothing to add there."""
+    attr = struct.pack("<QQQ", 0, LL_NET_TCP, LL_SCOPE_ALL)[:24 if abi >= 6 else 16]
+    return _sys("landlock_create_ruleset", SYS_LANDLOCK_CREATE_RULESET, attr, len(attr))
+
+
 def _landlock_layer(attr, rules):
     """One Landlock layer: a ruleset handling what attr says, with rules (path, access), on this process.
     Paths that are gone are left out; a file's rule keeps only the rights a file can have."""
     # (the structs go as bytes: ctypes passes a pointer to their data, which the kernel only reads)
-    ruleset = _ok(_lib().syscall(SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_long(len(attr)), ctypes.c_long(0)),
-                  "landlock_create_ruleset")
+    ruleset = _sys("landlock_create_ruleset", SYS_LANDLOCK_CREATE_RULESET, attr, len(attr))
     for path, access in rules:
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -357,11 +374,9 @@ def _landlock_layer(attr, rules):
             continue
         if access & ~LL_FILE_RIGHTS and not os.path.isdir(path):
             access &= LL_FILE_RIGHTS
-        _ok(_lib().syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset), ctypes.c_long(1),
-                           struct.pack("<Qi", access, fd), ctypes.c_long(0)), "landlock_add_rule")
+        _sys("landlock_add_rule", SYS_LANDLOCK_ADD_RULE, ruleset, 1, struct.pack("<Qi", access, fd))
         os.close(fd)
-    _ok(_lib().syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset), ctypes.c_long(0)),
-        "landlock_restrict_self")
+    _sys("landlock_restrict_self", SYS_LANDLOCK_RESTRICT_SELF, ruleset)
     os.close(ruleset)
 
 
@@ -394,9 +409,8 @@ def _drop_capabilities():
 
 
 def _mount_setattr(path, flags, set_=0, clear=0):
-    attr = ctypes.create_string_buffer(struct.pack("<QQQQ", set_, clear, 0, 0), 32)
-    _ok(_lib().syscall(SYS_MOUNT_SETATTR, ctypes.c_long(AT_FDCWD), os.fsencode(path), ctypes.c_long(flags), attr,
-                       ctypes.c_long(32)), "mount_setattr")
+    attr = struct.pack("<QQQQ", set_, clear, 0, 0)
+    _sys("mount_setattr", SYS_MOUNT_SETATTR, AT_FDCWD, os.fsencode(path), flags, attr, len(attr))
 
 
 def _enter_user_namespace():
@@ -498,7 +512,7 @@ def _seccomp_install(program):
 
 def _pivot_root(new_root):
     os.chdir(new_root)
-    _ok(_lib().syscall(ctypes.c_long(SYS_PIVOT_ROOT), b".", b"."), "pivot_root")
+    _sys("pivot_root", SYS_PIVOT_ROOT, b".", b".")
     _call("umount2", b".", MNT_DETACH)  # the old root, stacked under the new one
     os.chdir("/")
 
@@ -819,15 +833,17 @@ def _setup_protections(cfg, proc_fd):
                     + ": processes are bounded by RLIMIT_NPROC only")
     prot["landlock"] = abi
     prot["signal_filter"] = prot["seccomp"] and not prot["pidns"] and not prot["sample_uid"]
+    signals = not (prot["pidns"] or prot["sample_uid"] or prot["signal_filter"])
     if not abi:
         warn.append(("landlock disabled by request" if "landlock" in off else
                      "Landlock unavailable (needs Linux >= 5.13 with landlock in lsm=)")
-                    + ": samples can write outside their temp dir where the file system allows"
-                    + ("" if prot["pidns"] or prot["sample_uid"] or prot["signal_filter"]
-                       else ", and signal other processes of this user"))
-    elif abi < 6 and not prot["pidns"] and not prot["sample_uid"] and not prot["signal_filter"]:
-        warn.append(f"Landlock ABI {abi} has no signal scoping (needs Linux >= 6.12): samples can signal other "
-                    "processes of this user, the evaluation's included")
+                    + ("" if prot["mountns"] else ": samples can write outside their temp dir where the file system allows")
+                    + (", and " if not prot["mountns"] else ": samples can ") + "connect to each other's abstract unix "
+                    "sockets" + (", and signal other processes of this user" if signals else ""))
+    elif abi < 6:
+        warn.append(f"Landlock ABI {abi} has no scoping (needs Linux >= 6.12): samples can connect to each other's "
+                    "abstract unix sockets" + (", and signal other processes of this user, the evaluation's included"
+                                               if signals else ""))
     prot["capabilities_dropped"] = True
     return prot, warn, cgroup_fd
 
@@ -952,8 +968,10 @@ def _zygote(sock, cfg, prot, proc_fd):
     if renumber:  # (not root: setns back into the PID namespace we started in is refused; into one we made, not)
         _pid_namespace_of_our_own()
     own_pidns = os.open("self/ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if prot["pidns"] else -1
-    cfg["zygote_fd"] = os.pidfd_open(os.getpid())  # readable once we have exited: samples check it
+    cfg["zygote_fd"] = _fcntl_dup(os.pidfd_open(os.getpid()))  # readable once we have exited: samples check it
     _sample_process_state("/tmp" if prot["mountns"] else None)  # once here rather than in every sample
+    if prot["landlock"] >= 4 and prot["mountns"]:  # (without a minimal root each sample makes its own, for its temp dir)
+        cfg["landlock_fd"] = _fcntl_dup(_landlock_network_ruleset(prot["landlock"]))
     if prot["seccomp"]:  # inherited by every sample (the zygote itself needs none of the calls it denies)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         _seccomp_install(_seccomp_program())
@@ -972,6 +990,7 @@ def _zygote(sock, cfg, prot, proc_fd):
     poller.register(me, select.POLLIN)
     unshare, setns = _prepared("unshare", _INT), _prepared("setns", _INT, _INT)
     _prepared("mount", _STR, _STR, _STR, _ULONG, _STR)  # (made here, once, for the samples)
+    _prepared("syscall", *_SYSCALL)  # (as mount)
     while True:
         for fd, _ in poller.poll():
             if fd == me:
@@ -1038,7 +1057,9 @@ def _reseed():
 def _sample_main(req, fds, cfg, prot):
     """S: confine ourselves, report on the set-up pipe and close it, then serve the judge. The set-up
     pipe is closed before any sample code runs, so nothing the sample writes can pass for set-up news."""
-    fds = [_fcntl_dup(f) for f in fds]  # above 0-4, where they go next (the zygote's pidfd is closed below)
+    ruleset = cfg.get("landlock_fd", -1)  # (it and the zygote's pidfd are above 9: see _zygote)
+    top = max(*fds, cfg["zygote_fd"], ruleset) + 1  # ours above every one we keep, clear of 0-6 where they go next
+    fds = [os.dup2(f, top + i) for i, f in enumerate(fds)]  # (not fcntl's F_DUPFD: its int parsing formats an error)
     setup = fds[1]
     try:
         if len(fds) > 3:  # our own cgroup: joined first, so that everything we use counts against its limits
@@ -1065,10 +1086,11 @@ def _sample_main(req, fds, cfg, prot):
             os.chown(tmp, uid, uid)
         prctl(PR_SET_DUMPABLE, 0)  # nothing we start can ptrace us or read our memory through /proc
         null = os.open(os.devnull, os.O_RDONLY)
-        for src, dst in ((null, 0), (fds[2], 1), (fds[2], 2), (fds[0], 3), (setup, 4), (cfg["zygote_fd"], 5)):
+        keep = ((null, 0), (fds[2], 1), (fds[2], 2), (fds[0], 3), (setup, 4), (cfg["zygote_fd"], 5), (ruleset, 6))
+        for src, dst in keep[:7 if ruleset >= 0 else 6]:
             os.dup2(src, dst)
         setup = 4
-        os.closerange(6, 1 << 16)  # the zygote's socket, other samples' descriptors
+        os.closerange(7 if ruleset >= 0 else 6, 1 << 16)  # the zygote's socket, other samples' descriptors
         os.chdir(tmp)
         if not prot["mountns"]:
             _sample_process_state(tmp)
@@ -1090,7 +1112,10 @@ def _sample_main(req, fds, cfg, prot):
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         if prot["signal_filter"]:
             _seccomp_install(_seccomp_own_processes(os.getpid()))
-        if prot["landlock"]:
+        if ruleset >= 0:  # a minimal root: the zygote's ruleset
+            _sys("landlock_restrict_self", SYS_LANDLOCK_RESTRICT_SELF, 6)
+            os.close(6)
+        elif prot["landlock"] and not prot["mountns"]:
             _landlock_confine(tmp, prot["landlock"], cfg.get("read_paths"))
         if not prot["sample_uid"]:  # (a uid other than 0 has none)
             _drop_capabilities()
@@ -2043,7 +2068,9 @@ class Executor:
             return self
         cfg = dict(self.cfg, parent=os.getpid())
         flags = (["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]) + (["-B"] if sys.dont_write_bytecode else [])
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+        # LD_BIND_NOW: the dynamic linker binds every library call at start, so that a sample's first call of each
+        # does not look it up and write the library's table (a page copied in every sample)
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "LD_BIND_NOW": "1"}
         self._buf = bytearray()
         here = os.path.dirname(os.path.abspath(__file__))
         import subprocess  # (here: only the caller starts processes so; see _compiled)

@@ -790,6 +790,26 @@ def test_host_unix_sockets_are_out_of_reach(ex, humaneval, tmp_path):
         srv.close()
 
 
+def test_a_siblings_abstract_unix_socket_is_out_of_reach(ex):
+    """Abstract unix sockets belong to the network namespace, which all samples share: Landlock's scoping
+    (ABI 6) keeps each sample to its own, while a sample still reaches the ones it made itself."""
+    if ex.protections["landlock"] < 6:
+        pytest.skip("Landlock ABI < 6 (no scoping) here")
+    name = f"\0codelm-test-{os.getpid()}-{time.monotonic_ns()}"
+    listener = (f"import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind({name!r})\ns.listen()\n"
+                "s.settimeout(4)\nc, _ = s.accept()\n")  # passes only when a sibling gets through
+    caller = ("import errno, socket, time\nerrors = set()\nfor _ in range(40):\n    time.sleep(0.05)\n"
+              f"    try:\n        socket.socket(socket.AF_UNIX).connect({name!r})\n        break\n"
+              "    except OSError as e:\n        errors.add(errno.errorcode[e.errno])\n"
+              "else:\n    raise SystemExit(f'refused: {sorted(errors)}')\n")
+    own = (f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({name[:-1] + 'x'!r})\ns.listen()\n"
+           f"socket.socket(socket.AF_UNIX).connect({name[:-1] + 'x'!r})\n")
+    res = ex.run([(listener, 8), (caller, 8), (own, 5)])
+    assert not res[0]["passed"] and "timed out" in res[0]["result"], res[0]
+    assert not res[1]["passed"] and "refused" in res[1]["result"] and "'EPERM'" in res[1]["result"], res[1]
+    assert res[2]["passed"], res[2]
+
+
 def _connect_program(port):
     return f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
 
