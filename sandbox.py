@@ -72,6 +72,7 @@ OUTPUT_LIMIT = 4096           # bytes of a sample's stdout+stderr kept (the rest
 VALUE_LIMIT = 16 << 20        # bytes of one message on the channel
 DEPTH_LIMIT = 64              # nesting of one value on the channel
 INT_BYTES = 1 << 16           # largest int on the channel, bytes
+AHEAD_BYTES = 1 << 15         # requests a judge sends before their answers (see _plan): well within a socket's buffer
 BACKSTOP = 4.0                # wall-clock limit = BACKSTOP x timeout + 1 s, whatever the CPU time says
 WATCH_AFTER = 0.2             # s: samples running longer are checked for memory every WATCH_EVERY s
 WATCH_EVERY = 0.1
@@ -234,7 +235,10 @@ def _request(value):
     sample reads in C, ten times faster than the codec's decoder: requests come from the trusted side, and
     only the sample's answers need validating. (marshal alone would pass a bytearray or an array as bytes.)"""
     encode(value)
-    data = marshal.dumps(value)
+    return _frame(marshal.dumps(value))
+
+
+def _frame(data):
     return _U32.pack(len(data)) + data
 
 
@@ -1189,7 +1193,7 @@ def _sample_serve(chan):
         except BaseException as e:
             data = encode(("bad", f"the answer could not be sent ({_type_name(e)})"))
         try:
-            chan.sendall(_U32.pack(len(data)) + data)
+            chan.sendall(_frame(data))
         except OSError:
             os._exit(0)
 
@@ -1268,9 +1272,15 @@ class _Remote:
 class _Channel:
     def __init__(self, sock):
         self.sock, self.broken, self.ahead = sock, None, bytearray()
+        self.planned = deque()  # canonical requests of calls sent ahead (see _plan), whose answers are still to come
 
-    def request(self, msg, data=None):
-        self.sock.sendall(_request(msg) if data is None else data)
+    def request(self, msg, data=None, plan=()):
+        """Send msg (data: it framed already) and the planned calls after it, then read msg's answer."""
+        self.sock.sendall((_request(msg) if data is None else data) + b"".join(framed for _, framed in plan))
+        self.planned.extend(canonical for canonical, _ in plan)
+        return self.reply()
+
+    def reply(self):
         reply = recv_msg(self.sock, self.ahead)
         if type(reply) is not tuple or not reply or type(reply[0]) is not str:
             raise ChannelError("malformed reply from the sample")
@@ -1279,16 +1289,21 @@ class _Channel:
     def call(self, name, args, kwargs, limit=None):
         if self.broken:
             raise ChannelError(self.broken)
+        msg = ("call", name, args, kwargs)
         try:
-            data = _request(("call", name, args, kwargs))
+            canonical = encode(msg)
         except ChannelError as e:
             self.broken = f"the test passes {e}; this problem needs mode in_process"
+            raise ChannelError(self.broken)
+        planned = bool(self.planned)
+        if planned and (limit is not None or self.planned.popleft() != canonical):
+            self.broken = "judge error: the test did not make the call planned for it"  # (never, if _plan is right)
             raise ChannelError(self.broken)
         t0 = time.monotonic() if limit is not None else None
         try:
             if limit is not None:  # (each settimeout is a system call: only around calls that have a limit)
                 self.sock.settimeout(limit)
-            reply = self.request(None, data)
+            reply = self.reply() if planned else self.request(None, _frame(marshal.dumps(msg)))
         except ChannelError as e:
             late = limit is not None and time.monotonic() - t0 >= limit
             self.broken = f"time limit exceeded: no answer within {limit:.1f} s" if late else str(e)
@@ -1315,7 +1330,8 @@ def _remote_exception(type_name, text):
     return cls.__new__(cls)
 
 
-_CACHE = {}  # in a judge: benchmark text -> (code object, names it loads); each problem comes back n times
+_CACHE = {}  # in a judge: benchmark text -> (code object, names it loads, syntax tree); each problem comes back n times
+_PLANS = {}  # in a judge: (test, the names that call the sample) -> its plan (see _plan)
 
 
 def _compiled(source):
@@ -1325,8 +1341,92 @@ def _compiled(source):
             _CACHE.clear()
         tree = ast.parse(source)
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-        _CACHE[source] = compile(tree, "<string>", "exec"), names
+        _CACHE[source] = compile(tree, "<string>", "exec"), names, tree
     return _CACHE[source]
+
+
+def _plan(test, remotes):
+    """The calls of the sample's functions (remotes: their names) that running `test` is certain to make
+    first, in order, for as long as nothing fails: [(canonical request, framed request)], at most AHEAD_BYTES.
+    Tests are mostly asserts of one call with literal arguments (HumanEval's check(candidate), MBPP's lines),
+    so the judge sends those calls with the load and reads each answer when the test makes its call: a round
+    trip saved per call. The plan ends at the first statement whose calls could depend on anything else (a
+    loop, a name, a branch, a second call). When a test fails early the sample has answered calls the test
+    never made, which no verdict reads."""
+    key = (test, remotes)
+    if key not in _PLANS:
+        if len(_PLANS) > 2048:
+            _PLANS.clear()
+        plan, size = [], 0
+        for name, args in _certain_calls(_compiled(test)[2].body, {r: r for r in remotes}, {}):
+            msg = ("call", name, args, {})
+            try:
+                canonical, framed = encode(msg), _request(msg)
+            except ChannelError:
+                break
+            size += len(framed)
+            if size > AHEAD_BYTES:
+                break
+            plan.append((canonical, framed))
+        _PLANS[key] = plan
+    return _PLANS[key]
+
+
+def _certain_calls(body, remote, functions):
+    """Yield (name, args) of the calls of the sample's functions that statements `body` certainly make first
+    (see _plan). remote: the names in this scope that call the sample -> the sample function's name (a
+    parameter of check stands for the function passed to it); functions: those defined so far here. A name
+    the statements bind (def, import, assignment) is theirs from there on."""
+    import ast  # (as in _compiled)
+    remote = dict(remote)
+    for stmt in body:
+        if isinstance(stmt, ast.Assert):
+            if any(isinstance(n, (ast.BoolOp, ast.IfExp, ast.Lambda, ast.NamedExpr, ast.ListComp, ast.SetComp,
+                                  ast.DictComp, ast.GeneratorExp, ast.Await, ast.Yield, ast.YieldFrom))
+                   for n in ast.walk(stmt.test)):
+                return
+            calls = [n for n in ast.walk(stmt.test) if isinstance(n, ast.Call)]
+            if (len(calls) != 1 or not isinstance(calls[0].func, ast.Name) or calls[0].func.id not in remote
+                    or calls[0].keywords or not all(_is_literal(a) for a in calls[0].args)
+                    or any(isinstance(n, ast.Set) for a in calls[0].args for n in ast.walk(a))):
+                return  # (one call, of the sample's, on literals: nothing else in the assert runs the test's code;
+                # no set: its order is its table's, which literal_eval's may not share with the test's own)
+            yield remote[calls[0].func.id], tuple(ast.literal_eval(a) for a in calls[0].args)
+            if stmt.msg is not None:  # evaluated only when the assert fails: may call the sample, after the plan
+                return
+        elif (isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list
+              and not any(isinstance(n, ast.Call) for part in (stmt.args, stmt.returns) if part for n in ast.walk(part))):
+            remote.pop(stmt.name, None)  # (nothing runs at its definition)
+            functions[stmt.name] = stmt
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)) and all(a.name != "*" for a in stmt.names):
+            for a in stmt.names:  # (the benchmark's modules, trusted)
+                remote.pop((a.asname or a.name).split(".")[0], None)
+                functions.pop((a.asname or a.name).split(".")[0], None)
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # a docstring
+        elif isinstance(stmt, ast.Assign) and _is_literal(stmt.value) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            for t in stmt.targets:  # HumanEval's METADATA
+                remote.pop(t.id, None)
+                functions.pop(t.id, None)
+        elif (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Name)
+              and stmt.value.func.id in functions and not stmt.value.keywords and len(stmt.value.args) == 1
+              and isinstance(stmt.value.args[0], ast.Name) and stmt.value.args[0].id in remote):
+            f = functions[stmt.value.func.id].args  # check(entry_point): its one parameter stands for the function
+            if len(f.args) == 1 and not (f.posonlyargs or f.vararg or f.kwonlyargs or f.kwarg or f.defaults):
+                yield from _certain_calls(functions[stmt.value.func.id].body,
+                                          {f.args[0].arg: remote[stmt.value.args[0].id]}, {})
+            return
+        else:
+            return
+
+
+def _is_literal(node):
+    import ast  # (as in _compiled)
+    try:
+        ast.literal_eval(node)
+        return True
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
 
 
 def _judge(job, sock):
@@ -1339,9 +1439,25 @@ def _judge(job, sock):
         except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
             return f"failed: {e}"
         return _judge_in_process(code + "\n" + test, sock)
-    chan = _Channel(sock)
+    chan, ns, plan = _Channel(sock), {}, ()
+    if test:  # the test's namespace first: the calls it is certain to make go with the load (see _plan)
+        exec(_compiled(job.get("trusted") or "")[0], ns)  # the prompt: its imports and helpers (HumanEval's poly)
+        test_code, names, _ = _compiled(test)
+        for name in sorted(names - ns.keys()):
+            if hasattr(builtins, name):
+                continue
+            if name in sys.stdlib_module_names:  # a module the test uses without importing it
+                try:
+                    ns[name] = importlib.import_module(name)
+                    continue
+                except ImportError:
+                    pass
+            ns[name] = _Remote(chan, name)
+        if job.get("entry_point"):
+            ns[job["entry_point"]] = _Remote(chan, job["entry_point"])
+        plan = _plan(test, tuple(sorted(name for name, v in ns.items() if type(v) is _Remote)))
     try:
-        reply = chan.request(("load", code))
+        reply = chan.request(("load", code), plan=plan)
     except ChannelError as e:
         return f"failed: {e}"
     if reply[0] == "raise" and len(reply) == 3 and type(reply[2]) is str:
@@ -1355,21 +1471,6 @@ def _judge(job, sock):
         return "failed: malformed reply from the sample"
     if not test:
         return "passed"
-    ns = {}
-    exec(_compiled(job.get("trusted") or "")[0], ns)  # the prompt: its imports and helpers (HumanEval's poly)
-    test_code, names = _compiled(test)
-    for name in sorted(names - ns.keys()):
-        if hasattr(builtins, name):
-            continue
-        if name in sys.stdlib_module_names:  # a module the test uses without importing it
-            try:
-                ns[name] = importlib.import_module(name)
-                continue
-            except ImportError:
-                pass
-        ns[name] = _Remote(chan, name)
-    if job.get("entry_point"):
-        ns[job["entry_point"]] = _Remote(chan, job["entry_point"])
     try:
         exec(test_code, ns)
         verdict = "passed"
@@ -1412,7 +1513,7 @@ def _judge_loop(sock):
             chan.close()
         reply = json.dumps({"verdict": verdict, "t": time.monotonic(), "cpu": time.process_time() - c0,
                             "cpu_total": time.process_time()}).encode()
-        sock.sendall(_U32.pack(len(reply)) + reply)
+        sock.sendall(_frame(reply))
 
 
 # ----------------------------------------------------------------------------- executor: samples and judges

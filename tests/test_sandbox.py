@@ -5,6 +5,7 @@ checks both: the attack fails and the honest samples keep their verdicts. Every 
 (small timeouts, bounded loops); a protection test asserts the outcome that holds only while the
 protection works."""
 import ctypes
+import marshal
 import os
 import platform
 import re
@@ -323,6 +324,88 @@ def test_the_judges_requests_carry_exactly_the_plain_values(ex, humaneval):
     assert_honest_pass(res)
     assert [r["result"] for r in res[4:6]] == ["passed", "passed"], res[4:6]
     assert "the test passes a bytearray" in res[6]["result"] and "needs mode in_process" in res[6]["result"], res[6]
+
+
+def planned(test, remotes):
+    return [marshal.loads(framed[4:]) for _, framed in sandbox._plan(test, tuple(sorted(remotes)))]
+
+
+def test_the_plan_holds_the_calls_a_test_is_certain_to_make(humaneval):
+    """Asserts of one call on literals are planned, in order, up to the first statement whose calls could
+    depend on anything else; a name the test binds itself is not the sample's."""
+    p0 = humaneval[0]
+    test = p0["test"] + "\n\ncheck(has_close_elements)\n"
+    calls = planned(test, {"has_close_elements", "check", "candidate"})
+    assert len(calls) == test.count("assert candidate(") == 7
+    assert calls[0] == ("call", "has_close_elements", ([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3), {})
+    mbpp = "assert f(1) == 2\nassert f('a', [1, (2,)]) == 3\nfor i in range(3):\n    assert f(i) == i\nassert f(9) == 9\n"
+    assert planned(mbpp, {"f"}) == [("call", "f", (1,), {}), ("call", "f", ("a", [1, (2,)]), {})]
+    stops = {"a name": "x = g()\nassert f(x) == 1\n", "an or": "assert f(1) == 1 or f(2) == 2\n",
+             "a helper": "def h(v):\n    return f(v)\n\nassert h(1) == 1\n",
+             "a second call": "assert abs(f(1)) == 1\n", "a keyword": "assert f(1, k=2) == 1\n",
+             "its own f": "def f(v):\n    return v\n\nassert f(1) == 1\n",
+             "a message": "assert f(1) == 1, f(2)\nassert f(3) == 3\n", "a set": "assert f((1, {6, 7, 8, 9, 10, 11})) == 1\n"}
+    assert {why: len(planned(t, {"f", "g", "h"})) for why, t in stops.items()} == {
+        "a name": 0, "an or": 0, "a helper": 0, "a second call": 0, "a keyword": 0, "its own f": 0, "a message": 1,
+        "a set": 0}
+
+
+def judge_writes(job_, ahead_bytes, monkeypatch):
+    """The verdict of a judge on job_ against a real (unconfined) sample process, and the writes the judge made."""
+    monkeypatch.setattr(sandbox, "AHEAD_BYTES", ahead_bytes)
+    monkeypatch.setattr(sandbox, "_PLANS", {})
+    writes = []
+
+    class Counted(socket.socket):
+        def sendall(self, data):
+            writes.append(len(data))
+            return super().sendall(data)
+
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        a.close()
+        sandbox._sample_serve(b)  # never returns
+    b.close()
+    judge_end = Counted(fileno=a.detach())
+    try:
+        return sandbox._judge(job_, judge_end), len(writes)
+    finally:
+        judge_end.close()
+        os.waitpid(pid, 0)
+
+
+def test_planned_calls_go_with_the_load_and_verdicts_stay(humaneval, monkeypatch):
+    """HumanEval/0's seven asserts go to the sample in the load's write, not one round trip each; the verdicts
+    are the sequential ones, for a right answer, a wrong one and one that keeps state between calls."""
+    p0, ahead = humaneval[0], sandbox.AHEAD_BYTES
+    right = job(p0, p0["canonical"])
+    assert judge_writes(right, ahead, monkeypatch) == ("passed", 1)
+    assert judge_writes(right, 0, monkeypatch) == ("passed", 8)  # without the plan: a write per request
+    assert judge_writes(job(p0, WRONG), ahead, monkeypatch)[0] == "failed: "
+    counter = {"code": "n = 0\n\ndef f(x):\n    global n\n    n += 1\n    return n\n",
+               "test": "assert f(0) == 1\nassert f(0) == 2\nassert f(0) == 3\n", "timeout": 5}
+    assert judge_writes(counter, ahead, monkeypatch) == ("passed", 1)
+
+
+def test_a_call_off_the_plan_fails_the_sample_as_a_judge_error():
+    a, b = socket.socketpair()
+    try:
+        chan = sandbox._Channel(a)
+        chan.planned.append(sandbox.encode(("call", "f", (1,), {})))
+        with pytest.raises(sandbox.ChannelError, match="judge error: the test did not make the call planned"):
+            chan.call("f", (2,), {})
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_early_failure_is_its_verdict_even_when_a_planned_call_hangs(ex):
+    """The sample answers planned calls the test never makes once an assert fails: a hang in one of them does
+    not turn the failure into a timeout."""
+    code = "def f(x):\n    while x == 2:\n        pass\n    return x\n"
+    res = ex.run([{"code": code, "test": "assert f(1) == 0, 'first'\nassert f(2) == 2\n", "timeout": 3}])
+    assert res[0]["result"] == "failed: first" and res[0]["elapsed"] < 2.5, res[0]
 
 
 def test_exactly_the_in_process_problems_need_the_fallback(ex, mbpp_path):
