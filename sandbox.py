@@ -40,6 +40,7 @@ namespaces, though not a uid per sample; where user namespaces are refused, the 
 Linux only.
 """
 import _random  # random's C part: reseeds a forked sample cheaply
+import _socket  # socket's C part: a sample's channel
 import builtins
 import ctypes
 import errno
@@ -1130,7 +1131,8 @@ def _sample_main(req, fds, cfg, prot):
             os.write(setup, f"{type(e).__name__}: {e}".encode()[:4096])
         finally:
             os._exit(1)
-    _sample_serve(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=3))  # (given: else 3 syscalls ask)
+    # the C socket (socket.socket's Python layer is pages more to copy); family, type and fd given: else 3 syscalls ask
+    _sample_serve(_socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, 3))
 
 
 def _sample_process_state(tmp):
