@@ -81,9 +81,11 @@ WATCH_EVERY = 0.1
 LOOKAHEAD = 64                # queued jobs the executor looks through for one whose test no running sample has
 SAMPLE_UID = 61000            # uid and gid of worker slot k: SAMPLE_UID + k
 ZYGOTE_RESTARTS = 20          # per executor; then the executor gives up (and the caller restarts it)
+# what the benchmarks' programs import most, imported once before the zygote forks; a module a few problems
+# use (hashlib, statistics, datetime, decimal, fractions: ~1 MiB and 30 mappings) is imported by those samples
+# instead, as every mapping kept here makes each fork and exit dearer (~0.1 ms a sample for those five)
 PREWARM = ("re", "math", "collections", "typing", "heapq", "itertools", "random", "cmath", "copy", "operator",
-           "array", "string", "bisect", "hashlib", "datetime", "functools", "statistics", "fractions",
-           "resource", "ctypes", "decimal", "numbers", "sys", "string")  # what the benchmarks import most
+           "array", "string", "bisect", "functools", "resource", "ctypes", "numbers", "sys")
 
 
 class ExecutorError(Exception):
