@@ -1277,12 +1277,12 @@ class _Remote:
 class _Channel:
     def __init__(self, sock):
         self.sock, self.broken, self.ahead = sock, None, bytearray()
-        self.planned = deque()  # canonical requests of calls sent ahead (see _plan), whose answers are still to come
+        self.planned = deque()  # calls sent ahead (see _plan) whose answers are still to come, as _exact keys
 
     def request(self, msg, data=None, plan=()):
         """Send msg (data: it framed already) and the planned calls after it, then read msg's answer."""
         self.sock.sendall((_request(msg) if data is None else data) + b"".join(framed for _, framed in plan))
-        self.planned.extend(canonical for canonical, _ in plan)
+        self.planned.extend(key for key, _ in plan)
         return self.reply()
 
     def reply(self):
@@ -1295,15 +1295,16 @@ class _Channel:
         if self.broken:
             raise ChannelError(self.broken)
         msg = ("call", name, args, kwargs)
-        try:
-            canonical = encode(msg)
-        except ChannelError as e:
-            self.broken = f"the test passes {e}; this problem needs mode in_process"
-            raise ChannelError(self.broken)
         planned = bool(self.planned)
-        if planned and (limit is not None or self.planned.popleft() != canonical):
+        if planned and (limit is not None or self.planned.popleft() != _exact(msg)):
             self.broken = "judge error: the test did not make the call planned for it"  # (never, if _plan is right)
             raise ChannelError(self.broken)
+        if not planned:  # (a planned call's arguments are literals: plain values)
+            try:
+                encode(msg)
+            except ChannelError as e:
+                self.broken = f"the test passes {e}; this problem needs mode in_process"
+                raise ChannelError(self.broken)
         t0 = time.monotonic() if limit is not None else None
         try:
             if limit is not None:  # (each settimeout is a system call: only around calls that have a limit)
@@ -1352,7 +1353,7 @@ def _compiled(source):
 
 def _plan(test, remotes):
     """The calls of the sample's functions (remotes: their names) that running `test` is certain to make
-    first, in order, for as long as nothing fails: [(canonical request, framed request)], at most AHEAD_BYTES.
+    first, in order, for as long as nothing fails: [(_exact key, framed request)], at most AHEAD_BYTES.
     Tests are mostly asserts of one call with literal arguments (HumanEval's check(candidate), MBPP's lines),
     so the judge sends those calls with the load and reads each answer when the test makes its call: a round
     trip saved per call. The plan ends at the first statement whose calls could depend on anything else (a
@@ -1366,13 +1367,13 @@ def _plan(test, remotes):
         for name, args in _certain_calls(_compiled(test)[2].body, {r: r for r in remotes}, {}):
             msg = ("call", name, args, {})
             try:
-                canonical, framed = encode(msg), _request(msg)
+                key, framed = _exact(msg), _request(msg)
             except ChannelError:
                 break
             size += len(framed)
             if size > AHEAD_BYTES:
                 break
-            plan.append((canonical, framed))
+            plan.append((key, framed))
         _PLANS[key] = plan
     return _PLANS[key]
 
@@ -1423,6 +1424,12 @@ def _certain_calls(body, remote, functions):
             return
         else:
             return
+
+
+def _exact(msg):
+    """A key equal for two requests only when they carry the same values of the same types (1, 1.0 and True
+    differ): marshal's version 2, which writes no back-references, so equal values give equal bytes."""
+    return marshal.dumps(msg, 2)
 
 
 def _is_literal(node):

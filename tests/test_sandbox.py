@@ -403,10 +403,12 @@ def test_the_judge_compiles_the_candidate_quietly(capfd):
 
 
 def test_a_call_off_the_plan_fails_the_sample_as_a_judge_error():
+    keys = {sandbox._exact(("call", "f", (v,), {})) for v in (1, 1.0, True, "1", b"1", [1], (1,), -0.0, 0.0)}
+    assert len(keys) == 9  # the same value of another type is another call
     a, b = socket.socketpair()
     try:
         chan = sandbox._Channel(a)
-        chan.planned.append(sandbox.encode(("call", "f", (1,), {})))
+        chan.planned.append(sandbox._exact(("call", "f", (1,), {})))
         with pytest.raises(sandbox.ChannelError, match="judge error: the test did not make the call planned"):
             chan.call("f", (2,), {})
     finally:
@@ -418,8 +420,8 @@ def test_an_early_failure_is_its_verdict_even_when_a_planned_call_hangs(ex):
     """The sample answers planned calls the test never makes once an assert fails: a hang in one of them does
     not turn the failure into a timeout."""
     code = "def f(x):\n    while x == 2:\n        pass\n    return x\n"
-    res = ex.run([{"code": code, "test": "assert f(1) == 0, 'first'\nassert f(2) == 2\n", "timeout": 3}])
-    assert res[0]["result"] == "failed: first" and res[0]["elapsed"] < 2.5, res[0]
+    res = ex.run([{"code": code, "test": "assert f(1) == 0, 'first'\nassert f(2) == 2\n", "timeout": 10}])
+    assert res[0]["result"] == "failed: first", res[0]
 
 
 def test_exactly_the_in_process_problems_need_the_fallback(ex, mbpp_path):
@@ -894,16 +896,17 @@ def test_a_siblings_abstract_unix_socket_is_out_of_reach(ex):
         pytest.skip("Landlock ABI < 6 (no scoping) here")
     name = f"\0codelm-test-{os.getpid()}-{time.monotonic_ns()}"
     listener = (f"import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind({name!r})\ns.listen()\n"
-                "s.settimeout(4)\nc, _ = s.accept()\n")  # passes only when a sibling gets through
-    caller = ("import errno, socket, time\nerrors = set()\nfor _ in range(40):\n    time.sleep(0.05)\n"
-              f"    try:\n        socket.socket(socket.AF_UNIX).connect({name!r})\n        break\n"
-              "    except OSError as e:\n        errors.add(errno.errorcode[e.errno])\n"
-              "else:\n    raise SystemExit(f'refused: {sorted(errors)}')\n")
+                "s.settimeout(3)\nc, _ = s.accept()\n")  # passes only when a sibling gets through
+    caller = (f"import errno, socket, time\nerror = None\nfor _ in range(150):\n    time.sleep(0.04)\n    try:\n"
+              f"        socket.socket(socket.AF_UNIX).connect({name!r})\n        error = None\n        break\n"
+              "    except OSError as e:\n        error = errno.errorcode[e.errno]\n"
+              "        if error != 'ECONNREFUSED':\n            break\n"  # (refused: not listening yet)
+              "if error:\n    raise SystemExit(f'refused: {error}')\n")
     own = (f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({name[:-1] + 'x'!r})\ns.listen()\n"
            f"socket.socket(socket.AF_UNIX).connect({name[:-1] + 'x'!r})\n")
-    res = ex.run([(listener, 8), (caller, 8), (own, 5)])
+    res = ex.run([(listener, 12), (caller, 12), (own, 5)])
     assert not res[0]["passed"] and "timed out" in res[0]["result"], res[0]
-    assert not res[1]["passed"] and "refused" in res[1]["result"] and "'EPERM'" in res[1]["result"], res[1]
+    assert res[1]["result"] == "failed: refused: EPERM", res[1]
     assert res[2]["passed"], res[2]
 
 
