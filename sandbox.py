@@ -1367,13 +1367,13 @@ def _plan(test, remotes):
         for name, args in _certain_calls(_compiled(test)[2].body, {r: r for r in remotes}, {}):
             msg = ("call", name, args, {})
             try:
-                key, framed = _exact(msg), _request(msg)
+                exact, framed = _exact(msg), _request(msg)
             except ChannelError:
                 break
             size += len(framed)
             if size > AHEAD_BYTES:
                 break
-            plan.append((key, framed))
+            plan.append((exact, framed))
         _PLANS[key] = plan
     return _PLANS[key]
 

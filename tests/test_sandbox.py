@@ -337,6 +337,8 @@ def test_the_plan_holds_the_calls_a_test_is_certain_to_make(humaneval):
     test = p0["test"] + "\n\ncheck(has_close_elements)\n"
     calls = planned(test, {"has_close_elements", "check", "candidate"})
     assert len(calls) == test.count("assert candidate(") == 7
+    remotes = ("candidate", "check", "has_close_elements")
+    assert sandbox._plan(test, remotes) is sandbox._plan(test, remotes)  # made once per test in a judge
     assert calls[0] == ("call", "has_close_elements", ([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3), {})
     mbpp = "assert f(1) == 2\nassert f('a', [1, (2,)]) == 3\nfor i in range(3):\n    assert f(i) == i\nassert f(9) == 9\n"
     assert planned(mbpp, {"f"}) == [("call", "f", (1,), {}), ("call", "f", ("a", [1, (2,)]), {})]
