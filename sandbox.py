@@ -1397,8 +1397,8 @@ def _certain_calls(body, remote, functions):
                 return  # (one call, of the sample's, on literals: nothing else in the assert runs the test's code;
                 # no set: its order is its table's, which literal_eval's may not share with the test's own)
             yield remote[calls[0].func.id], tuple(ast.literal_eval(a) for a in calls[0].args)
-            if stmt.msg is not None:  # evaluated only when the assert fails: may call the sample, after the plan
-                return
+            if stmt.msg is not None and any(isinstance(n, ast.Call) for n in ast.walk(stmt.msg)):
+                return  # (evaluated only when the assert fails: it may call the sample, out of the plan's order)
         elif (isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list
               and not any(isinstance(n, ast.Call) for part in (stmt.args, stmt.returns) if part for n in ast.walk(part))):
             remote.pop(stmt.name, None)  # (nothing runs at its definition)

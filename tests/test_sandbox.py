@@ -340,7 +340,7 @@ def test_the_plan_holds_the_calls_a_test_is_certain_to_make(humaneval):
     remotes = ("candidate", "check", "has_close_elements")
     assert sandbox._plan(test, remotes) is sandbox._plan(test, remotes)  # made once per test in a judge
     assert calls[0] == ("call", "has_close_elements", ([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3), {})
-    mbpp = "assert f(1) == 2\nassert f('a', [1, (2,)]) == 3\nfor i in range(3):\n    assert f(i) == i\nassert f(9) == 9\n"
+    mbpp = "assert f(1) == 2, 'one'\nassert f('a', [1, (2,)]) == 3\nfor i in range(3):\n    assert f(i) == i\nassert f(9) == 9\n"
     assert planned(mbpp, {"f"}) == [("call", "f", (1,), {}), ("call", "f", ("a", [1, (2,)]), {})]
     stops = {"a name": "x = g()\nassert f(x) == 1\n", "an or": "assert f(1) == 1 or f(2) == 2\n",
              "a helper": "def h(v):\n    return f(v)\n\nassert h(1) == 1\n",
