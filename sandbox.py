@@ -1300,7 +1300,7 @@ class _Channel:
             raise ChannelError(self.broken)
         if not planned:  # (a planned call's arguments are literals: plain values)
             try:
-                encode(msg)
+                data = _request(msg)
             except ChannelError as e:
                 self.broken = f"the test passes {e}; this problem needs mode in_process"
                 raise ChannelError(self.broken)
@@ -1308,7 +1308,7 @@ class _Channel:
         try:
             if limit is not None:  # (each settimeout is a system call: only around calls that have a limit)
                 self.sock.settimeout(limit)
-            reply = self.reply() if planned else self.request(None, _frame(marshal.dumps(msg)))
+            reply = self.reply() if planned else self.request(None, data)
         except ChannelError as e:
             late = limit is not None and time.monotonic() - t0 >= limit
             self.broken = f"time limit exceeded: no answer within {limit:.1f} s" if late else str(e)
